@@ -1,0 +1,78 @@
+"""Orbax checkpoints: a pytree of arrays plus a JSON metadata dict per step.
+
+Paths are made absolute (orbax requires it); managers are closed after use.
+Existing checkpoints are never deleted except by orbax's ``max_to_keep`` rotation.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import orbax.checkpoint as ocp
+
+
+class Checkpointer:
+    """Numbered checkpoints in ``directory``; ``save(step, state, meta)``, ``restore(template)``."""
+
+    def __init__(self, directory: str | os.PathLike, max_to_keep: int | None = 2):
+        self.directory = os.path.abspath(os.fspath(directory))
+        opts = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
+        self._mgr = ocp.CheckpointManager(self.directory, options=opts)
+
+    def latest_step(self) -> int | None:
+        return self._mgr.latest_step()
+
+    def save(self, step: int, state: Any, meta: dict | None = None) -> None:
+        self._mgr.save(
+            step,
+            args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                    meta=ocp.args.JsonSave(meta or {})),
+            force=True,
+        )
+        self._mgr.wait_until_finished()
+
+    def restore(self, template: Any, step: int | None = None) -> tuple[int, Any, dict]:
+        """Restore ``step`` (default latest) shaped like ``template``; returns (step, state, meta)."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        out = self._mgr.restore(
+            step,
+            args=ocp.args.Composite(state=ocp.args.StandardRestore(template),
+                                    meta=ocp.args.JsonRestore()),
+        )
+        return step, out["state"], dict(out["meta"] or {})
+
+    def read_meta(self, step: int | None = None) -> dict:
+        """Only the JSON metadata of a checkpoint (no arrays)."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        out = self._mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        return dict(out["meta"] or {})
+
+    def close(self) -> None:
+        self._mgr.close()
+
+    def __enter__(self) -> "Checkpointer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def save_params(directory: str | os.PathLike, params: Any, meta: dict | None = None) -> str:
+    """Save one params pytree (e.g. a trained model) with metadata; returns the absolute path."""
+    with Checkpointer(directory, max_to_keep=None) as ck:
+        step = (ck.latest_step() or 0) + 1
+        ck.save(step, {"params": params}, meta)
+        return ck.directory
+
+
+def load_params(directory: str | os.PathLike, template: Any) -> tuple[Any, dict]:
+    """Load the latest params saved by :func:`save_params` or :func:`jaxmat.train.fit`."""
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"checkpoint directory not found: {directory}")
+    with Checkpointer(directory, max_to_keep=None) as ck:
+        _, state, meta = ck.restore({"params": template})
+        return state["params"], meta

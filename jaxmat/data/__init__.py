@@ -1,0 +1,111 @@
+"""Readers for shipped datasets and structure files; all return ASE ``Atoms`` with
+labels attached (``atoms.calc.results``: energy eV, forces eV/Å, stress eV/Å³)."""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from importlib import resources
+from typing import Any
+
+import numpy as np
+
+KCAL_MOL = 0.0433641043  # eV per kcal/mol (ase.units.kcal / ase.units.mol)
+KBAR = 6.241509074e-4  # eV/Å³ per kbar
+
+MLEARN_ELEMENTS = ("Cu", "Ge", "Li", "Mo", "Ni", "Si")
+_MLEARN_SIZES = {  # unique entries, test entries (see files/mlearn/SOURCE.md)
+    "Cu": (293, 31), "Ge": (253, 25), "Li": (270, 29),
+    "Mo": (217, 23), "Ni": (294, 31), "Si": (239, 25),
+}
+
+
+def data_path(*parts: str) -> str:
+    """Absolute path of a shipped data file."""
+    return str(resources.files("jaxmat.data").joinpath("files", *parts))
+
+
+def labelled_atoms(numbers, positions, energy=None, forces=None, stress=None,
+                   cell=None, pbc=False, info: dict | None = None):
+    """ASE ``Atoms`` with a single-point calculator holding the labels."""
+    from ase import Atoms
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    atoms = Atoms(numbers=numbers, positions=positions, cell=cell, pbc=pbc)
+    res = {}
+    if energy is not None:
+        res["energy"] = float(energy)
+    if forces is not None:
+        res["forces"] = np.asarray(forces, dtype=np.float64)
+    if stress is not None:
+        res["stress"] = np.asarray(stress, dtype=np.float64)
+    if res:
+        atoms.calc = SinglePointCalculator(atoms, **res)
+    atoms.info.update(info or {})
+    return atoms
+
+
+def load_ammonia() -> list:
+    """138 NH3 geometries with DFT energies (eV, minimum ~0) and forces (eV/Å)."""
+    z = np.load(data_path("ammonia", "ammonia.npz"))
+    return [
+        labelled_atoms(z["Z"][k], z["R"][k], z["E"][k] * KCAL_MOL, z["F"][k] * KCAL_MOL,
+                       info={"geom_id": int(z["geom_id"][k])})
+        for k in range(len(z["E"]))
+    ]
+
+
+def _vasp_kbar_to_ase(v: Sequence[float]) -> np.ndarray:
+    xx, yy, zz, xy, yz, zx = v
+    return -np.array([xx, yy, zz, yz, zx, xy]) * KBAR
+
+
+def load_mlearn(element: str, split: str = "train") -> list:
+    """mlearn data for one element; ``split`` is ``"train"``, ``"test"`` or ``"all"``.
+
+    Energies are total energies per cell (eV); the published split is kept; test entries
+    carry no stress (the upstream file pairs them with training stresses).
+    """
+    if element not in _MLEARN_SIZES:
+        raise ValueError(f"unknown mlearn element {element!r}; choose from {MLEARN_ELEMENTS}")
+    if split not in ("train", "test", "all"):
+        raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
+    n_unique, n_test = _MLEARN_SIZES[element]
+    with open(data_path("mlearn", f"{element}.json")) as f:
+        entries = json.load(f)[:n_unique]
+    out = []
+    for k, e in enumerate(entries):
+        is_test = k >= n_unique - n_test
+        if (split == "train" and is_test) or (split == "test" and not is_test):
+            continue
+        a = e["atoms"]
+        lattice = np.asarray(a["lattice_mat"], dtype=np.float64)
+        coords = np.asarray(a["coords"], dtype=np.float64)
+        pos = coords if a.get("cartesian", False) else coords @ lattice
+        from ase.data import atomic_numbers
+
+        numbers = [atomic_numbers[s] for s in a["elements"]]
+        stress = None if is_test else _vasp_kbar_to_ase(e["stresses"])
+        out.append(labelled_atoms(numbers, pos, float(e["total_energy"]) * len(numbers),
+                                  e["forces"], stress, cell=lattice, pbc=True,
+                                  info={"jid": e["jid"], "split": "test" if is_test else "train"}))
+    return out
+
+
+def read_structures(path: str | os.PathLike, index: Any = ":") -> list:
+    """Any ASE-readable file (extxyz, POSCAR, CIF, ...) -> list of ``Atoms`` with labels."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"structure file not found: {path}")
+    from ase.io import read
+
+    out = read(path, index=index)
+    return out if isinstance(out, list) else [out]
+
+
+def split_indices(n: int, fractions: Sequence[float] = (0.8, 0.2), seed: int = 0) -> list[np.ndarray]:
+    """Random disjoint index sets with the given fractions (the last takes the rest)."""
+    if n <= 0:
+        raise ValueError("cannot split an empty dataset")
+    perm = np.random.default_rng(seed).permutation(n)
+    cuts = np.cumsum([int(round(f * n)) for f in fractions[:-1]])
+    return np.split(perm, cuts)

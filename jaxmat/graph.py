@@ -1,0 +1,456 @@
+"""Atom graphs: validation, neighbour lists (cutoff, PBC), padded batches, masks.
+
+Conventions (every model and tool relies on them):
+
+* An edge ``e`` joins ``senders[e] = j`` to ``receivers[e] = i``; its vector
+  points from atom ``i`` to the periodic image of ``j``::
+
+      vec_e = R[j] - R[i] + shifts[e] @ cell[graph(e)]          (Å)
+
+  ``shifts`` are integer cell offsets stored as floats, so the same batch
+  serves for strain derivatives (stress).
+* A batch is a :class:`jraph.GraphsTuple` padded to a fixed :class:`Budget`.
+  The last graph is a padding graph that owns every padding node and edge;
+  ``nodes["mask"]``, ``edges["mask"]`` and ``globals["mask"]`` are ``True`` for
+  real entries. Padding edges join the last (padding) node to itself.
+* ``nodes``: ``positions`` (N, 3) Å, ``species`` (N,) atomic numbers (0 for
+  padding), ``graph`` (N,) graph index, ``mask``; optional ``forces`` (eV/Å).
+  ``edges``: ``shifts`` (E, 3), ``mask``. ``globals``: ``cell`` (G, 3, 3) Å,
+  ``pbc`` (G, 3), ``n_atoms`` (G,), ``mask``; optional ``energy`` (eV),
+  ``stress`` (eV/Å³, ASE sign convention) and any other graph targets.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import jraph
+import numpy as np
+
+MIN_DISTANCE = 0.1  # Å; closer atoms are rejected as overlapping
+MAX_Z = 118
+
+Batch = jraph.GraphsTuple
+
+
+# --------------------------------------------------------------------------- validation
+def validate_structure(
+    numbers: Any, positions: Any, cell: Any = None, pbc: Any = False, name: str = "structure"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Check and normalise one structure; raise ``ValueError`` naming the problem.
+
+    Returns ``(numbers int32 (n,), positions float64 (n, 3) Å, cell (3, 3) Å, pbc (3,) bool)``.
+    """
+    numbers = np.asarray(numbers)
+    positions = np.asarray(positions, dtype=np.float64)
+    if numbers.ndim != 1:
+        raise ValueError(f"{name}: atomic numbers must be 1-D, got shape {numbers.shape}")
+    if numbers.shape[0] == 0:
+        raise ValueError(f"{name}: empty structure (no atoms)")
+    if positions.ndim != 2 or positions.shape[1] != 3:
+        raise ValueError(f"{name}: positions must have shape (n_atoms, 3), got {positions.shape}")
+    if positions.shape[0] != numbers.shape[0]:
+        raise ValueError(
+            f"{name}: mismatched lengths: {numbers.shape[0]} atomic numbers but "
+            f"{positions.shape[0]} positions"
+        )
+    if not np.issubdtype(numbers.dtype, np.integer):
+        if not np.all(np.equal(np.mod(numbers, 1), 0)):
+            raise ValueError(f"{name}: atomic numbers must be integers")
+    numbers = numbers.astype(np.int32)
+    bad = (numbers < 1) | (numbers > MAX_Z)
+    if bad.any():
+        raise ValueError(f"{name}: unknown element with atomic number {int(numbers[bad][0])}")
+    if not np.all(np.isfinite(positions)):
+        idx = int(np.argwhere(~np.isfinite(positions))[0, 0])
+        raise ValueError(f"{name}: non-finite (NaN/inf) position for atom {idx}")
+    pbc = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,)).copy()
+    cell = np.zeros((3, 3)) if cell is None else np.asarray(cell, dtype=np.float64)
+    if cell.shape != (3, 3):
+        raise ValueError(f"{name}: cell must have shape (3, 3), got {cell.shape}")
+    if not np.all(np.isfinite(cell)):
+        raise ValueError(f"{name}: non-finite cell")
+    if pbc.any():
+        vol = abs(np.linalg.det(cell))
+        scale = np.prod(np.linalg.norm(cell, axis=1)) + 1e-300
+        if vol / scale < 1e-8:
+            raise ValueError(f"{name}: singular cell (volume {vol:.3g} Å^3) with periodic boundaries")
+    return numbers, positions, cell, pbc
+
+
+# --------------------------------------------------------------------------- neighbour lists
+def neighbor_list(
+    positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cutoff: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """All pairs closer than ``cutoff`` (Å), including periodic images.
+
+    Returns ``(i, j, shifts, d)``: receivers, senders, integer cell offsets (E, 3)
+    and distances, such that ``R[j] - R[i] + shifts @ cell`` has length ``d``.
+    Works for any triclinic cell and for cutoffs larger than the cell (many images).
+    """
+    positions = np.asarray(positions, dtype=np.float64)
+    pbc = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,))
+    n = len(positions)
+    if pbc.any():
+        # complete non-periodic directions so that the cell is invertible
+        full = np.array(cell, dtype=np.float64)
+        for a in np.flatnonzero(~pbc):
+            if np.linalg.norm(full[a]) < 1e-12:
+                other = [full[b] for b in range(3) if b != a]
+                v = np.cross(other[0], other[1])
+                if np.linalg.norm(v) < 1e-12:  # only one periodic direction
+                    v = np.eye(3)[np.argmin(np.abs(full[np.flatnonzero(pbc)[0]]))]
+                full[a] = v / np.linalg.norm(v)
+        frac = positions @ np.linalg.inv(full)
+        k = np.where(pbc, np.floor(frac), 0.0)
+        wrapped = positions - k @ full
+        vol = abs(np.linalg.det(full))
+        heights = vol / np.linalg.norm(np.cross(full[[1, 2, 0]], full[[2, 0, 1]]), axis=1)
+        reps = np.where(pbc, np.ceil(cutoff / heights), 0).astype(int)
+        grid = np.stack(
+            np.meshgrid(*[np.arange(-r, r + 1) for r in reps], indexing="ij"), -1
+        ).reshape(-1, 3)
+        cart = grid @ full
+    else:
+        k = np.zeros((n, 3))
+        wrapped = positions
+        grid = np.zeros((1, 3), dtype=int)
+        cart = np.zeros((1, 3))
+
+    out_i, out_j, out_s, out_d = [], [], [], []
+    zero_shift = int(np.flatnonzero((grid == 0).all(1))[0])
+    chunk = max(1, int(4e6 // max(1, n * len(grid))))
+    cut2 = cutoff * cutoff
+    for start in range(0, n, chunk):
+        sl = slice(start, min(n, start + chunk))
+        # (ci, n, S, 3) displacement from atom i to image of atom j
+        d = wrapped[None, :, None, :] + cart[None, None, :, :] - wrapped[sl, None, None, :]
+        d2 = np.einsum("ijsk,ijsk->ijs", d, d)
+        keep = d2 < cut2
+        ii = np.arange(sl.start, sl.stop)
+        keep[ii - sl.start, ii, zero_shift] = False  # no self-pairs in the home cell
+        a, b, s = np.nonzero(keep)
+        out_i.append(a + sl.start)
+        out_j.append(b)
+        out_s.append(grid[s])
+        out_d.append(np.sqrt(d2[a, b, s]))
+    i = np.concatenate(out_i).astype(np.int32)
+    j = np.concatenate(out_j).astype(np.int32)
+    shifts = np.concatenate(out_s).astype(np.float64)
+    shifts = shifts - k[j] + k[i]  # back to the unwrapped positions
+    return i, j, shifts, np.concatenate(out_d)
+
+
+# --------------------------------------------------------------------------- records
+@dataclasses.dataclass
+class Record:
+    """One structure with its neighbour list, on the host (numpy).
+
+    ``targets`` holds graph-level labels (``energy`` eV, ``stress`` eV/Å³ (3, 3), or any
+    array); ``node_targets`` holds per-atom labels (``forces`` eV/Å, ...).
+    """
+
+    numbers: np.ndarray
+    positions: np.ndarray
+    cell: np.ndarray
+    pbc: np.ndarray
+    senders: np.ndarray
+    receivers: np.ndarray
+    shifts: np.ndarray
+    targets: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    node_targets: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+
+    @property
+    def n_node(self) -> int:
+        return len(self.numbers)
+
+    @property
+    def n_edge(self) -> int:
+        return len(self.senders)
+
+
+def make_record(
+    numbers: Any,
+    positions: Any,
+    cutoff: float,
+    cell: Any = None,
+    pbc: Any = False,
+    targets: dict[str, Any] | None = None,
+    node_targets: dict[str, Any] | None = None,
+    name: str = "structure",
+) -> Record:
+    """Validate a structure and build its neighbour list (cutoff in Å)."""
+    numbers, positions, cell, pbc = validate_structure(numbers, positions, cell, pbc, name)
+    i, j, shifts, d = neighbor_list(positions, cell, pbc, cutoff)
+    if len(d) and d.min() < MIN_DISTANCE:
+        e = int(np.argmin(d))
+        raise ValueError(
+            f"{name}: overlapping atoms {int(i[e])} and {int(j[e])} at {d[e]:.3g} Å "
+            f"(< {MIN_DISTANCE} Å)"
+        )
+    n = len(numbers)
+    node_targets = {k: np.asarray(v, dtype=np.float64) for k, v in (node_targets or {}).items()}
+    for k, v in node_targets.items():
+        if v.shape[0] != n:
+            raise ValueError(f"{name}: '{k}' has {v.shape[0]} rows for {n} atoms")
+        if not np.all(np.isfinite(v)):
+            raise ValueError(f"{name}: non-finite values in '{k}'")
+    targets = {k: np.asarray(v, dtype=np.float64) for k, v in (targets or {}).items()}
+    return Record(numbers, positions, cell, pbc, j, i, shifts, targets, node_targets)
+
+
+def atoms_to_record(atoms: Any, cutoff: float, name: str | None = None) -> Record:
+    """ASE ``Atoms`` (with an attached calculator for labels, if any) -> :class:`Record`."""
+    targets, node_targets = {}, {}
+    calc = getattr(atoms, "calc", None)
+    if calc is not None and getattr(calc, "results", None):
+        res = calc.results
+        if "energy" in res:
+            targets["energy"] = float(res["energy"])
+        if "forces" in res:
+            node_targets["forces"] = np.asarray(res["forces"])
+        if "stress" in res:
+            from ase.stress import voigt_6_to_full_3x3_stress
+
+            s = np.asarray(res["stress"])
+            targets["stress"] = voigt_6_to_full_3x3_stress(s) if s.shape == (6,) else s
+    for key, value in atoms.info.items():
+        if key.startswith("target_"):
+            targets[key[len("target_"):]] = np.asarray(value, dtype=np.float64)
+    return make_record(
+        atoms.numbers,
+        atoms.positions,
+        cutoff,
+        cell=np.asarray(atoms.cell),
+        pbc=atoms.pbc,
+        targets=targets,
+        node_targets=node_targets,
+        name=name or atoms.get_chemical_formula(),
+    )
+
+
+def records_from_atoms(atoms_list: Sequence[Any], cutoff: float) -> list[Record]:
+    """Convert many ASE structures; errors name the structure's index."""
+    return [atoms_to_record(a, cutoff, name=f"structure {k} ({a.get_chemical_formula()})")
+            for k, a in enumerate(atoms_list)]
+
+
+# --------------------------------------------------------------------------- budgets
+def _round_up(x: float, multiple: int) -> int:
+    return int(math.ceil(max(x, 1) / multiple) * multiple)
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    """Fixed batch shape: total nodes, edges and graphs (including the padding graph)."""
+
+    n_node: int
+    n_edge: int
+    n_graph: int
+
+    def fits(self, n_node: int, n_edge: int, n_graph: int) -> bool:
+        return n_node < self.n_node and n_edge <= self.n_edge and n_graph < self.n_graph
+
+
+def estimate_budget(records: Sequence[Record], batch_size: int, multiple: int = 64) -> Budget:
+    """Budget for ``batch_size`` graphs per batch, from the data's size statistics.
+
+    Nodes/edges: the mean per graph times the batch size plus the largest graph,
+    rounded up to ``multiple``; every single structure always fits.
+    """
+    if not records:
+        raise ValueError("cannot estimate a padding budget from an empty dataset")
+    nn = np.array([r.n_node for r in records], dtype=float)
+    ne = np.array([r.n_edge for r in records], dtype=float)
+    b = min(batch_size, len(records))
+    n_node = _round_up(b * nn.mean() + nn.max() + 1, multiple)
+    n_edge = _round_up(b * ne.mean() + ne.max(), multiple)
+    return Budget(n_node, n_edge, b + 1)
+
+
+def pack(records: Sequence[Record], budget: Budget, order: Sequence[int] | None = None) -> list[list[int]]:
+    """Greedily group record indices (in ``order``) into batches that fit ``budget``."""
+    order = range(len(records)) if order is None else order
+    groups: list[list[int]] = []
+    cur: list[int] = []
+    nn = ne = 0
+    for k in order:
+        r = records[k]
+        if not budget.fits(r.n_node, r.n_edge, 1):
+            raise ValueError(
+                f"record {k} ({r.n_node} atoms, {r.n_edge} edges) exceeds the budget {budget}"
+            )
+        if not budget.fits(nn + r.n_node, ne + r.n_edge, len(cur) + 1):
+            groups.append(cur)
+            cur, nn, ne = [], 0, 0
+        cur.append(k)
+        nn += r.n_node
+        ne += r.n_edge
+    if cur:
+        groups.append(cur)
+    return groups
+
+
+def batch(records: Sequence[Record], budget: Budget | None = None, dtype=np.float32) -> Batch:
+    """Concatenate records into one padded :data:`Batch` (numpy leaves).
+
+    Without a budget, the batch is padded by one node, one graph and no extra edges.
+    Targets present on only some records are zero-filled with a ``<name>_mask``.
+    """
+    if not records:
+        raise ValueError("cannot batch an empty list of structures")
+    n_real_nodes = sum(r.n_node for r in records)
+    n_real_edges = sum(r.n_edge for r in records)
+    if budget is None:
+        budget = Budget(n_real_nodes + 1, n_real_edges, len(records) + 1)
+    if not budget.fits(n_real_nodes, n_real_edges, len(records)):
+        raise ValueError(
+            f"{len(records)} structures ({n_real_nodes} atoms, {n_real_edges} edges) "
+            f"do not fit the budget {budget}"
+        )
+    N, E, G = budget.n_node, budget.n_edge, budget.n_graph
+    g = len(records)
+    n_node = np.zeros(G, np.int32)
+    n_edge = np.zeros(G, np.int32)
+    n_node[:g] = [r.n_node for r in records]
+    n_edge[:g] = [r.n_edge for r in records]
+    n_node[-1] = N - n_real_nodes
+    n_edge[-1] = E - n_real_edges
+    offsets = np.concatenate([[0], np.cumsum(n_node[:g])])[:-1]
+
+    positions = np.zeros((N, 3), dtype)
+    positions[:n_real_nodes] = np.concatenate([r.positions for r in records])
+    species = np.zeros(N, np.int32)
+    species[:n_real_nodes] = np.concatenate([r.numbers for r in records])
+    node_graph = np.repeat(np.arange(G, dtype=np.int32), n_node)
+    senders = np.full(E, N - 1, np.int32)
+    receivers = np.full(E, N - 1, np.int32)
+    senders[:n_real_edges] = np.concatenate([r.senders + o for r, o in zip(records, offsets)])
+    receivers[:n_real_edges] = np.concatenate([r.receivers + o for r, o in zip(records, offsets)])
+    shifts = np.zeros((E, 3), dtype)
+    shifts[:n_real_edges] = np.concatenate([r.shifts for r in records])
+    cell = np.zeros((G, 3, 3), dtype)
+    cell[:g] = [r.cell for r in records]
+    pbc = np.zeros((G, 3), bool)
+    pbc[:g] = [r.pbc for r in records]
+
+    nodes = {
+        "positions": positions,
+        "species": species,
+        "graph": node_graph,
+        "mask": np.arange(N) < n_real_nodes,
+    }
+    edges = {"shifts": shifts, "mask": np.arange(E) < n_real_edges}
+    globals_ = {
+        "cell": cell,
+        "pbc": pbc,
+        "n_atoms": n_node.astype(dtype) * (np.arange(G) < g),
+        "mask": np.arange(G) < g,
+    }
+    for key in sorted({k for r in records for k in r.targets}):
+        have = [key in r.targets for r in records]
+        shape = next(np.shape(r.targets[key]) for r in records if key in r.targets)
+        arr = np.zeros((G, *shape), dtype)
+        for a, r in enumerate(records):
+            if key in r.targets:
+                arr[a] = r.targets[key]
+        globals_[key] = arr
+        if not all(have):
+            globals_[f"{key}_mask"] = np.array(have + [False] * (G - g))
+    for key in sorted({k for r in records for k in r.node_targets}):
+        shape = next(r.node_targets[key].shape[1:] for r in records if key in r.node_targets)
+        arr = np.zeros((N, *shape), dtype)
+        have = np.zeros(N, bool)
+        for r, o in zip(records, offsets):
+            if key in r.node_targets:
+                arr[o:o + r.n_node] = r.node_targets[key]
+                have[o:o + r.n_node] = True
+        nodes[key] = arr
+        if not have[:n_real_nodes].all():
+            nodes[f"{key}_mask"] = have
+    return jraph.GraphsTuple(
+        nodes=nodes, edges=edges, senders=senders, receivers=receivers,
+        globals=globals_, n_node=n_node, n_edge=n_edge,
+    )
+
+
+class GraphLoader:
+    """Padded batches of records with fixed shapes; reshuffled per epoch, reproducibly.
+
+    ``loader.epoch(k)`` yields the batches of epoch ``k`` (order from ``seed`` and ``k``).
+    """
+
+    def __init__(
+        self,
+        records: Sequence[Record],
+        batch_size: int = 32,
+        budget: Budget | None = None,
+        shuffle: bool = True,
+        seed: int = 0,
+    ):
+        if not records:
+            raise ValueError("GraphLoader needs at least one structure")
+        self.records = list(records)
+        self.batch_size = batch_size
+        self.budget = budget or estimate_budget(self.records, batch_size)
+        self.shuffle = shuffle
+        self.seed = seed
+        self._fixed: list[Batch] | None = None
+
+    def order(self, epoch: int) -> np.ndarray:
+        if not self.shuffle:
+            return np.arange(len(self.records))
+        return np.random.default_rng([self.seed, epoch]).permutation(len(self.records))
+
+    def epoch(self, epoch: int = 0) -> Iterator[Batch]:
+        if not self.shuffle:
+            if self._fixed is None:
+                self._fixed = [batch([self.records[k] for k in grp], self.budget)
+                               for grp in pack(self.records, self.budget)]
+            yield from self._fixed
+            return
+        for grp in pack(self.records, self.budget, self.order(epoch)):
+            yield batch([self.records[k] for k in grp], self.budget)
+
+    def __iter__(self) -> Iterator[Batch]:
+        return self.epoch(0)
+
+    def __len__(self) -> int:
+        return len(pack(self.records, self.budget, self.order(0)))
+
+
+# --------------------------------------------------------------------------- device-side helpers
+def safe_norm(x: jax.Array, axis: int = -1, keepdims: bool = False) -> jax.Array:
+    """Euclidean norm whose gradient is finite (zero) at x = 0."""
+    sq = jnp.sum(x * x, axis=axis, keepdims=keepdims)
+    pos = sq > 0
+    return jnp.where(pos, jnp.sqrt(jnp.where(pos, sq, 1.0)), 0.0)
+
+
+def edge_vectors(batch: Batch) -> jax.Array:
+    """Edge vectors R[j] - R[i] + shift @ cell (Å), shape (E, 3)."""
+    pos = batch.nodes["positions"]
+    cell = batch.globals["cell"][batch.nodes["graph"][batch.receivers]]
+    shift = jnp.einsum("ek,ekl->el", batch.edges["shifts"], cell)
+    return pos[batch.senders] - pos[batch.receivers] + shift
+
+
+def n_graphs(batch: Batch) -> int:
+    return batch.n_node.shape[0]
+
+
+def n_nodes(batch: Batch) -> int:
+    return batch.nodes["species"].shape[0]
+
+
+def graph_sum(x: jax.Array, batch: Batch) -> jax.Array:
+    """Sum per-node values into their graphs (padding nodes must already be zero)."""
+    return jax.ops.segment_sum(x, batch.nodes["graph"], n_graphs(batch))
+
+
+def to_device(b: Batch) -> Batch:
+    return jax.tree_util.tree_map(jnp.asarray, b)

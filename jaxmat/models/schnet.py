@@ -1,0 +1,92 @@
+"""SchNet (Schütt et al., J. Chem. Phys. 148, 241722, 2018) as an NNX module.
+
+Continuous-filter convolutions over the cutoff graph with a Gaussian radial basis
+and a smooth cosine cutoff. The output is a per-graph energy (eV) as a sum of atomic
+terms ``scale * y_i + shift + ref[Z_i]``; forces and stress come from
+:mod:`jaxmat.potential` by differentiating this same function.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxmat import graph
+from jaxmat.models.layers import cosine_cutoff, gaussian_rbf, shifted_softplus
+from jaxmat.protocol import Model, from_nnx
+
+
+@dataclasses.dataclass(frozen=True)
+class SchNetConfig:
+    """Hyper-parameters; ``atom_refs`` (eV per element, index = Z) and ``scale``/``shift``
+    (eV per atom) are usually fitted on the training set (:func:`jaxmat.potential.fit_energy_stats`)."""
+
+    n_features: int = 64
+    n_interactions: int = 3
+    n_rbf: int = 50
+    cutoff: float = 5.0
+    max_z: int = 118
+    atom_refs: tuple[float, ...] | None = None
+    scale: float = 1.0
+    shift: float = 0.0
+
+    def with_stats(self, atom_refs: np.ndarray, scale: float, shift: float = 0.0) -> "SchNetConfig":
+        return dataclasses.replace(self, atom_refs=tuple(float(x) for x in atom_refs),
+                                   scale=float(scale), shift=float(shift))
+
+
+class Interaction(nnx.Module):
+    def __init__(self, n_features: int, n_rbf: int, rngs: nnx.Rngs):
+        F = n_features
+        self.filter1 = nnx.Linear(n_rbf, F, rngs=rngs)
+        self.filter2 = nnx.Linear(F, F, rngs=rngs)
+        self.in2f = nnx.Linear(F, F, use_bias=False, rngs=rngs)
+        self.f2out = nnx.Linear(F, F, rngs=rngs)
+        self.dense = nnx.Linear(F, F, rngs=rngs)
+
+    def __call__(self, h, rbf, fcut, senders, receivers):
+        w = self.filter2(shifted_softplus(self.filter1(rbf))) * fcut[:, None]
+        x = self.in2f(h)[senders] * w
+        x = jax.ops.segment_sum(x, receivers, h.shape[0])
+        return self.dense(shifted_softplus(self.f2out(x)))
+
+
+class SchNet(nnx.Module):
+    """``SchNet(cfg, rngs)(batch) -> {"energy": (G,) eV, "atomic_energies": (N,) eV}``."""
+
+    def __init__(self, cfg: SchNetConfig, rngs: nnx.Rngs):
+        self.cfg = cfg
+        F = cfg.n_features
+        self.embedding = nnx.Embed(cfg.max_z + 1, F, rngs=rngs)
+        self.interactions = nnx.List(
+            [Interaction(F, cfg.n_rbf, rngs) for _ in range(cfg.n_interactions)]
+        )
+        self.out1 = nnx.Linear(F, F // 2, rngs=rngs)
+        self.out2 = nnx.Linear(F // 2, 1, rngs=rngs)
+        refs = np.zeros(cfg.max_z + 1, np.float32)
+        if cfg.atom_refs is not None:
+            refs[: len(cfg.atom_refs)] = cfg.atom_refs
+        self.atom_refs = nnx.Variable(jnp.asarray(refs))
+
+    def __call__(self, batch: graph.Batch) -> dict[str, jax.Array]:
+        cfg = self.cfg
+        d = graph.safe_norm(graph.edge_vectors(batch))
+        fcut = cosine_cutoff(d, cfg.cutoff) * batch.edges["mask"]
+        rbf = gaussian_rbf(d, cfg.n_rbf, cfg.cutoff)
+        z = batch.nodes["species"]
+        h = self.embedding(z)
+        for block in self.interactions:
+            h = h + block(h, rbf, fcut, batch.senders, batch.receivers)
+        y = self.out2(shifted_softplus(self.out1(h)))[:, 0]
+        e_atom = (cfg.scale * y + cfg.shift + self.atom_refs[...][z]) * batch.nodes["mask"]
+        return {"energy": graph.graph_sum(e_atom, batch), "atomic_energies": e_atom}
+
+
+def schnet(cfg: SchNetConfig | None = None, **kwargs) -> Model:
+    """SchNet energy model through the protocol (``apply`` gives energies; wrap it with
+    :func:`jaxmat.potential.potential` for forces and stress)."""
+    cfg = cfg or SchNetConfig(**kwargs)
+    return from_nnx(lambda rngs: SchNet(cfg, rngs), name="SchNet")

@@ -168,6 +168,7 @@ class FitConfig:
     monitor: str = "loss"
     seed: int = 0
     checkpoint_dir: str | None = None
+    checkpoint_every: int = 10
     keep: int = 2
     log_path: str | None = None
     progress: bool = True
@@ -209,6 +210,8 @@ def fit(
                                cfg.warmup_epochs * steps_per_epoch, cfg.clip)
     step_fn = jax.jit(make_step(model, loss, optimizer), donate_argnums=(0, 1))
     eval_fn = jax.jit(make_eval(model, loss))
+    # the jitted step donates its params buffers: work on a copy, the caller's stay valid
+    params = jax.tree_util.tree_map(jnp.array, params)
     opt_state = optimizer.init(params)
     state = {"params": params, "opt_state": opt_state, "best_params": params}
     meta = {"epoch": 0, "best_metric": math.inf, "best_epoch": -1, "bad_epochs": 0, "history": []}
@@ -230,7 +233,7 @@ def fit(
     if cfg.progress and stop > start:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=stop - start, desc="fit", unit="epoch", leave=False)
+        bar = tqdm(total=stop - start, desc="fit", unit="epoch", leave=False, mininterval=2.0)
     try:
         for epoch in range(start, stop):
             if stopped:
@@ -261,7 +264,8 @@ def fit(
                 meta["bad_epochs"] += 1
             history.append(row)
             meta.update(epoch=epoch + 1, history=history)
-            if ckpt is not None:
+            last = epoch + 1 == stop or (cfg.patience is not None and meta["bad_epochs"] >= cfg.patience)
+            if ckpt is not None and ((epoch + 1) % cfg.checkpoint_every == 0 or last):
                 ckpt.save(epoch + 1, {"params": params, "opt_state": opt_state,
                                       "best_params": best_params}, meta)
             if log_path:

@@ -1,0 +1,46 @@
+"""Rebuild benchmarks/README.md from the tables in benchmarks/results/*.md.
+
+    python benchmarks/summarize.py
+"""
+from __future__ import annotations
+
+import glob
+import os
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ORDER = ["speed", "peers", "mlearn", "committee", "ammonia_committee", "adversarial_ammonia",
+         "photoanode", "xanes", "crystal", "mlearn_painn"]
+
+HEADER = """# Benchmarks
+
+Each script writes `results/<name>.json` (all numbers, settings, device) and `results/<name>.md`
+(the table below). Rebuild this page with `python benchmarks/summarize.py`.
+Timings are medians over repeats; ratios are measured side by side in one run. The CPU machine
+is a shared 2-core VM: its load average is recorded in every JSON file.
+
+| script | what it measures |
+|---|---|
+| `speed.py` | training/inference throughput, compilations per epoch (ammonia, mlearn-Si) |
+| `peers/schnet_peers.py` | jaxmat vs SchNetPack vs PyG SchNet, alternated A/B (separate torch env: `peers/setup.sh`) |
+| `mlearn.py` | SchNet test MAE on the six mlearn elements beside published figures |
+| `committee.py`, `ammonia_committee.py` | vmapped committees: cost vs size, accuracy and calibration |
+| `adversarial_ammonia.py` | adversarial active learning on NH3 with GFN2-xTB |
+| `photoanode.py` | composition + Raman CNN accuracy, gradient fidelity, interpretation time |
+| `xanes.py` | structure → K-edge XANES peak metrics |
+| `crystal.py`, `mlearn_painn.py` | ALIGNN-style / PaiNN on JARVIS samples and mlearn |
+"""
+
+
+def main() -> None:
+    tables = {os.path.splitext(os.path.basename(p))[0]: p for p in glob.glob(os.path.join(HERE, "results", "*.md"))}
+    names = [n for n in ORDER if n in tables] + sorted(set(tables) - set(ORDER))
+    parts = [HEADER]
+    for n in names:
+        with open(tables[n]) as f:
+            parts.append(f"## {n}\n\n{f.read().strip()}\n")
+    with open(os.path.join(HERE, "README.md"), "w") as f:
+        f.write("\n".join(parts))
+
+
+if __name__ == "__main__":
+    main()

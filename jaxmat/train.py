@@ -212,8 +212,11 @@ def fit(
     eval_fn = jax.jit(make_eval(model, loss))
     # the jitted step donates its params buffers: work on a copy, the caller's stay valid
     params = jax.tree_util.tree_map(jnp.array, params)
+    # the step donates its buffers: work on copies so the caller's params stay valid
+    params = jax.tree_util.tree_map(jnp.array, params)
     opt_state = optimizer.init(params)
-    state = {"params": params, "opt_state": opt_state, "best_params": params}
+    state = {"params": params, "opt_state": opt_state,
+             "best_params": jax.tree_util.tree_map(jnp.array, params)}
     meta = {"epoch": 0, "best_metric": math.inf, "best_epoch": -1, "bad_epochs": 0, "history": []}
 
     ckpt = Checkpointer(cfg.checkpoint_dir, cfg.keep) if cfg.checkpoint_dir else None

@@ -1,0 +1,121 @@
+"""QM9-like molecule list for the XANES dataset, filtered from the PubChem identifier
+tables shipped with the MIT-licensed ``chemicals`` package (needs ``rdkit`` and
+``chemicals``: the ``generators`` extra).
+
+Kept: neutral, single-fragment molecules with 1-9 heavy atoms, all of them C, N, O or F
+(hydrogens allowed), no isotopes, no radicals; deduplicated by RDKit canonical SMILES.
+"""
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Iterable
+
+ALLOWED = frozenset({"C", "N", "O", "F"})
+MAX_HEAVY = 9
+TABLES = ("chemical identifiers pubchem large.tsv", "chemical identifiers pubchem small.tsv")
+FIELDS = ("mol_id", "smiles", "pubchem_cid", "n_heavy", "n_O", "n_N", "n_C", "n_F")
+
+
+def canonical(smiles: str):
+    """``(canonical SMILES, counts)`` if ``smiles`` passes the filter, else ``None``."""
+    from rdkit import Chem, RDLogger
+
+    RDLogger.DisableLog("rdApp.*")
+    mol = Chem.MolFromSmiles(smiles)
+    if mol is None or "." in smiles:
+        return None
+    counts = {"C": 0, "N": 0, "O": 0, "F": 0}
+    for atom in mol.GetAtoms():
+        sym = atom.GetSymbol()
+        if atom.GetIsotope() or atom.GetNumRadicalElectrons():
+            return None
+        if sym == "H":
+            continue
+        if (sym not in ALLOWED or atom.GetFormalCharge() != 0):
+            return None
+        counts[sym] += 1
+    n_heavy = sum(counts.values())
+    if not 1 <= n_heavy <= MAX_HEAVY or Chem.GetFormalCharge(mol) != 0:
+        return None
+    if len(Chem.GetMolFrags(mol)) != 1:
+        return None
+    return Chem.MolToSmiles(mol), counts
+
+
+def read_tables(paths: Iterable[str] | None = None) -> list[tuple[str, str]]:
+    """``(pubchem_cid, smiles)`` rows of the ``chemicals`` PubChem tables (SMILES: column 5)."""
+    if paths is None:
+        import chemicals
+
+        base = os.path.join(os.path.dirname(chemicals.__file__), "Identifiers")
+        paths = [os.path.join(base, t) for t in TABLES]
+    rows = []
+    for path in paths:
+        if not os.path.exists(path):
+            raise FileNotFoundError(path)
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                parts = line.rstrip("\n").split("\t")
+                if len(parts) >= 5 and parts[4]:
+                    rows.append((parts[0], parts[4]))
+    return rows
+
+
+def _order_key(rec: dict) -> tuple:
+    # small first; within a size, molecules holding both O and N first, then O-only and
+    # N-only interleaved; stable on canonical SMILES
+    both = rec["n_O"] > 0 and rec["n_N"] > 0
+    return (rec["n_heavy"], 0 if both else 1, rec["smiles"])
+
+
+def build_list(rows: Iterable[tuple[str, str]]) -> list[dict]:
+    """Filter, deduplicate (canonical SMILES, first PubChem id kept) and order molecules.
+
+    Order: heavy-atom count ascending, then molecules containing both O and N; ids
+    ``mol00000``... follow this order, so a generator walking the list fills small
+    molecules and both edges first.
+    """
+    seen: dict[str, dict] = {}
+    for cid, smi in rows:
+        got = canonical(smi)
+        if got is None:
+            continue
+        can, counts = got
+        if can in seen:
+            continue
+        seen[can] = {"smiles": can, "pubchem_cid": cid, "n_heavy": sum(counts.values()),
+                     **{f"n_{k}": v for k, v in counts.items()}}
+    recs = sorted(seen.values(), key=_order_key)
+    for k, r in enumerate(recs):
+        r["mol_id"] = f"mol{k:05d}"
+    return recs
+
+
+def write_list(recs: list[dict], path: str) -> None:
+    """Write the list as CSV (columns :data:`FIELDS`); refuses to overwrite an existing file."""
+    if os.path.exists(path):
+        raise FileExistsError(f"{path} exists; remove it first to rebuild the molecule list")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=FIELDS)
+        w.writeheader()
+        for r in recs:
+            w.writerow({k: r[k] for k in FIELDS})
+
+
+def read_list(path: str) -> list[dict]:
+    """Read a molecule list CSV written by :func:`write_list`."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(path)
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        raise ValueError(f"{path}: empty molecule list")
+    missing = set(FIELDS) - set(rows[0])
+    if missing:
+        raise ValueError(f"{path}: missing columns {sorted(missing)}")
+    for r in rows:
+        for k in FIELDS[3:]:
+            r[k] = int(r[k])
+    return rows

@@ -44,7 +44,7 @@ def records():
 
 @pytest.fixture(scope="module")
 def schnet_pot():
-    return potential.potential(schnet(SchNetConfig(n_features=16, n_interactions=2, n_rbf=8,
+    return potential.potential(schnet(SchNetConfig(n_features=16, n_interactions=1, n_rbf=8,
                                                    cutoff=CUTOFF)), stress=False)
 
 
@@ -67,8 +67,8 @@ def test_committee_of_one_equals_single_model(request, which, val):
     model = request.getfixturevalue(which)
     b = next(iter(val))
     p = model.init(jax.random.key(3), b)
-    single = model.apply(p, b)
-    com = ensemble.apply(model, ensemble.stack([p]), b)
+    single = jax.jit(model.apply)(p, b)
+    com = jax.jit(lambda q, x: ensemble.apply(model, q, x))(ensemble.stack([p]), b)
     st = ensemble.stats(com)
     for k in ("energy", "forces"):
         np.testing.assert_allclose(com[k][0], single[k], rtol=1e-5, atol=1e-6)
@@ -82,9 +82,10 @@ def test_vmapped_apply_equals_loop_and_members_differ(request, which, val):
     b = next(iter(val))
     params = ensemble.init(model, jax.random.key(0), b, 3)
     assert ensemble.size(params) == 3
-    com = ensemble.apply(model, params, b)
+    com = jax.jit(lambda q, x: ensemble.apply(model, q, x))(params, b)
+    single = jax.jit(model.apply)
     for m in range(3):
-        ref = model.apply(ensemble.member(params, m), b)
+        ref = single(ensemble.member(params, m), b)
         np.testing.assert_allclose(com["energy"][m], ref["energy"], rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(com["forces"][m], ref["forces"], rtol=1e-4, atol=1e-5)
     # different keys -> different members
@@ -137,32 +138,40 @@ def test_loader_orders_bootstrap_and_fixed_shapes(records):
     assert not np.array_equal(idx[0], idx[1])
 
 
-def test_fit_trains_members_apart_and_resumes(schnet_pot, records, val, tmp_path):
+def test_fit_schnet_committee_improves_every_member(schnet_pot, records, val):
     loss = train.energy_force_loss(1.0, 10.0)
     p0 = ensemble.init(schnet_pot, jax.random.key(0), graph.batch(records[:2]), 2)
-    cfg = ensemble.CommitteeConfig(epochs=3, lr=5e-3, batch_size=10, progress=False,
-                                   checkpoint_dir=str(tmp_path / "ck"))
     full = ensemble.fit(schnet_pot, p0, records[:30], val, loss,
                         ensemble.CommitteeConfig(epochs=3, lr=5e-3, batch_size=10, progress=False))
-    # training lowered every member's validation loss
     first, last = full.history[0]["val_loss"], full.history[-1]["val_loss"]
     assert len(first) == 2 and all(b < a for a, b in zip(first, last))
     assert full.best_epoch == [3, 3]
     ev = ensemble.evaluate(schnet_pot, full.params, val, loss)
     np.testing.assert_allclose(ev["loss"], full.best_metric, rtol=1e-5)
+
+
+def test_fit_data_order_separates_members_and_resume(pair_pot, records, val, tmp_path):
+    loss = train.energy_force_loss(1.0, 10.0)
+    p0 = ensemble.init(pair_pot, jax.random.key(0), graph.batch(records[:2]), 2)
     # starting both members from the same params, data order alone makes them differ
     same = ensemble.stack([ensemble.member(p0, 0)] * 2)
-    res = ensemble.fit(schnet_pot, same, records[:30], None, loss,
+    res = ensemble.fit(pair_pot, same, records[:30], None, loss,
                        ensemble.CommitteeConfig(epochs=1, lr=5e-3, batch_size=10, progress=False))
     a, b = (_leaves(ensemble.member(res.params, m)) for m in range(2))
     assert max(np.abs(x - y).max() for x, y in zip(a, b)) > 1e-4
     # resume: 2 epochs, then the 3rd in a second call == 3 epochs in one go
-    part = ensemble.fit(schnet_pot, p0, records[:30], val, loss, cfg, max_epochs=2)
+    kw = dict(epochs=3, lr=5e-3, batch_size=10, progress=False)
+    full = ensemble.fit(pair_pot, p0, records[:30], val, loss, ensemble.CommitteeConfig(**kw))
+    cfg = ensemble.CommitteeConfig(**kw, checkpoint_dir=str(tmp_path / "ck"))
+    part = ensemble.fit(pair_pot, p0, records[:30], val, loss, cfg, max_epochs=2)
     assert len(part.history) == 2
-    rest = ensemble.fit(schnet_pot, p0, records[:30], val, loss, cfg)
+    rest = ensemble.fit(pair_pot, p0, records[:30], val, loss, cfg)
     assert len(rest.history) == 3
     for x, y in zip(_leaves(rest.last_params), _leaves(full.last_params)):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+    for x, y in zip(_leaves(rest.params), _leaves(full.params)):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+    assert rest.best_epoch == full.best_epoch
     assert os.path.exists(tmp_path / "ck" / "metrics.csv")
 
 
@@ -227,7 +236,7 @@ _SHARD_SCRIPT = textwrap.dedent("""
     from jaxmat.models import SchNetConfig, schnet
     assert len(jax.devices()) == 4, jax.devices()
     recs = graph.records_from_atoms(data.load_ammonia()[:24], 4.0)
-    model = potential.potential(schnet(SchNetConfig(n_features=16, n_interactions=2, n_rbf=8,
+    model = potential.potential(schnet(SchNetConfig(n_features=8, n_interactions=1, n_rbf=8,
                                                     cutoff=4.0)), stress=False)
     loss = train.energy_force_loss(1.0, 10.0)
     opt = train.make_optimizer(1e-2, 10)

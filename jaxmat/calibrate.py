@@ -1,0 +1,214 @@
+"""Uncertainty calibration of committee predictions.
+
+Inputs are errors ``err = prediction - target`` and predicted standard deviations ``sigma``
+in the same unit (e.g. eV/Å for force components, eV for energies), as arrays of any shape
+(flattened). Under a calibrated Gaussian model ``err ~ N(0, sigma²)``:
+
+* :func:`gaussian_nll` -- mean negative log-likelihood (nats per value);
+* :func:`spearman` -- rank correlation of ``|err|`` with ``sigma`` (ranking quality);
+* :func:`calibration_curve` / :func:`miscalibration_area` -- observed vs expected fraction of
+  errors inside the central interval of each probability level;
+* :func:`coverage` -- fraction of ``|err| <= z_p sigma`` (0.68 and 0.95 expected);
+* :func:`fit_scale` -- the recalibration factor ``s`` (``sigma -> s sigma``) that minimises the
+  Gaussian NLL on validation data, in closed form ``s² = mean(err² / sigma²)``;
+  :func:`recalibrate` applies it at prediction time.
+
+Plots (:func:`plot_calibration`, :func:`plot_error_vs_sigma`, :func:`plot_parity`) import
+matplotlib only when called.
+"""
+from __future__ import annotations
+
+import math
+from statistics import NormalDist
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+_SQRT2 = math.sqrt(2.0)
+
+
+def _check(err: Any, sigma: Any) -> tuple[np.ndarray, np.ndarray]:
+    err = np.asarray(err, dtype=np.float64).ravel()
+    sigma = np.asarray(sigma, dtype=np.float64).ravel()
+    if err.shape != sigma.shape:
+        raise ValueError(f"errors and sigmas must have the same size, got {err.size} and "
+                         f"{sigma.size}")
+    if err.size == 0:
+        raise ValueError("no errors to calibrate (empty input)")
+    if not np.all(np.isfinite(err)):
+        raise ValueError(f"non-finite (NaN/inf) errors/predictions at index "
+                         f"{int(np.flatnonzero(~np.isfinite(err))[0])}")
+    if not np.all(np.isfinite(sigma)):
+        raise ValueError(f"non-finite (NaN/inf) sigma at index "
+                         f"{int(np.flatnonzero(~np.isfinite(sigma))[0])}")
+    if np.any(sigma <= 0):
+        raise ValueError(f"sigma must be positive; {int(np.sum(sigma <= 0))} value(s) are <= 0")
+    return err, sigma
+
+
+def _erf(x: np.ndarray) -> np.ndarray:
+    return np.vectorize(math.erf, otypes=[float])(x)
+
+
+def _z_of(p: float) -> float:
+    """Half-width (in sigmas) of the central interval holding probability ``p`` of N(0, 1)."""
+    return NormalDist().inv_cdf(0.5 * (1.0 + float(p)))
+
+
+def gaussian_nll(err: Any, sigma: Any) -> float:
+    """Mean Gaussian negative log-likelihood ``½ log(2π σ²) + err² / (2σ²)`` (nats)."""
+    e, s = _check(err, sigma)
+    return float(np.mean(0.5 * np.log(2 * np.pi * s**2) + 0.5 * (e / s) ** 2))
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks 1..n with ties given their average rank."""
+    order = np.argsort(x, kind="mergesort")
+    xs = x[order]
+    ranks = np.empty(len(x))
+    start = 0
+    for k in range(1, len(x) + 1):
+        if k == len(x) or xs[k] != xs[start]:
+            ranks[order[start:k]] = 0.5 * (start + k - 1) + 1.0
+            start = k
+    return ranks
+
+
+def spearman(err: Any, sigma: Any) -> float:
+    """Spearman rank correlation between ``|err|`` and ``sigma`` (1 = perfect ranking)."""
+    e, s = _check(err, sigma)
+    if e.size < 2:
+        raise ValueError("Spearman correlation needs at least 2 values")
+    ra, rb = _ranks(np.abs(e)), _ranks(s)
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    den = math.sqrt(float(np.sum(ra**2) * np.sum(rb**2)))
+    return float(np.sum(ra * rb) / den) if den > 0 else float("nan")
+
+
+def coverage(err: Any, sigma: Any, p: float = 0.95) -> float:
+    """Observed fraction of values with ``|err| <= z_p sigma`` (``p`` expected if calibrated)."""
+    if not 0.0 < p < 1.0:
+        raise ValueError(f"probability level must lie in (0, 1), got {p}")
+    e, s = _check(err, sigma)
+    return float(np.mean(np.abs(e) <= _z_of(p) * s))
+
+
+def calibration_curve(err: Any, sigma: Any, n_levels: int = 99) -> tuple[np.ndarray, np.ndarray]:
+    """``(expected, observed)``: probability levels ``p`` on an even grid in (0, 1) and the
+    observed fraction of errors inside the central ``p`` interval of ``N(0, sigma²)``."""
+    e, s = _check(err, sigma)
+    expected = np.linspace(0.0, 1.0, n_levels + 2)[1:-1]
+    # the level at which each error leaves its interval: P(|Z| <= |e|/s)
+    level = np.sort(_erf(np.abs(e) / s / _SQRT2))
+    observed = np.searchsorted(level, expected, side="right") / e.size
+    return expected, observed
+
+
+def miscalibration_area(err: Any, sigma: Any, n_levels: int = 99) -> float:
+    """Mean ``|observed - expected|`` over the calibration curve (0 = calibrated, max 0.5)."""
+    expected, observed = calibration_curve(err, sigma, n_levels)
+    return float(np.mean(np.abs(observed - expected)))
+
+
+def fit_scale(err: Any, sigma: Any) -> float:
+    """Recalibration factor ``s`` minimising the Gaussian NLL of ``N(0, (s sigma)²)`` on
+    validation data: ``s = sqrt(mean(err² / sigma²))`` (closed form)."""
+    e, s = _check(err, sigma)
+    scale = math.sqrt(float(np.mean((e / s) ** 2)))
+    if scale == 0.0:
+        raise ValueError("all errors are zero; the recalibration scale is undefined")
+    return scale
+
+
+def recalibrate(sigma: Any, scale: float) -> np.ndarray:
+    """``scale * sigma`` (apply a factor from :func:`fit_scale` at prediction time)."""
+    if not (math.isfinite(scale) and scale > 0):
+        raise ValueError(f"recalibration scale must be positive and finite, got {scale}")
+    return scale * np.asarray(sigma)
+
+
+def metrics(err: Any, sigma: Any) -> dict[str, float]:
+    """All calibration metrics at once: ``mae``, ``rmse``, ``mean_sigma``, ``nll``, ``spearman``,
+    ``miscalibration_area``, ``coverage_68``, ``coverage_95`` (error-unit quantities in the
+    unit of ``err``)."""
+    e, s = _check(err, sigma)
+    return {
+        "n": int(e.size),
+        "mae": float(np.mean(np.abs(e))),
+        "rmse": float(np.sqrt(np.mean(e**2))),
+        "mean_sigma": float(np.mean(s)),
+        "nll": gaussian_nll(e, s),
+        "spearman": spearman(e, s) if e.size > 1 else float("nan"),
+        "miscalibration_area": miscalibration_area(e, s),
+        "coverage_68": coverage(e, s, 0.6827),
+        "coverage_95": coverage(e, s, 0.95),
+    }
+
+
+# --------------------------------------------------------------------------- plots
+def _axes(ax: Any):
+    if ax is not None:
+        return ax
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=(4, 4))[1]
+
+
+def plot_calibration(err: Any, sigma: Any, ax: Any = None, label: str | None = None):
+    """Calibration curve: observed vs expected fraction inside the central interval."""
+    ax = _axes(ax)
+    expected, observed = calibration_curve(err, sigma)
+    ax.plot([0, 1], [0, 1], "k--", lw=1, label="ideal")
+    ax.plot(expected, observed, label=label or
+            f"area {miscalibration_area(err, sigma):.3f}")
+    ax.fill_between(expected, expected, observed, alpha=0.2)
+    ax.set(xlabel="expected fraction", ylabel="observed fraction", xlim=(0, 1), ylim=(0, 1))
+    ax.legend(loc="upper left")
+    return ax
+
+
+def plot_error_vs_sigma(err: Any, sigma: Any, ax: Any = None, unit: str = "eV/Å"):
+    """|error| against predicted sigma (log-log) with the 68 % / 95 % Gaussian quantile lines."""
+    ax = _axes(ax)
+    e, s = _check(err, sigma)
+    ax.loglog(s, np.abs(e) + 1e-12, ".", ms=2, alpha=0.5)
+    grid = np.geomspace(s.min(), s.max(), 50)
+    for p, style in ((0.6827, "k--"), (0.95, "k:")):
+        ax.plot(grid, _z_of(p) * grid, style, lw=1, label=f"{p:.0%} interval")
+    ax.set(xlabel=f"σ ({unit})", ylabel=f"|error| ({unit})",
+           title=f"Spearman ρ = {spearman(e, s):.2f}")
+    ax.legend(loc="lower right")
+    return ax
+
+
+def plot_parity(target: Any, prediction: Any, sigma: Any, ax: Any = None, unit: str = "eV/Å",
+                max_points: int = 2000):
+    """Parity plot of prediction vs target with ±sigma error bars."""
+    ax = _axes(ax)
+    t = np.asarray(target, dtype=np.float64).ravel()
+    p = np.asarray(prediction, dtype=np.float64).ravel()
+    _, s = _check(p - t, sigma)
+    if len(t) > max_points:
+        keep = np.random.default_rng(0).choice(len(t), max_points, replace=False)
+        t, p, s = t[keep], p[keep], s[keep]
+    ax.errorbar(t, p, yerr=s, fmt=".", ms=2, lw=0.5, alpha=0.6)
+    lim = [min(t.min(), p.min()), max(t.max(), p.max())]
+    ax.plot(lim, lim, "k--", lw=1)
+    ax.set(xlabel=f"target ({unit})", ylabel=f"prediction ({unit})")
+    return ax
+
+
+def plot_all(err: Sequence[float], sigma: Sequence[float], target: Any, prediction: Any,
+             path: str | None = None, unit: str = "eV/Å"):
+    """The three plots side by side; saved to ``path`` when given. Returns the figure."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(12, 4))
+    plot_calibration(err, sigma, axes[0])
+    plot_error_vs_sigma(err, sigma, axes[1], unit)
+    plot_parity(target, prediction, sigma, axes[2], unit)
+    fig.tight_layout()
+    if path:
+        fig.savefig(path, dpi=120)
+    return fig

@@ -1,0 +1,154 @@
+"""ASE calculator for any jaxmat potential or committee of potentials.
+
+``JaxmatCalculator(model, params, cutoff)`` gives ``energy`` (eV), ``free_energy``,
+``forces`` (eV/Å), ``stress`` (eV/Å³, Voigt order, periodic cells only) and, when the model
+gives them, per-atom ``energies`` (eV). With committee params (leading member axis, see
+:mod:`jaxmat.ensemble`) the results are the members' mean, plus the committee spread:
+``energy_std`` (eV), ``forces_std`` (N, 3) eV/Å, ``forces_std_atom`` (N,) eV/Å (root of the
+xyz-summed variance), ``energy_members`` (M,) eV — scaled by an optional recalibration
+factor (:func:`jaxmat.calibrate.fit_scale`).
+
+The neighbour list is rebuilt on the host at every call (:func:`jaxmat.graph.make_record`);
+the padded shapes are kept across calls and grown (with a margin) only when the structure
+outgrows them, so an MD run or a relaxation compiles once (``calc.n_compiles``).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from ase.calculators.calculator import Calculator, all_changes
+from ase.stress import full_3x3_to_voigt_6_stress
+
+from jaxmat import ensemble, graph
+from jaxmat.protocol import Model, Params
+
+STD_KEYS = ("energy_std", "forces_std", "forces_std_atom", "energy_members")
+
+
+def _is_committee(model: Model, params: Params, example: graph.Batch) -> bool:
+    """True if every leaf of ``params`` has one more (leading) axis than ``model.init`` gives."""
+    single = jax.eval_shape(model.init, jax.random.key(0), example)
+    got = [tuple(jnp.shape(x)) for x in jax.tree_util.tree_leaves(params)]
+    ref = [tuple(x.shape) for x in jax.tree_util.tree_leaves(single)]
+    if len(got) != len(ref):
+        raise ValueError(f"params have {len(got)} arrays but the model expects {len(ref)}")
+    if got == ref:
+        return False
+    if all(g[1:] == r for g, r in zip(got, ref)):
+        ensemble.size(params)
+        return True
+    raise ValueError("params match neither the model's shapes nor a committee of them "
+                     "(a leading member axis)")
+
+
+class JaxmatCalculator(Calculator):
+    """ASE calculator from a potential ``model`` (outputs ``energy`` and ``forces``, e.g.
+    :func:`jaxmat.potential.potential`) and its ``params`` or committee params.
+
+    ``cutoff`` (Å) must be the model's graph cutoff. ``committee=None`` detects a leading
+    member axis. ``sigma_scale`` multiplies the committee standard deviations (a float, or a
+    dict ``{"energy": s_E, "forces": s_F}``). ``margin`` is the relative head-room on edges
+    (and ``multiple`` the rounding) when the padding budget is (re)allocated; ``dtype`` is the
+    float type of positions fed to the model.
+    """
+
+    implemented_properties = ["energy", "free_energy", "forces", "stress", "energies",
+                              *STD_KEYS]
+
+    def __init__(self, model: Model, params: Params, cutoff: float,
+                 committee: bool | None = None, sigma_scale: float | dict[str, float] = 1.0,
+                 margin: float = 1.25, multiple: int = 16, dtype: Any = np.float32,
+                 **kwargs: Any):
+        super().__init__(**kwargs)
+        if not cutoff > 0:
+            raise ValueError(f"cutoff must be positive (Å), got {cutoff}")
+        if margin < 1.0:
+            raise ValueError(f"margin must be >= 1, got {margin}")
+        self.model, self.cutoff, self.margin, self.multiple = model, float(cutoff), margin, multiple
+        self.params = jax.device_put(params)
+        self.committee = committee
+        self.dtype = dtype
+        scales = sigma_scale if isinstance(sigma_scale, dict) else {
+            "energy": sigma_scale, "forces": sigma_scale}
+        self.sigma_scale = {"energy": float(scales.get("energy", 1.0)),
+                            "forces": float(scales.get("forces", 1.0))}
+        for k, s in self.sigma_scale.items():
+            if not (math.isfinite(s) and s > 0):
+                raise ValueError(f"sigma_scale for {k} must be positive, got {s}")
+        self.budget: graph.Budget | None = None
+        self.n_repads = 0
+        self._fn = jax.jit(self._predict)
+
+    # ------------------------------------------------------------------ device side
+    def _predict(self, params: Params, batch: graph.Batch) -> dict[str, jax.Array]:
+        if not self.committee:
+            out = self.model.apply(params, batch)
+            return {k: v for k, v in out.items()
+                    if k in ("energy", "forces", "stress", "atomic_energies")}
+        outs = ensemble.apply(self.model, params, batch)
+        res = {k: jnp.mean(v, axis=0) for k, v in outs.items()
+               if k in ("energy", "forces", "stress", "atomic_energies")}
+        res["energy_std"] = jnp.std(outs["energy"], axis=0)
+        res["energy_members"] = outs["energy"]
+        if "forces" in outs:
+            res["forces_std"] = jnp.std(outs["forces"], axis=0)
+            res["forces_std_atom"] = jnp.sqrt(jnp.sum(jnp.var(outs["forces"], axis=0), -1))
+        return res
+
+    @property
+    def n_compiles(self) -> int:
+        """Number of programs compiled so far by this calculator."""
+        return int(self._fn._cache_size())
+
+    # ------------------------------------------------------------------ host side
+    def _fit_budget(self, rec: graph.Record) -> graph.Budget:
+        b = self.budget
+        if b is None or not b.fits(rec.n_node, rec.n_edge, 1):
+            n_node = graph._round_up(max(rec.n_node + 1, b.n_node if b else 0), self.multiple)
+            n_edge = graph._round_up(max(math.ceil(rec.n_edge * self.margin),
+                                         b.n_edge if b else 0), self.multiple)
+            if b is not None:
+                self.n_repads += 1
+            self.budget = graph.Budget(n_node, n_edge, 2)
+        return self.budget
+
+    def calculate(self, atoms: Any = None, properties: Any = ("energy",),
+                  system_changes: Any = all_changes) -> None:
+        super().calculate(atoms, properties, system_changes)
+        atoms = self.atoms
+        rec = graph.make_record(atoms.numbers, atoms.positions, self.cutoff,
+                                cell=np.asarray(atoms.cell), pbc=atoms.pbc,
+                                name=atoms.get_chemical_formula())
+        batch = graph.batch([rec], self._fit_budget(rec), dtype=self.dtype)
+        if self.committee is None:
+            self.committee = _is_committee(self.model, self.params, batch)
+            self._fn = jax.jit(self._predict)
+        out = jax.device_get(self._fn(self.params, batch))
+        if "forces" not in out:
+            raise ValueError("the model gives no 'forces'; wrap an energy model with "
+                             "jaxmat.potential.potential")
+        n = rec.n_node
+        for k in ("energy", "forces"):
+            if not np.all(np.isfinite(out[k])):
+                raise ValueError(f"the model predicts non-finite (NaN/inf) {k} for "
+                                 f"{atoms.get_chemical_formula()}")
+        energy = float(out["energy"][0])
+        res: dict[str, Any] = {"energy": energy, "free_energy": energy,
+                               "forces": np.asarray(out["forces"][:n], dtype=np.float64)}
+        if "atomic_energies" in out:
+            res["energies"] = np.asarray(out["atomic_energies"][:n], dtype=np.float64)
+        if "stress" in out and np.any(atoms.pbc):
+            res["stress"] = full_3x3_to_voigt_6_stress(np.asarray(out["stress"][0], np.float64))
+        if self.committee:
+            se, sf = self.sigma_scale["energy"], self.sigma_scale["forces"]
+            res["energy_std"] = se * float(out["energy_std"][0])
+            res["energy_members"] = np.asarray(out["energy_members"][:, 0], dtype=np.float64)
+            if "forces_std" in out:
+                res["forces_std"] = sf * np.asarray(out["forces_std"][:n], dtype=np.float64)
+                res["forces_std_atom"] = sf * np.asarray(out["forces_std_atom"][:n],
+                                                         dtype=np.float64)
+        self.results = res

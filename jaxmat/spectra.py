@@ -102,13 +102,16 @@ def peak_scores(grid: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray,
                 tol: float = 1.0) -> dict[str, Any]:
     """Peak comparison of one spectrum pair.
 
-    Reference peaks: prominence >= ``prominence`` x max; predicted peaks: >=
-    ``pred_prominence`` (default ``prominence / 2``) x the prediction's max.  Returns
-    ``n_ref``, ``n_within`` (matched within ``tol`` eV), ``shifts`` (eV, signed pred - ref,
-    matched within tol), ``height_errors`` (|h_pred - h_ref| / max(y_true), same pairs).
+    Prominent peaks of the reference (prominence >= ``prominence`` x its max) and of the
+    prediction (>= ``pred_prominence``, default ``prominence``, x its max) are matched one
+    to one, nearest first.  Returns ``n_ref``, ``n_pred``, ``n_within`` (pairs closer than
+    ``tol`` eV), ``shifts`` (eV, signed pred - ref, of those pairs) and ``height_errors``
+    (|h_pred - h_ref| / max(y_true), same pairs).  ``n_within / n_ref`` is the fraction of
+    reference peaks reproduced, ``n_within / n_pred`` the fraction of predicted peaks that
+    are real: a wiggly prediction scores well on the first only.
     """
     y_true, y_pred = _check_pair(y_true, y_pred)
-    pp = prominence / 2 if pred_prominence is None else pred_prominence
+    pp = prominence if pred_prominence is None else pred_prominence
     e_ref, h_ref, _ = find_peaks(grid, y_true, prominence)
     e_pred, h_pred, _ = find_peaks(grid, y_pred, pp)
     top = max(float(y_true.max()), 1e-300)
@@ -117,8 +120,8 @@ def peak_scores(grid: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray,
         if dist <= tol:
             shifts.append(e_pred[j] - e_ref[i])
             herr.append(abs(h_pred[j] - h_ref[i]) / top)
-    return {"n_ref": len(e_ref), "n_within": len(shifts), "shifts": np.array(shifts),
-            "height_errors": np.array(herr)}
+    return {"n_ref": len(e_ref), "n_pred": len(e_pred), "n_within": len(shifts),
+            "shifts": np.array(shifts), "height_errors": np.array(herr)}
 
 
 def spectral_mae(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
@@ -137,17 +140,21 @@ def cosine_similarity(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
 
 def evaluate_spectra(grid: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray,
                      prominence: float = 0.1, tol: float = 1.0) -> dict[str, Any]:
-    """All metrics over many spectra (M, P): pooled fraction of reference peaks within
-    ``tol`` eV, mean |shift| (eV) and height error of those, mean/median spectral MAE and
-    cosine similarity; per-spectrum ``mae`` and ``cosine`` arrays for ranking."""
+    """All metrics over many spectra (M, P), peaks pooled over spectra:
+    ``peaks_within_tol`` (fraction of prominent reference peaks with a predicted partner
+    within ``tol`` eV), ``pred_peaks_within_tol`` (fraction of prominent predicted peaks with
+    a reference partner), mean |shift| (eV) and height error of the matched pairs,
+    mean/median spectral MAE and cosine similarity; per-spectrum ``mae`` and ``cosine``
+    arrays for ranking."""
     y_true, y_pred = _check_pair(y_true, y_pred)
     if y_true.ndim != 2:
         raise ValueError(f"expected (n_spectra, n_grid) arrays, got {y_true.shape}")
-    n_ref = n_within = 0
+    n_ref = n_pred = n_within = 0
     shifts, herr = [], []
     for t, p in zip(y_true, y_pred):
         s = peak_scores(grid, t, p, prominence, tol=tol)
         n_ref += s["n_ref"]
+        n_pred += s["n_pred"]
         n_within += s["n_within"]
         shifts.append(s["shifts"])
         herr.append(s["height_errors"])
@@ -158,7 +165,9 @@ def evaluate_spectra(grid: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray,
     return {
         "n_spectra": len(y_true),
         "n_peaks": int(n_ref),
+        "n_pred_peaks": int(n_pred),
         "peaks_within_tol": float(n_within / n_ref) if n_ref else float("nan"),
+        "pred_peaks_within_tol": float(n_within / n_pred) if n_pred else float("nan"),
         "tol_ev": tol,
         "mean_abs_shift_ev": float(np.mean(np.abs(shifts))) if shifts.size else float("nan"),
         "peak_height_error": float(np.mean(herr)) if herr.size else float("nan"),

@@ -111,11 +111,17 @@ def test_peak_metrics_on_hand_made_spectra():
     np.testing.assert_allclose(h, [1.0, 0.5, 0.3], atol=1e-3)
     close = _gauss(g, [531.5, 534.4, 542.5], [0.9, 0.5, 0.3])  # shifts +0.5, -0.6, +1.5 eV
     s = spectra.peak_scores(g, true, close, tol=1.0)
-    assert s["n_ref"] == 3 and s["n_within"] == 2
+    assert s["n_ref"] == 3 and s["n_pred"] == 3 and s["n_within"] == 2
     np.testing.assert_allclose(sorted(s["shifts"]), [-0.6, 0.5], atol=0.05)
     np.testing.assert_allclose(sorted(s["height_errors"]), [0.0, 0.1], atol=2e-3)
     ev = spectra.evaluate_spectra(g, np.stack([true, true]), np.stack([true, close]))
     assert ev["n_peaks"] == 6 and ev["peaks_within_tol"] == pytest.approx(5 / 6)
+    # a wiggly prediction finds every reference peak but most of its peaks are spurious
+    wiggly = true + 0.3 * (1 + np.sin(2 * np.pi * g / 0.8))
+    w = spectra.peak_scores(g, true, wiggly)
+    assert w["n_within"] == 3 and w["n_pred"] > 20
+    ev_w = spectra.evaluate_spectra(g, true[None], wiggly[None])
+    assert ev_w["peaks_within_tol"] == 1.0 and ev_w["pred_peaks_within_tol"] < 0.15
     assert ev["per_spectrum_cosine"][0] == pytest.approx(1.0)
     assert ev["per_spectrum_mae"][0] == 0.0
     assert spectra.cosine_similarity(true, 3 * true) == pytest.approx(1.0)

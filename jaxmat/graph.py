@@ -18,6 +18,11 @@ Conventions (every model and tool relies on them):
   ``edges``: ``shifts`` (E, 3), ``mask``. ``globals``: ``cell`` (G, 3, 3) Å,
   ``pbc`` (G, 3), ``n_atoms`` (G,), ``mask``; optional ``energy`` (eV),
   ``stress`` (eV/Å³, ASE sign convention) and any other graph targets.
+
+Optional line graph (bond graph, :mod:`jaxmat.linegraph`): when the records carry one,
+``edges["line"]`` holds ``senders``/``receivers`` (T,) edge indices and ``mask`` (T,)
+for T triplets (T = ``Budget.n_triplet``). Padding triplets join the last edge to itself
+and are masked. Batches without line graphs are unchanged.
 """
 from __future__ import annotations
 
@@ -145,13 +150,57 @@ def neighbor_list(
     return i, j, shifts, np.concatenate(out_d)
 
 
+def knn_neighbor_list(
+    positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cutoff: float, k: int,
+    symmetric: bool = True, tol: float = 1e-4,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The ``k`` nearest neighbours of every atom within ``cutoff`` (Å), periodic images included.
+
+    Neighbours tied with the k-th distance (within ``tol`` Å) are all kept, so the graph does
+    not depend on the atom order. With ``symmetric`` the result is made undirected: a pair
+    kept in one direction is kept in both. Atoms with fewer than ``k`` neighbours inside the
+    cutoff keep all of them. Same return convention as :func:`neighbor_list`.
+    """
+    if k < 1:
+        raise ValueError(f"max_neighbors must be >= 1, got {k}")
+    i, j, shifts, d = neighbor_list(positions, cell, pbc, cutoff)
+    n = len(positions)
+    if len(d) == 0:
+        return i, j, shifts, d
+    order = np.lexsort((d, i))  # by receiver, then distance
+    i_s, d_s = i[order], d[order]
+    start = np.searchsorted(i_s, np.arange(n))
+    count = np.bincount(i_s, minlength=n)
+    kth = np.full(n, np.inf)
+    has = count > 0
+    kth[has] = d_s[start[has] + np.minimum(count[has], k) - 1]
+    keep = d <= kth[i] + tol
+    if symmetric:
+        s_int = np.rint(shifts).astype(np.int64)
+        span = int(np.abs(s_int).max()) + 1 if len(s_int) else 1
+        base = 2 * span + 1
+
+        def key(a, b, s):
+            code = ((s[:, 0] + span) * base + (s[:, 1] + span)) * base + (s[:, 2] + span)
+            return (a.astype(np.int64) * n + b) * base**3 + code
+
+        fwd = key(i, j, s_int)
+        rev = key(j, i, -s_int)
+        kept = np.sort(fwd[keep])
+        pos = np.clip(np.searchsorted(kept, rev), 0, len(kept) - 1)
+        keep = keep | (kept[pos] == rev)
+    return i[keep], j[keep], shifts[keep], d[keep]
+
+
 # --------------------------------------------------------------------------- records
 @dataclasses.dataclass
 class Record:
     """One structure with its neighbour list, on the host (numpy).
 
     ``targets`` holds graph-level labels (``energy`` eV, ``stress`` eV/Å³ (3, 3), or any
-    array); ``node_targets`` holds per-atom labels (``forces`` eV/Å, ...).
+    array); ``node_targets`` holds per-atom labels (``forces`` eV/Å, ...). ``line_senders``/
+    ``line_receivers`` (optional, from :func:`jaxmat.linegraph.add_line_graph`) index pairs
+    of edges that share an atom.
     """
 
     numbers: np.ndarray
@@ -163,6 +212,8 @@ class Record:
     shifts: np.ndarray
     targets: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     node_targets: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    line_senders: np.ndarray | None = None
+    line_receivers: np.ndarray | None = None
 
     @property
     def n_node(self) -> int:
@@ -171,6 +222,10 @@ class Record:
     @property
     def n_edge(self) -> int:
         return len(self.senders)
+
+    @property
+    def n_triplet(self) -> int:
+        return 0 if self.line_senders is None else len(self.line_senders)
 
 
 def make_record(
@@ -182,10 +237,18 @@ def make_record(
     targets: dict[str, Any] | None = None,
     node_targets: dict[str, Any] | None = None,
     name: str = "structure",
+    max_neighbors: int | None = None,
 ) -> Record:
-    """Validate a structure and build its neighbour list (cutoff in Å)."""
+    """Validate a structure and build its neighbour list (cutoff in Å).
+
+    With ``max_neighbors`` the graph keeps only the nearest neighbours of each atom
+    (:func:`knn_neighbor_list`, undirected); the default keeps every pair within the cutoff.
+    """
     numbers, positions, cell, pbc = validate_structure(numbers, positions, cell, pbc, name)
-    i, j, shifts, d = neighbor_list(positions, cell, pbc, cutoff)
+    if max_neighbors is None:
+        i, j, shifts, d = neighbor_list(positions, cell, pbc, cutoff)
+    else:
+        i, j, shifts, d = knn_neighbor_list(positions, cell, pbc, cutoff, max_neighbors)
     if len(d) and d.min() < MIN_DISTANCE:
         e = int(np.argmin(d))
         raise ValueError(
@@ -203,8 +266,12 @@ def make_record(
     return Record(numbers, positions, cell, pbc, j, i, shifts, targets, node_targets)
 
 
-def atoms_to_record(atoms: Any, cutoff: float, name: str | None = None) -> Record:
-    """ASE ``Atoms`` (with an attached calculator for labels, if any) -> :class:`Record`."""
+def atoms_to_record(atoms: Any, cutoff: float, name: str | None = None,
+                    max_neighbors: int | None = None) -> Record:
+    """ASE ``Atoms`` (with an attached calculator for labels, if any) -> :class:`Record`.
+
+    Graph labels are read from the calculator and from ``atoms.info`` keys ``target_<name>``.
+    """
     targets, node_targets = {}, {}
     calc = getattr(atoms, "calc", None)
     if calc is not None and getattr(calc, "results", None):
@@ -230,12 +297,15 @@ def atoms_to_record(atoms: Any, cutoff: float, name: str | None = None) -> Recor
         targets=targets,
         node_targets=node_targets,
         name=name or atoms.get_chemical_formula(),
+        max_neighbors=max_neighbors,
     )
 
 
-def records_from_atoms(atoms_list: Sequence[Any], cutoff: float) -> list[Record]:
+def records_from_atoms(atoms_list: Sequence[Any], cutoff: float,
+                       max_neighbors: int | None = None) -> list[Record]:
     """Convert many ASE structures; errors name the structure's index."""
-    return [atoms_to_record(a, cutoff, name=f"structure {k} ({a.get_chemical_formula()})")
+    return [atoms_to_record(a, cutoff, name=f"structure {k} ({a.get_chemical_formula()})",
+                            max_neighbors=max_neighbors)
             for k, a in enumerate(atoms_list)]
 
 
@@ -246,21 +316,25 @@ def _round_up(x: float, multiple: int) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class Budget:
-    """Fixed batch shape: total nodes, edges and graphs (including the padding graph)."""
+    """Fixed batch shape: total nodes, edges and graphs (including the padding graph), and
+    line-graph triplets (0 for batches without line graphs)."""
 
     n_node: int
     n_edge: int
     n_graph: int
+    n_triplet: int = 0
 
-    def fits(self, n_node: int, n_edge: int, n_graph: int) -> bool:
-        return n_node < self.n_node and n_edge <= self.n_edge and n_graph < self.n_graph
+    def fits(self, n_node: int, n_edge: int, n_graph: int, n_triplet: int = 0) -> bool:
+        return (n_node < self.n_node and n_edge <= self.n_edge and n_graph < self.n_graph
+                and n_triplet <= self.n_triplet)
 
 
 def estimate_budget(records: Sequence[Record], batch_size: int, multiple: int = 64) -> Budget:
     """Budget for ``batch_size`` graphs per batch, from the data's size statistics.
 
-    Nodes/edges: the mean per graph times the batch size plus the largest graph,
-    rounded up to ``multiple``; every single structure always fits.
+    Nodes/edges (and line-graph triplets, if the records have them): the mean per graph
+    times the batch size plus the largest graph, rounded up to ``multiple``; every single
+    structure always fits.
     """
     if not records:
         raise ValueError("cannot estimate a padding budget from an empty dataset")
@@ -269,7 +343,11 @@ def estimate_budget(records: Sequence[Record], batch_size: int, multiple: int = 
     b = min(batch_size, len(records))
     n_node = _round_up(b * nn.mean() + nn.max() + 1, multiple)
     n_edge = _round_up(b * ne.mean() + ne.max(), multiple)
-    return Budget(n_node, n_edge, b + 1)
+    n_triplet = 0
+    if any(r.line_senders is not None for r in records):
+        nt = np.array([r.n_triplet for r in records], dtype=float)
+        n_triplet = _round_up(b * nt.mean() + nt.max(), multiple)
+    return Budget(n_node, n_edge, b + 1, n_triplet)
 
 
 def pack(records: Sequence[Record], budget: Budget, order: Sequence[int] | None = None) -> list[list[int]]:
@@ -277,19 +355,21 @@ def pack(records: Sequence[Record], budget: Budget, order: Sequence[int] | None 
     order = range(len(records)) if order is None else order
     groups: list[list[int]] = []
     cur: list[int] = []
-    nn = ne = 0
+    nn = ne = nt = 0
     for k in order:
         r = records[k]
-        if not budget.fits(r.n_node, r.n_edge, 1):
+        if not budget.fits(r.n_node, r.n_edge, 1, r.n_triplet):
             raise ValueError(
-                f"record {k} ({r.n_node} atoms, {r.n_edge} edges) exceeds the budget {budget}"
+                f"record {k} ({r.n_node} atoms, {r.n_edge} edges, {r.n_triplet} triplets) "
+                f"exceeds the budget {budget}"
             )
-        if not budget.fits(nn + r.n_node, ne + r.n_edge, len(cur) + 1):
+        if not budget.fits(nn + r.n_node, ne + r.n_edge, len(cur) + 1, nt + r.n_triplet):
             groups.append(cur)
-            cur, nn, ne = [], 0, 0
+            cur, nn, ne, nt = [], 0, 0, 0
         cur.append(k)
         nn += r.n_node
         ne += r.n_edge
+        nt += r.n_triplet
     if cur:
         groups.append(cur)
     return groups
@@ -300,17 +380,22 @@ def batch(records: Sequence[Record], budget: Budget | None = None, dtype=np.floa
 
     Without a budget, the batch is padded by one node, one graph and no extra edges.
     Targets present on only some records are zero-filled with a ``<name>_mask``.
+    Records with line graphs give ``edges["line"]`` (all records must have one).
     """
     if not records:
         raise ValueError("cannot batch an empty list of structures")
+    with_line = [r.line_senders is not None for r in records]
+    if any(with_line) and not all(with_line):
+        raise ValueError("cannot batch records with and without line graphs together")
     n_real_nodes = sum(r.n_node for r in records)
     n_real_edges = sum(r.n_edge for r in records)
+    n_real_trip = sum(r.n_triplet for r in records)
     if budget is None:
-        budget = Budget(n_real_nodes + 1, n_real_edges, len(records) + 1)
-    if not budget.fits(n_real_nodes, n_real_edges, len(records)):
+        budget = Budget(n_real_nodes + 1, n_real_edges, len(records) + 1, n_real_trip)
+    if not budget.fits(n_real_nodes, n_real_edges, len(records), n_real_trip):
         raise ValueError(
-            f"{len(records)} structures ({n_real_nodes} atoms, {n_real_edges} edges) "
-            f"do not fit the budget {budget}"
+            f"{len(records)} structures ({n_real_nodes} atoms, {n_real_edges} edges, "
+            f"{n_real_trip} triplets) do not fit the budget {budget}"
         )
     N, E, G = budget.n_node, budget.n_edge, budget.n_graph
     g = len(records)
@@ -345,6 +430,18 @@ def batch(records: Sequence[Record], budget: Budget | None = None, dtype=np.floa
         "mask": np.arange(N) < n_real_nodes,
     }
     edges = {"shifts": shifts, "mask": np.arange(E) < n_real_edges}
+    if all(with_line):
+        T = budget.n_triplet
+        e_off = np.concatenate([[0], np.cumsum(n_edge[:g])])[:-1]
+        l_send = np.full(T, E - 1, np.int32)
+        l_recv = np.full(T, E - 1, np.int32)
+        if n_real_trip:
+            l_send[:n_real_trip] = np.concatenate(
+                [r.line_senders + o for r, o in zip(records, e_off)])
+            l_recv[:n_real_trip] = np.concatenate(
+                [r.line_receivers + o for r, o in zip(records, e_off)])
+        edges["line"] = {"senders": l_send, "receivers": l_recv,
+                         "mask": np.arange(T) < n_real_trip}
     globals_ = {
         "cell": cell,
         "pbc": pbc,

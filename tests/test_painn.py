@@ -1,0 +1,158 @@
+"""PaiNN (x64): rotation invariance of energies, rotation equivariance of vector features
+and forces, periodic supercell consistency, forces and stress vs finite differences,
+padding invariance, and the protocol tools (committee) working unchanged."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from ase import Atoms
+from scipy.spatial.transform import Rotation
+
+from jaxmat import data, ensemble, graph, potential
+from jaxmat.models import PaiNNConfig, painn
+
+CUTOFF = 4.0  # Å, model cutoff
+GRAPH_CUTOFF = 4.5  # Å; larger, so pairs crossing the list under strain contribute 0
+CFG = PaiNNConfig(n_features=16, n_interactions=2, n_rbf=8, cutoff=CUTOFF, return_features=True)
+ENERGY = painn(CFG)
+POT = potential.potential(ENERGY)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def x64():
+    old = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    yield
+    jax.config.update("jax_enable_x64", old)
+
+
+@pytest.fixture(scope="module")
+def params(x64):
+    p = ENERGY.init(jax.random.key(1), None)
+    return jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float64), p)
+
+
+@pytest.fixture(scope="module")
+def apply(x64):
+    return jax.jit(POT.apply)
+
+
+def si_cell(rattle: float = 0.05) -> Atoms:
+    """A 16-atom mlearn Si cell, rattled so that forces and stress are non-trivial."""
+    atoms = [a for a in data.load_mlearn("Si", "all") if len(a) == 16][0].copy()
+    atoms.calc = None
+    atoms.positions += np.random.default_rng(0).normal(scale=rattle, size=atoms.positions.shape)
+    return atoms
+
+
+def molecule() -> Atoms:
+    atoms = data.load_ammonia()[5].copy()
+    atoms.calc = None
+    return atoms
+
+
+BUDGET = graph.Budget(64, 1280, 4)
+
+
+def batch_of(atoms_list, budget=BUDGET):
+    recs = [graph.atoms_to_record(a, GRAPH_CUTOFF) for a in atoms_list]
+    return graph.to_device(graph.batch(recs, budget, dtype=np.float64))
+
+
+def run(apply, params, atoms_list, budget=BUDGET):
+    return {k: np.asarray(v) for k, v in apply(params, batch_of(atoms_list, budget)).items()}
+
+
+@pytest.mark.parametrize("make", [si_cell, molecule])
+def test_rotation_invariance_and_equivariance(apply, params, make):
+    atoms = make()
+    R = Rotation.from_euler("zyx", [0.7, -1.1, 2.3]).as_matrix()
+    rot = atoms.copy()
+    rot.positions = atoms.positions @ R.T
+    if atoms.pbc.any():
+        rot.cell = np.asarray(atoms.cell) @ R.T
+    a, b = run(apply, params, [atoms]), run(apply, params, [rot])
+    n = len(atoms)
+    assert abs(a["energy"][0]) > 1e-3
+    np.testing.assert_allclose(b["energy"][0], a["energy"][0], rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(b["scalar_features"][:n], a["scalar_features"][:n], atol=1e-9)
+    va = a["vector_features"][:n]
+    assert np.abs(va).max() > 1e-3  # vectors are non-trivial
+    np.testing.assert_allclose(b["vector_features"][:n], np.einsum("ij,njf->nif", R, va), atol=1e-9)
+    assert np.abs(a["forces"][:n]).max() > 1e-4
+    np.testing.assert_allclose(b["forces"][:n], a["forces"][:n] @ R.T, atol=1e-9)
+    if atoms.pbc.any():
+        np.testing.assert_allclose(b["stress"][0], R @ a["stress"][0] @ R.T, atol=1e-10)
+
+
+def test_supercell_consistency(apply, params):
+    atoms = si_cell()
+    sc = atoms.repeat((2, 1, 1))
+    a = run(apply, params, [atoms])
+    b = run(apply, params, [sc])
+    n = len(atoms)
+    np.testing.assert_allclose(b["energy"][0], 2 * a["energy"][0], rtol=1e-10)
+    np.testing.assert_allclose(b["forces"][:2 * n], np.tile(a["forces"][:n], (2, 1)), atol=1e-9)
+    np.testing.assert_allclose(b["stress"][0], a["stress"][0], atol=1e-10)
+    np.testing.assert_allclose(b["vector_features"][:2 * n],
+                               np.tile(a["vector_features"][:n], (2, 1, 1)), atol=1e-9)
+
+
+@jax.jit
+def energy_at(params, b, pos, strain):
+    """Energy (eV) of graph 0 with positions replaced and a homogeneous strain applied."""
+    return ENERGY.apply(params, potential.strained(b, pos, strain))["energy"][0]
+
+
+@pytest.mark.parametrize("make", [si_cell, molecule])
+def test_forces_match_central_differences(apply, params, make):
+    atoms = make()
+    b = batch_of([atoms])
+    forces = run(apply, params, [atoms])["forces"]
+    pos0 = np.asarray(b.nodes["positions"])
+    zero = jnp.zeros((graph.n_graphs(b), 3, 3))
+    h = 1e-4
+    rng = np.random.default_rng(2)
+    for a in rng.choice(len(atoms), size=min(4, len(atoms)), replace=False):
+        for x in range(3):
+            dp = np.zeros_like(pos0)
+            dp[a, x] = h
+            fd = -(energy_at(params, b, pos0 + dp, zero) - energy_at(params, b, pos0 - dp, zero)) / (2 * h)
+            np.testing.assert_allclose(forces[a, x], fd, atol=1e-7, rtol=1e-6)
+
+
+def test_stress_matches_strain_differences(apply, params):
+    atoms = si_cell()
+    b = batch_of([atoms])
+    stress = run(apply, params, [atoms])["stress"][0]
+    pos0 = jnp.asarray(b.nodes["positions"])
+    vol = abs(np.linalg.det(np.asarray(atoms.cell)))
+    h = 1e-5
+    for i, j in [(0, 0), (1, 2), (2, 1), (2, 2)]:
+        eps = np.zeros((graph.n_graphs(b), 3, 3))
+        eps[0, i, j] = h
+        fd = (energy_at(params, b, pos0, eps) - energy_at(params, b, pos0, -eps)) / (2 * h) / vol
+        np.testing.assert_allclose(stress[i, j], fd, atol=1e-8)
+
+
+def test_padding_and_batch_neighbours_do_not_change_outputs(apply, params):
+    si, nh3 = si_cell(), molecule()
+    alone = run(apply, params, [si])
+    both = run(apply, params, [nh3, si])  # same shape, other neighbours and padding
+    np.testing.assert_allclose(both["energy"][1], alone["energy"][0], rtol=1e-12)
+    np.testing.assert_allclose(both["forces"][len(nh3):len(nh3) + len(si)],
+                               alone["forces"][: len(si)], atol=1e-12)
+    assert np.all(both["forces"][len(nh3) + len(si):] == 0)
+
+
+def test_committee_and_potential_work_through_the_protocol():
+    b = graph.to_device(graph.batch([graph.atoms_to_record(si_cell(), GRAPH_CUTOFF)], BUDGET))
+    pot = potential.potential(painn(n_features=8, n_interactions=1, n_rbf=4, cutoff=CUTOFF))
+    params = ensemble.stack([pot.init(k, b) for k in jax.random.split(jax.random.key(0), 3)])
+    out = jax.jit(lambda p, x: ensemble.apply(pot, p, x))(params, b)
+    assert out["forces"].shape == (3,) + b.nodes["positions"].shape
+    single = jax.jit(pot.apply)(ensemble.member(params, 1), b)
+    np.testing.assert_allclose(out["energy"][1], single["energy"], rtol=1e-5)
+    assert np.all(np.isfinite(np.asarray(out["stress"])))

@@ -73,10 +73,13 @@ def test_molecule_filter():
     for bad in ("CC[O-]", "CCO.O", "CCCl", "CCCCCCCCCC", "[2H]OC", "C[CH2]"):
         assert canonical(bad) is None, bad
     recs = build_list([("1", "OCC"), ("2", "CCO"), ("3", "CC(C)=O"), ("4", "NCC=O"),
-                       ("5", "[Na+].[Cl-]")])
+                       ("5", "[Na+].[Cl-]"), ("6", "C[C@@H](N)O"), ("7", "C[C@H](N)O")])
     # by heavy-atom count; within a count, molecules with both O and N first
-    assert [r["smiles"] for r in recs] == ["CCO", "NCC=O", "CC(C)=O"]
+    assert [r["smiles"] for r in recs] == ["CCO", "C[C@@H](N)O", "C[C@H](N)O", "NCC=O",
+                                           "CC(C)=O"]
     assert recs[0]["pubchem_cid"] == "1" and recs[1]["mol_id"] == "mol00001"
+    # the enantiomer is kept in the list but marked as a stereoisomer of the first one
+    assert [r["stereo_of"] for r in recs] == ["", "", "mol00001", "", ""]
 
 
 def test_resume_skips_finished_and_records_failures(tmp_path):
@@ -84,7 +87,8 @@ def test_resume_skips_finished_and_records_failures(tmp_path):
     mols = [{"mol_id": "m0", "smiles": "O", "n_O": 1, "n_N": 0},
             {"mol_id": "m1", "smiles": "N", "n_O": 0, "n_N": 1},
             {"mol_id": "m2", "smiles": "not a smiles", "n_O": 1, "n_N": 0},
-            {"mol_id": "m3", "smiles": "CC", "n_O": 0, "n_N": 0}]
+            {"mol_id": "m3", "smiles": "CC", "n_O": 0, "n_N": 0},
+            {"mol_id": "m4", "smiles": "O", "n_O": 1, "n_N": 0, "stereo_of": "m0"}]
     logs = []
     c1 = gen.run(mols, store, FAST, log=logs.append)
     assert c1["done"] == 2 and c1["failed"] == 1  # m3 has no absorber: not attempted

@@ -5,7 +5,8 @@ as used for K-edge XANES by Carbone et al. (PRL 124, 156401, 2020).
   distance (Å); message ``m_i = sum_j A(d_ij) h_j`` over the cutoff graph;
 * update: a GRU cell shared across the ``n_steps`` message-passing steps;
 * readout: Set2Set (``n_set2set`` LSTM attention steps over the atoms of each graph),
-  then an MLP to ``n_out`` non-negative values (softplus): the spectrum on a fixed grid.
+  then an MLP to ``n_out`` non-negative values (softplus, then a fixed Gaussian smoother of
+  ``smooth`` grid points): the spectrum on a fixed grid.
 
 ``apply(params, batch) -> {output_key: (G, n_out)}``; sparse batch layout.
 """
@@ -19,6 +20,7 @@ from flax import nnx
 
 from jaxmat import graph
 from jaxmat.models.layers import cosine_cutoff, gaussian_rbf
+from jaxmat.models.spectral import gaussian_smoother
 from jaxmat.protocol import Model, from_nnx
 
 
@@ -35,6 +37,7 @@ class MPNNConfig:
     readout_hidden: int = 128
     cutoff: float = 5.0
     max_z: int = 10
+    smooth: float = 2.0  # Gaussian output smoother width, grid points (0: none)
     output_key: str = "xanes"
 
 
@@ -103,8 +106,10 @@ class MPNN(nnx.Module):
             m = jax.ops.segment_sum(m, batch.receivers, h.shape[0])
             h, _ = self.gru(h, m)
             h = h * node_mask
-        y = self.out2(jax.nn.silu(self.out1(self.set2set(h, batch))))
-        return {cfg.output_key: jax.nn.softplus(y)}
+        y = jax.nn.softplus(self.out2(jax.nn.silu(self.out1(self.set2set(h, batch)))))
+        if cfg.smooth > 0:
+            y = y @ gaussian_smoother(cfg.n_out, cfg.smooth)
+        return {cfg.output_key: y}
 
 
 def mpnn(cfg: MPNNConfig | None = None, **kwargs) -> Model:

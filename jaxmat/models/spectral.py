@@ -18,12 +18,25 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from jaxmat import graph
 from jaxmat.models.layers import cosine_cutoff, gaussian_rbf
 from jaxmat.models.schnet import Interaction, SchNetConfig
 from jaxmat.protocol import Model, from_nnx
+
+
+def gaussian_smoother(n: int, sigma: float) -> np.ndarray:
+    """(n, n) matrix ``K`` such that ``y @ K`` spreads every grid value over a Gaussian of
+    ``sigma`` grid points (rows sum to one: intensity is kept, up to the grid ends).
+    Applied after softplus it keeps outputs non-negative and removes wiggles narrower than
+    the spectra's own broadening; ``sigma = 0`` gives the identity."""
+    if sigma <= 0:
+        return np.eye(n, dtype=np.float32)
+    i = np.arange(n)
+    k = np.exp(-0.5 * ((i[:, None] - i[None, :]) / sigma) ** 2)
+    return (k / k.sum(1, keepdims=True)).astype(np.float32)
 
 
 class SchNetFeatures(nnx.Module):
@@ -49,12 +62,14 @@ class SchNetFeatures(nnx.Module):
 
 @dataclasses.dataclass(frozen=True)
 class SiteHeadConfig:
-    """``z``: atomic number of the absorbing element; ``n_out`` grid points."""
+    """``z``: atomic number of the absorbing element; ``n_out`` grid points; ``smooth``:
+    Gaussian width (grid points) of the output smoother (:func:`gaussian_smoother`)."""
 
     z: int = 8
     n_out: int = 200
     hidden: int = 128
     n_layers: int = 2
+    smooth: float = 2.0
     feature_key: str = "features"
     output_key: str = "xanes"
 
@@ -75,6 +90,8 @@ class SiteSpectra(nnx.Module):
         for layer in self.layers[:-1]:
             h = jax.nn.silu(layer(h))
         site = jax.nn.softplus(self.layers[-1](h))
+        if cfg.smooth > 0:
+            site = site @ gaussian_smoother(cfg.n_out, cfg.smooth)
         absorber = (batch.nodes["species"] == cfg.z) & batch.nodes["mask"]
         site = site * absorber[:, None]
         n_abs = graph.graph_sum(absorber.astype(site.dtype), batch)

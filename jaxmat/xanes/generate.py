@@ -417,7 +417,8 @@ def run(molecules: Sequence[dict], store: str, settings: Settings = Settings(),
     (``<mol_id>.failed.json``) and skipped on later runs unless ``retry_failed``.
     ``workers`` processes run in parallel (``workers=1`` computes in this process);
     ``limit`` caps the number of molecules attempted in this call; ``time_limit`` (s) bounds
-    one molecule.  Molecules without O or N are skipped.  Returns counts.
+    one molecule.  Molecules without O or N, and stereoisomers of an earlier molecule
+    (non-empty ``stereo_of``), are skipped.  Returns counts.
     """
     open_store(store, settings)
     cal_path = os.path.join(store, "calibration.json")
@@ -428,7 +429,7 @@ def run(molecules: Sequence[dict], store: str, settings: Settings = Settings(),
     skip = done | (set() if retry_failed else failed)
     todo = []
     for m in molecules:
-        if m["mol_id"] in skip:
+        if m["mol_id"] in skip or m.get("stereo_of"):
             continue
         if not any(int(m.get(f"n_{el}", 1)) > 0 for el in settings.elements):
             continue

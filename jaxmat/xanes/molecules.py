@@ -14,7 +14,7 @@ from collections.abc import Iterable
 ALLOWED = frozenset({"C", "N", "O", "F"})
 MAX_HEAVY = 9
 TABLES = ("chemical identifiers pubchem large.tsv", "chemical identifiers pubchem small.tsv")
-FIELDS = ("mol_id", "smiles", "pubchem_cid", "n_heavy", "n_O", "n_N", "n_C", "n_F")
+FIELDS = ("mol_id", "smiles", "pubchem_cid", "n_heavy", "n_O", "n_N", "n_C", "n_F", "stereo_of")
 
 
 def canonical(smiles: str):
@@ -74,7 +74,9 @@ def build_list(rows: Iterable[tuple[str, str]]) -> list[dict]:
 
     Order: heavy-atom count ascending, then molecules containing both O and N; ids
     ``mol00000``... follow this order, so a generator walking the list fills small
-    molecules and both edges first.
+    molecules and both edges first.  Stereoisomers of an earlier molecule (same SMILES
+    without stereo marks: same graph, and the same spectra for enantiomers) keep their row
+    but name it in ``stereo_of``; the generator and the packed dataset skip them.
     """
     seen: dict[str, dict] = {}
     for cid, smi in rows:
@@ -86,9 +88,16 @@ def build_list(rows: Iterable[tuple[str, str]]) -> list[dict]:
             continue
         seen[can] = {"smiles": can, "pubchem_cid": cid, "n_heavy": sum(counts.values()),
                      **{f"n_{k}": v for k, v in counts.items()}}
+    from rdkit import Chem
+
     recs = sorted(seen.values(), key=_order_key)
+    flat: dict[str, str] = {}
     for k, r in enumerate(recs):
         r["mol_id"] = f"mol{k:05d}"
+        key = Chem.MolToSmiles(Chem.MolFromSmiles(r["smiles"]), isomericSmiles=False)
+        r["stereo_of"] = flat.setdefault(key, r["mol_id"])
+        if r["stereo_of"] == r["mol_id"]:
+            r["stereo_of"] = ""
     return recs
 
 
@@ -112,10 +121,12 @@ def read_list(path: str) -> list[dict]:
         rows = list(csv.DictReader(f))
     if not rows:
         raise ValueError(f"{path}: empty molecule list")
-    missing = set(FIELDS) - set(rows[0])
+    missing = set(FIELDS[:-1]) - set(rows[0])
     if missing:
         raise ValueError(f"{path}: missing columns {sorted(missing)}")
     for r in rows:
-        for k in FIELDS[3:]:
+        for k in FIELDS[3:-1]:
             r[k] = int(r[k])
+        r.setdefault("stereo_of", "")
+        r["stereo_of"] = r["stereo_of"] or ""
     return rows

@@ -85,8 +85,9 @@ def pack_store(store: str, out: str, molecules_csv: str | None = None,
                broadening: Broadening = Broadening(), overwrite: bool = False) -> dict:
     """Pack every finished molecule of ``store`` into ``out`` (npz); returns the metadata.
 
-    ``molecules_csv`` (the full list) fixes the scaffold split; refuses to overwrite ``out``
-    unless ``overwrite``.
+    ``molecules_csv`` (the full list) fixes the scaffold split and drops stereoisomers of
+    earlier molecules (its ``stereo_of`` column); refuses to overwrite ``out`` unless
+    ``overwrite``.
     """
     from jaxmat.xanes.generate import site_sticks, store_status
 
@@ -102,16 +103,18 @@ def pack_store(store: str, out: str, molecules_csv: str | None = None,
     with open(os.path.join(store, "calibration.json")) as fh:
         cal = json.load(fh)
     done, failed = store_status(store)
-    ids = sorted(done)
-    if not ids:
-        raise ValueError(f"{store}: no finished molecules to pack")
-    results = [_load(os.path.join(store, f"{i}.npz")) for i in ids]
-
     reference = None
     if molecules_csv is not None:
         from jaxmat.xanes.molecules import read_list
 
-        reference = [r["smiles"] for r in read_list(molecules_csv)]
+        listed = read_list(molecules_csv)
+        reference = [r["smiles"] for r in listed]
+        stereo = {r["mol_id"] for r in listed if r["stereo_of"]}
+        done, failed = done - stereo, failed - stereo
+    ids = sorted(done)
+    if not ids:
+        raise ValueError(f"{store}: no finished molecules to pack")
+    results = [_load(os.path.join(store, f"{i}.npz")) for i in ids]
     smiles = [str(r["smiles"]) for r in results]
     split, scaf = scaffold_split(smiles, reference=reference)
 

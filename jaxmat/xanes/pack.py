@@ -12,6 +12,8 @@ element ``X``, ``P_X`` grid points):
 ``X_grid`` (P_X,) eV; ``X_site_mol`` (S_X,) molecule index; ``X_site_atom`` (S_X,) atom index
 inside the molecule; ``X_site_edge`` (S_X,) calibrated 1s ionisation energy eV;
 ``X_site_spectrum`` (S_X, P_X) float32, oscillator strength per eV (eV⁻¹);
+``X_mol_index`` (M_X,) molecules with element ``X`` and ``X_mol_spectrum`` (M_X, P_X) their
+spectra (mean over the element's sites);
 ``meta`` JSON string (method, calibration, broadening, counts, timings).
 """
 from __future__ import annotations
@@ -152,7 +154,13 @@ def pack_store(store: str, out: str, molecules_csv: str | None = None,
         arrays[f"{el}_site_mol"] = np.array(site_mol, np.int32)
         arrays[f"{el}_site_atom"] = np.array(site_atom, np.int32)
         arrays[f"{el}_site_edge"] = np.array(site_edge, np.float32)
-        arrays[f"{el}_site_spectrum"] = np.array(spectra, np.float32).reshape(-1, len(g))
+        site_spec = np.array(spectra, np.float32).reshape(-1, len(g))
+        arrays[f"{el}_site_spectrum"] = site_spec
+        mols = np.unique(np.array(site_mol, np.int32))
+        sm = np.array(site_mol, np.int32)
+        arrays[f"{el}_mol_index"] = mols
+        arrays[f"{el}_mol_spectrum"] = np.array(
+            [site_spec[sm == m].mean(0) for m in mols], np.float32).reshape(-1, len(g))
         counts[el] = {"molecules": int(len(set(site_mol))), "sites": len(site_mol),
                       "computed_sites": int(sum((r["site_element"] == el).sum()
                                                 for r in results))}

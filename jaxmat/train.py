@@ -210,8 +210,6 @@ def fit(
                                cfg.warmup_epochs * steps_per_epoch, cfg.clip)
     step_fn = jax.jit(make_step(model, loss, optimizer), donate_argnums=(0, 1))
     eval_fn = jax.jit(make_eval(model, loss))
-    # the jitted step donates its params buffers: work on a copy, the caller's stay valid
-    params = jax.tree_util.tree_map(jnp.array, params)
     # the step donates its buffers: work on copies so the caller's params stay valid
     params = jax.tree_util.tree_map(jnp.array, params)
     opt_state = optimizer.init(params)

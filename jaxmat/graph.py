@@ -80,10 +80,14 @@ def validate_structure(
     if not np.all(np.isfinite(cell)):
         raise ValueError(f"{name}: non-finite cell")
     if pbc.any():
-        vol = abs(np.linalg.det(cell))
-        scale = np.prod(np.linalg.norm(cell, axis=1)) + 1e-300
-        if vol / scale < 1e-8:
-            raise ValueError(f"{name}: singular cell (volume {vol:.3g} Å^3) with periodic boundaries")
+        # only the periodic cell vectors must span a lattice; vectors along non-periodic
+        # directions may be zero or arbitrary (slabs, wires)
+        per = cell[pbc]
+        norms = np.linalg.norm(per, axis=1)
+        gram = abs(np.linalg.det(per @ per.T))  # squared volume spanned by the periodic vectors
+        if norms.min() < 1e-12 or np.sqrt(gram) / np.prod(norms) < 1e-8:
+            raise ValueError(f"{name}: singular cell (periodic cell vectors {per.tolist()} Å are "
+                             "zero or linearly dependent) with periodic boundaries")
     return numbers, positions, cell, pbc
 
 
@@ -101,15 +105,12 @@ def neighbor_list(
     pbc = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,))
     n = len(positions)
     if pbc.any():
-        # complete non-periodic directions so that the cell is invertible
+        # complete non-periodic directions by an orthonormal basis of the complement of
+        # the periodic vectors, so that the cell is invertible (any completion gives the
+        # same pairs: images are only taken along periodic vectors)
         full = np.array(cell, dtype=np.float64)
-        for a in np.flatnonzero(~pbc):
-            if np.linalg.norm(full[a]) < 1e-12:
-                other = [full[b] for b in range(3) if b != a]
-                v = np.cross(other[0], other[1])
-                if np.linalg.norm(v) < 1e-12:  # only one periodic direction
-                    v = np.eye(3)[np.argmin(np.abs(full[np.flatnonzero(pbc)[0]]))]
-                full[a] = v / np.linalg.norm(v)
+        if not pbc.all():
+            full[~pbc] = np.linalg.svd(full[pbc])[2][int(pbc.sum()):]
         frac = positions @ np.linalg.inv(full)
         k = np.where(pbc, np.floor(frac), 0.0)
         wrapped = positions - k @ full
@@ -266,6 +267,14 @@ def make_record(
     return Record(numbers, positions, cell, pbc, j, i, shifts, targets, node_targets)
 
 
+def _formula(atoms: Any) -> str:
+    """Chemical formula for messages; unknown atomic numbers or no atoms give "structure"."""
+    try:
+        return atoms.get_chemical_formula() or "structure"
+    except (IndexError, KeyError):
+        return "structure"
+
+
 def atoms_to_record(atoms: Any, cutoff: float, name: str | None = None,
                     max_neighbors: int | None = None) -> Record:
     """ASE ``Atoms`` (with an attached calculator for labels, if any) -> :class:`Record`.
@@ -296,7 +305,7 @@ def atoms_to_record(atoms: Any, cutoff: float, name: str | None = None,
         pbc=atoms.pbc,
         targets=targets,
         node_targets=node_targets,
-        name=name or atoms.get_chemical_formula(),
+        name=name or _formula(atoms),
         max_neighbors=max_neighbors,
     )
 
@@ -304,7 +313,7 @@ def atoms_to_record(atoms: Any, cutoff: float, name: str | None = None,
 def records_from_atoms(atoms_list: Sequence[Any], cutoff: float,
                        max_neighbors: int | None = None) -> list[Record]:
     """Convert many ASE structures; errors name the structure's index."""
-    return [atoms_to_record(a, cutoff, name=f"structure {k} ({a.get_chemical_formula()})",
+    return [atoms_to_record(a, cutoff, name=f"structure {k} ({_formula(a)})",
                             max_neighbors=max_neighbors)
             for k, a in enumerate(atoms_list)]
 
@@ -475,10 +484,41 @@ def batch(records: Sequence[Record], budget: Budget | None = None, dtype=np.floa
     )
 
 
+def _partial_targets(records: Sequence[Record]) -> tuple[dict, dict]:
+    """Graph and node target names (with per-entry shapes) that only some records have."""
+    out: tuple[dict, dict] = ({}, {})
+    for attr, found in zip(("targets", "node_targets"), out):
+        for key in sorted({k for r in records for k in getattr(r, attr)}):
+            have = [getattr(r, attr)[key] for r in records if key in getattr(r, attr)]
+            if len(have) < len(records):
+                shape = np.shape(have[0])
+                found[key] = shape if attr == "targets" else shape[1:]
+    return out
+
+
+def _same_targets(b: Batch, partial: tuple[dict, dict]) -> Batch:
+    """Give a batch every target in ``partial`` (zero-filled where missing) with its
+    ``<name>_mask``, so that all batches of a dataset have the same keys (one compile)."""
+    if not (partial[0] or partial[1]):
+        return b
+    glob, nodes = dict(b.globals), dict(b.nodes)
+    dtype = b.nodes["positions"].dtype
+    for store, found in ((glob, partial[0]), (nodes, partial[1])):
+        real = np.asarray(store["mask"])
+        for key, shape in found.items():
+            if key not in store:
+                store[key] = np.zeros((len(real), *shape), dtype)
+                store[f"{key}_mask"] = np.zeros(len(real), bool)
+            elif f"{key}_mask" not in store:
+                store[f"{key}_mask"] = real.copy()
+    return b._replace(globals=glob, nodes=nodes)
+
+
 class GraphLoader:
     """Padded batches of records with fixed shapes; reshuffled per epoch, reproducibly.
 
     ``loader.epoch(k)`` yields the batches of epoch ``k`` (order from ``seed`` and ``k``).
+    A target that only some records carry is in every batch, with its ``<name>_mask``.
     """
 
     def __init__(
@@ -496,6 +536,7 @@ class GraphLoader:
         self.budget = budget or estimate_budget(self.records, batch_size)
         self.shuffle = shuffle
         self.seed = seed
+        self._partial = _partial_targets(self.records)
         self._fixed: list[Batch] | None = None
 
     def order(self, epoch: int) -> np.ndarray:
@@ -506,12 +547,13 @@ class GraphLoader:
     def epoch(self, epoch: int = 0) -> Iterator[Batch]:
         if not self.shuffle:
             if self._fixed is None:
-                self._fixed = [batch([self.records[k] for k in grp], self.budget)
+                self._fixed = [_same_targets(batch([self.records[k] for k in grp], self.budget),
+                                             self._partial)
                                for grp in pack(self.records, self.budget)]
             yield from self._fixed
             return
         for grp in pack(self.records, self.budget, self.order(epoch)):
-            yield batch([self.records[k] for k in grp], self.budget)
+            yield _same_targets(batch([self.records[k] for k in grp], self.budget), self._partial)
 
     def __iter__(self) -> Iterator[Batch]:
         return self.epoch(0)

@@ -9,6 +9,7 @@ import os
 from typing import Any
 
 import orbax.checkpoint as ocp
+from etils import epath
 
 
 class Checkpointer:
@@ -43,6 +44,36 @@ class Checkpointer:
         )
         return step, out["state"], dict(out["meta"] or {})
 
+    def state_keys(self, step: int | None = None) -> list[str]:
+        """Top-level keys of the saved state tree (e.g. ``params``, ``opt_state``, ``best_params``)."""
+        step = self._step(step)
+        handler = ocp.StandardCheckpointHandler()
+        try:
+            tree = handler.metadata(epath.Path(self.directory) / str(step) / "state")
+            return sorted(tree.keys())
+        finally:
+            handler.close()
+
+    def restore_item(self, key: str, template: Any, step: int | None = None) -> tuple[Any, dict]:
+        """Restore only ``state[key]`` (shaped like ``template``) and the metadata."""
+        step = self._step(step)
+        keys = self.state_keys(step)
+        if key not in keys:
+            raise ValueError(f"checkpoint {step} in {self.directory} has no {key!r}; it holds {keys}")
+        item = {key: template}
+        args = ocp.args.PyTreeRestore(
+            item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+            partial_restore=True)
+        out = self._mgr.restore(step, args=ocp.args.Composite(state=args,
+                                                              meta=ocp.args.JsonRestore()))
+        return out["state"][key], dict(out["meta"] or {})
+
+    def _step(self, step: int | None) -> int:
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        return step
+
     def read_meta(self, step: int | None = None) -> dict:
         """Only the JSON metadata of a checkpoint (no arrays)."""
         step = self.latest_step() if step is None else step
@@ -69,10 +100,17 @@ def save_params(directory: str | os.PathLike, params: Any, meta: dict | None = N
         return ck.directory
 
 
-def load_params(directory: str | os.PathLike, template: Any) -> tuple[Any, dict]:
-    """Load the latest params saved by :func:`save_params` or :func:`jaxmat.train.fit`."""
+def load_params(directory: str | os.PathLike, template: Any,
+                key: str | None = None) -> tuple[Any, dict]:
+    """Load the latest params saved by :func:`save_params` or :func:`jaxmat.train.fit`.
+
+    ``key`` picks the saved tree: by default ``"best_params"`` when present (a directory
+    written by ``fit``), else ``"params"``; ``key="params"`` gives ``fit``'s last params.
+    Only that tree is read, so ``template`` needs no optimiser state.
+    """
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"checkpoint directory not found: {directory}")
     with Checkpointer(directory, max_to_keep=None) as ck:
-        _, state, meta = ck.restore({"params": template})
-        return state["params"], meta
+        if key is None:
+            key = "best_params" if "best_params" in ck.state_keys() else "params"
+        return ck.restore_item(key, template)

@@ -169,7 +169,8 @@ class CommitteeLoader:
         ]
 
     def __len__(self) -> int:
-        return len(self.groups(0)[0])
+        """Steps per epoch (the member with the most batches)."""
+        return self.groups(0)[1]
 
     def member_indices(self, m: int) -> np.ndarray:
         """Training items of member ``m`` (with repeats under bootstrap)."""

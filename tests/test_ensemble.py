@@ -138,6 +138,7 @@ def test_loader_orders_bootstrap_and_fixed_shapes(records):
     assert not np.array_equal(idx[0], idx[1])
 
 
+@pytest.mark.slow
 def test_fit_schnet_committee_improves_every_member(schnet_pot, records, val):
     loss = train.energy_force_loss(1.0, 10.0)
     p0 = ensemble.init(schnet_pot, jax.random.key(0), graph.batch(records[:2]), 2)
@@ -162,6 +163,10 @@ def test_fit_data_order_separates_members_and_resume(pair_pot, records, val, tmp
     # resume: 2 epochs, then the 3rd in a second call == 3 epochs in one go
     kw = dict(epochs=3, lr=5e-3, batch_size=10, progress=False)
     full = ensemble.fit(pair_pot, p0, records[:30], val, loss, ensemble.CommitteeConfig(**kw))
+    first, last = full.history[0]["val_loss"], full.history[-1]["val_loss"]
+    assert len(first) == 2 and all(b < a for a, b in zip(first, last))
+    ev = ensemble.evaluate(pair_pot, full.params, val, loss)
+    np.testing.assert_allclose(ev["loss"], full.best_metric, rtol=1e-5)
     cfg = ensemble.CommitteeConfig(**kw, checkpoint_dir=str(tmp_path / "ck"))
     part = ensemble.fit(pair_pot, p0, records[:30], val, loss, cfg, max_epochs=2)
     assert len(part.history) == 2
@@ -203,29 +208,30 @@ def test_fit_on_fixed_batches_with_user_module(records):
     assert "val_committee_energy_mae" in res.history[0]
 
 
-def test_bad_input(schnet_pot, records, val):
+def test_bad_input(pair_pot, records, val):
     b = next(iter(val))
     with pytest.raises(ValueError, match="committee size"):
-        ensemble.init(schnet_pot, jax.random.key(0), b, 0)
+        ensemble.init(pair_pot, jax.random.key(0), b, 0)
     with pytest.raises(ValueError, match="committee size"):
         ensemble.CommitteeLoader(records, 0)
-    p = ensemble.init(schnet_pot, jax.random.key(0), b, 2)
+    p = ensemble.stack([pair_pot.init(jax.random.key(k), b) for k in range(2)])
     leaves, tree = jax.tree_util.tree_flatten(p)
     leaves[0] = leaves[0][:1]
     with pytest.raises(ValueError, match="leading member axis"):
-        ensemble.apply(schnet_pot, jax.tree_util.tree_unflatten(tree, leaves), b)
+        ensemble.apply(pair_pot, jax.tree_util.tree_unflatten(tree, leaves), b)
     with pytest.raises(ValueError, match="cannot stack"):
         ensemble.stack([ensemble.member(p, 0), {"other": jnp.zeros(3)}])
     with pytest.raises(ValueError, match="empty"):
         ensemble.stack([])
-    out = dict(ensemble.apply(schnet_pot, p, b))
-    out["energy"] = out["energy"].at[1, 0].set(jnp.nan)
-    with pytest.raises(ValueError, match=r"non-finite.*'energy'.*\[1\]"):
+    out = {"energy": np.zeros((3, 4)), "forces": np.zeros((3, 5, 3))}
+    assert ensemble.check_finite(out) is out
+    out["forces"][2, 1, 0] = np.nan
+    with pytest.raises(ValueError, match=r"non-finite.*'forces'.*\[2\]"):
         ensemble.check_finite(out)
     with pytest.raises(ValueError, match="3 members"):
-        ensemble.fit(schnet_pot, p, ensemble.CommitteeLoader(records[:10], 3), None)
+        ensemble.fit(pair_pot, p, ensemble.CommitteeLoader(records[:10], 3), None)
     with pytest.raises(ValueError, match="divisible"):
-        ensemble.shard_members(ensemble.init(schnet_pot, jax.random.key(0), b, 3),
+        ensemble.shard_members(ensemble.stack([ensemble.member(p, 0)] * 3),
                                ensemble.member_mesh(jax.devices() * 2))
 
 

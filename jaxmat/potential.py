@@ -27,16 +27,19 @@ def strained(batch: graph.Batch, positions: jax.Array, strain: jax.Array) -> gra
 
 def potential(energy_model: Model, stress: bool = True) -> Model:
     """Turn a model whose ``apply`` gives ``"energy"`` (G,) into a potential giving
-    ``energy`` (eV), ``forces`` (eV/Å) and, if ``stress``, ``stress`` (eV/Å³)."""
+    ``energy`` (eV), ``forces`` (eV/Å) and, if ``stress``, ``stress`` (eV/Å³).
+    A training-mode ``apply_train`` (dropout) of the energy model is kept, with its derivatives."""
 
-    def apply(params: Params, batch: graph.Batch) -> Outputs:
+    def apply(params: Params, batch: graph.Batch, key: jax.Array | None = None) -> Outputs:
         pos = batch.nodes["positions"]
         g = graph.n_graphs(batch)
         strain = jnp.zeros((g, 3, 3), pos.dtype)
 
         def total(p, s):
-            out = energy_model.apply(params, strained(batch, p, s) if stress else
-                                     batch._replace(nodes={**batch.nodes, "positions": p}))
+            b = (strained(batch, p, s) if stress else
+                 batch._replace(nodes={**batch.nodes, "positions": p}))
+            out = (energy_model.apply(params, b) if key is None else
+                   energy_model.apply_train(params, b, key))
             return jnp.sum(out["energy"] * batch.globals["mask"]), out
 
         (dpos, dstrain), out = jax.grad(total, argnums=(0, 1), has_aux=True)(pos, strain)
@@ -50,7 +53,8 @@ def potential(energy_model: Model, stress: bool = True) -> Model:
                                       dstrain / jnp.where(periodic, vol, 1.0)[:, None, None], 0.0)
         return out
 
-    return Model(energy_model.init, apply, None, energy_model.name)
+    apply_train = apply if energy_model.apply_train is not None else None
+    return Model(energy_model.init, apply, apply_train, energy_model.name)
 
 
 def fit_energy_stats(

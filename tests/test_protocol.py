@@ -19,9 +19,10 @@ CUTOFF = 4.0
 class PairEnergy(nnx.Module):
     """Site energies plus a learned, species-dependent pair potential (eV), over a graph batch."""
 
-    def __init__(self, rngs: nnx.Rngs, width: int = 8, n_rbf: int = 8):
+    def __init__(self, rngs: nnx.Rngs, width: int = 8, n_rbf: int = 8, dropout: float = 0.0):
         self.n_rbf = n_rbf
         self.embed = nnx.Embed(119, width, rngs=rngs)
+        self.drop = nnx.Dropout(dropout, rngs=rngs) if dropout else None
         self.site = nnx.Linear(width, 1, rngs=rngs)
         self.radial = nnx.Linear(n_rbf, width, rngs=rngs)
 
@@ -29,6 +30,8 @@ class PairEnergy(nnx.Module):
         d = graph.safe_norm(graph.edge_vectors(b))
         h = self.embed(b.nodes["species"])
         radial = self.radial(gaussian_rbf(d, self.n_rbf, CUTOFF))
+        if self.drop is not None:
+            radial = self.drop(radial)
         pair = jnp.sum(h[b.senders] * h[b.receivers] * radial, axis=-1)
         pair = pair * cosine_cutoff(d, CUTOFF) * b.edges["mask"]
         e = self.site(h)[:, 0] + 0.5 * jax.ops.segment_sum(pair, b.receivers, h.shape[0])
@@ -131,6 +134,26 @@ def test_nnx_dropout_is_stochastic_in_training_only():
     batches = regression_batches()
     res = train.fit(model, params, batches, None, train.target_loss("target"), fit_cfg(30, 1e-2))
     assert res.history[-1]["train_loss"] < 0.7 * res.history[0]["train_loss"]
+
+
+def test_potential_keeps_training_mode_with_consistent_forces():
+    energy_model = from_nnx(lambda rngs: PairEnergy(rngs, dropout=0.5))
+    model = potential.potential(energy_model, stress=False)
+    assert model.apply_train is not None
+    b = graph.to_device(graph.batch(graph.records_from_atoms(data.load_ammonia()[:2], CUTOFF)))
+    params = model.init(jax.random.key(0), b)
+    key = jax.random.key(7)
+    out = model.train_apply(params, b, key)
+    # forces in training mode are the gradient of the same (dropped-out) energy
+    e = lambda pos: jnp.sum(energy_model.apply_train(  # noqa: E731
+        params, b._replace(nodes={**b.nodes, "positions": pos}), key)["energy"] * b.globals["mask"])
+    ref = -jax.grad(e)(b.nodes["positions"]) * b.nodes["mask"][:, None]
+    np.testing.assert_allclose(out["forces"], ref, rtol=1e-5, atol=1e-6)
+    other = model.train_apply(params, b, jax.random.key(8))
+    assert not np.allclose(out["energy"], other["energy"])
+    evals = model.apply(params, b)
+    np.testing.assert_array_equal(evals["energy"], model.apply(params, b)["energy"])
+    assert not np.allclose(out["forces"], evals["forces"])
 
 
 def test_model_without_dropout_has_no_train_apply():

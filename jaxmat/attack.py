@@ -1,0 +1,416 @@
+"""Adversarial geometry attacks on committee potentials.
+
+Following Schwalbe-Koda, Tan & Gómez-Bombarelli (Nat. Commun. 12, 5104, 2021), a
+displacement δ (Å) of a structure R is scored by
+
+    A(δ) = mean_{atoms, xyz} Var_m[F_m(R + δ)] · exp(−Ē(R + δ)/kT) / Z,
+    Z    = mean_{training set} exp(−E/kT),
+
+with ``F_m`` the forces (eV/Å) of committee member ``m``, ``Ē`` the committee-mean
+energy (eV; or eV/atom with ``per_atom``), energies shifted so that the training minimum
+is 0, and kT in eV. A is in eV²/Å². The variance is the population variance over members
+(:func:`jaxmat.ensemble.stats`). δ starts from N(0, σ²), is optimised by ``jax.grad``
+through the committee with an optax optimiser, and is optionally clamped per component.
+
+Many starts are attacked at once: they are packed into one padded graph batch, and the
+objective is summed over graphs, so every structure gets its own gradient (and its own
+Adam moments) in one compiled program. Neighbour lists are built on the host with
+``cutoff + skin``; between steps the largest displacement since the last build is
+checked and, when an atom has moved more than ``skin / 2``, the list is rebuilt outside
+``jit`` and the offending steps are redone (the jax-md pattern). Molecules whose graph is
+already complete (every pair an edge) are never rebuilt, so an all-molecule batch runs
+all steps in a single ``lax.scan``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxmat import ensemble, graph
+from jaxmat.protocol import Model, Params
+
+
+# --------------------------------------------------------------------------- structures
+def as_structure(s: Any, name: str = "structure") -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(numbers, positions Å, cell Å, pbc)`` of an ASE ``Atoms`` or a :class:`graph.Record`."""
+    if isinstance(s, graph.Record):
+        return graph.validate_structure(s.numbers, s.positions, s.cell, s.pbc, name)
+    if hasattr(s, "get_positions") and hasattr(s, "numbers"):
+        return graph.validate_structure(s.numbers, s.get_positions(), np.asarray(s.cell),
+                                        s.pbc, name)
+    raise ValueError(f"{name}: expected ASE Atoms or jaxmat.graph.Record, got {type(s).__name__}")
+
+
+def structure_energy(s: Any) -> float | None:
+    """Label energy (eV) of an ``Atoms`` (attached calculator) or ``Record`` (targets), if any."""
+    if isinstance(s, graph.Record):
+        e = s.targets.get("energy")
+        return None if e is None else float(e)
+    calc = getattr(s, "calc", None)
+    if calc is not None and "energy" in getattr(calc, "results", {}):
+        return float(calc.results["energy"])
+    return None
+
+
+# --------------------------------------------------------------------------- Boltzmann factor
+@dataclasses.dataclass(frozen=True)
+class Boltzmann:
+    """Boltzmann weight ``exp(−(E − e_min)/kT) / Z`` referenced to a training set.
+
+    ``kT`` eV; ``e_min`` the training minimum (eV, or eV/atom with ``per_atom``);
+    ``log_z`` = log mean_train exp(−(E − e_min)/kT); ``species`` the training elements.
+    """
+
+    kT: float
+    e_min: float
+    log_z: float
+    per_atom: bool = False
+    species: tuple[int, ...] | None = None
+
+    @classmethod
+    def from_energies(cls, energies: Any, kT: float, n_atoms: Any = None, per_atom: bool = False,
+                      species: Sequence[int] | None = None) -> "Boltzmann":
+        """From training energies (eV) and, for ``per_atom``, their atom counts."""
+        kT = float(kT)
+        if not math.isfinite(kT) or kT <= 0:
+            raise ValueError(f"kT must be a positive temperature in eV, got {kT}")
+        e = np.asarray(energies, dtype=np.float64).reshape(-1)
+        if e.size == 0:
+            raise ValueError("cannot build the Boltzmann reference from an empty training set")
+        if not np.all(np.isfinite(e)):
+            raise ValueError("non-finite (NaN/inf) training energy")
+        if per_atom:
+            if n_atoms is None:
+                raise ValueError("per_atom=True needs the atom count of every training structure")
+            n = np.asarray(n_atoms, dtype=np.float64).reshape(-1)
+            if n.shape != e.shape or np.any(n < 1):
+                raise ValueError(f"n_atoms must be positive with shape {e.shape}, got {n.shape}")
+            e = e / n
+        e_min = float(e.min())
+        x = -(e - e_min) / kT
+        log_z = float(np.log(np.mean(np.exp(x - x.max()))) + x.max())
+        sp = None if species is None else tuple(sorted({int(z) for z in species}))
+        return cls(kT, e_min, log_z, bool(per_atom), sp)
+
+    @classmethod
+    def from_structures(cls, structures: Sequence[Any], kT: float,
+                        per_atom: bool = False) -> "Boltzmann":
+        """From labelled training structures (ASE ``Atoms`` with results, or Records)."""
+        if len(structures) == 0:
+            raise ValueError("cannot build the Boltzmann reference from an empty training set")
+        energies, n_atoms, species = [], [], set()
+        for k, s in enumerate(structures):
+            e = structure_energy(s)
+            if e is None:
+                raise ValueError(f"training structure {k} has no energy label")
+            numbers = as_structure(s, f"training structure {k}")[0]
+            energies.append(e)
+            n_atoms.append(len(numbers))
+            species.update(int(z) for z in numbers)
+        return cls.from_energies(energies, kT, n_atoms, per_atom, sorted(species))
+
+    def log_weight(self, energy: jax.Array, n_atoms: jax.Array) -> jax.Array:
+        """log of the Boltzmann factor for energies ``energy`` (eV) of graphs with ``n_atoms``."""
+        e = energy / jnp.maximum(n_atoms, 1.0) if self.per_atom else energy
+        return -(e - self.e_min) / self.kT - self.log_z
+
+
+# --------------------------------------------------------------------------- objective
+def _per_graph_mean_var(forces_var: jax.Array, batch: graph.Batch) -> jax.Array:
+    node_mask = batch.nodes["mask"].astype(forces_var.dtype)
+    s = graph.graph_sum(jnp.sum(forces_var, axis=-1) * node_mask, batch)
+    return s / (3.0 * jnp.maximum(batch.globals["n_atoms"], 1.0))
+
+
+def committee_terms(model: Model, params: Params, batch: graph.Batch, kT: Any, e_min: Any,
+                    log_z: Any, per_atom: bool = False) -> dict[str, jax.Array]:
+    """Per-graph terms of the objective (padding graphs give 0):
+
+    ``objective`` (eV²/Å²), ``force_var`` mean over atoms and xyz of the committee force
+    variance (eV²/Å²), ``energy_mean`` and ``energy_std`` (eV), ``log_weight``.
+    """
+    out = ensemble.apply(model, params, batch)
+    st = ensemble.stats(out, ("energy", "forces"))
+    fvar = _per_graph_mean_var(st["forces_var"], batch)
+    n_at = batch.globals["n_atoms"]
+    e = st["energy_mean"]
+    e_ref = e / jnp.maximum(n_at, 1.0) if per_atom else e
+    logw = -(e_ref - e_min) / kT - log_z
+    gmask = batch.globals["mask"]
+    obj = jnp.where(gmask, fvar * jnp.exp(jnp.where(gmask, logw, 0.0)), 0.0)
+    return {"objective": obj, "force_var": jnp.where(gmask, fvar, 0.0),
+            "energy_mean": jnp.where(gmask, e, 0.0),
+            "energy_std": jnp.where(gmask, jnp.sqrt(st["energy_var"]), 0.0),
+            "log_weight": jnp.where(gmask, logw, 0.0)}
+
+
+def objective(model: Model, params: Params, batch: graph.Batch, reference: Boltzmann,
+              delta: jax.Array | None = None) -> jax.Array:
+    """Adversarial objective A (eV²/Å²) per graph, shape (G,), at positions + ``delta`` (Å)."""
+    if delta is not None:
+        batch = _displaced(batch, delta)
+    return committee_terms(model, params, batch, reference.kT, reference.e_min,
+                           reference.log_z, reference.per_atom)["objective"]
+
+
+def _displaced(batch: graph.Batch, delta: jax.Array) -> graph.Batch:
+    pos = batch.nodes["positions"] + delta * batch.nodes["mask"][:, None]
+    return batch._replace(nodes={**batch.nodes, "positions": pos})
+
+
+# --------------------------------------------------------------------------- configuration
+@dataclasses.dataclass(frozen=True)
+class AttackConfig:
+    """Attack settings. ``lr`` and ``sigma``, ``clamp`` and ``skin`` are in Å;
+    ``optimizer`` names an optax optimiser taking the learning rate (``adam``, ``sgd``, ...).
+    ``check_every`` steps are compiled together between neighbour-list checks (periodic or
+    incomplete graphs only); ``batch_size`` caps the structures per compiled batch;
+    ``axes`` are the Cartesian axes atoms may move along (e.g. ``(0,)`` for a 1-D model)."""
+
+    n_steps: int = 60
+    lr: float = 0.01
+    sigma: float = 0.01
+    clamp: float | None = None
+    optimizer: str = "adam"
+    skin: float = 0.5
+    check_every: int = 1
+    batch_size: int | None = None
+    axes: tuple[int, ...] = (0, 1, 2)
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.n_steps < 0:
+            raise ValueError(f"n_steps must be >= 0, got {self.n_steps}")
+        if self.sigma < 0 or self.lr <= 0 or self.skin < 0 or self.check_every < 1:
+            raise ValueError("attack needs sigma >= 0, lr > 0, skin >= 0 and check_every >= 1")
+        if self.clamp is not None and self.clamp <= 0:
+            raise ValueError(f"clamp must be positive (Å), got {self.clamp}")
+        if not self.axes or not set(self.axes) <= {0, 1, 2}:
+            raise ValueError(f"axes must be a non-empty subset of (0, 1, 2), got {self.axes}")
+        if not hasattr(optax, self.optimizer):
+            raise ValueError(f"unknown optax optimiser {self.optimizer!r}")
+
+
+@dataclasses.dataclass
+class AttackResult:
+    """Attacked geometries and their committee statistics, one entry per start.
+
+    ``atoms``: ASE ``Atoms`` at ``R + δ`` (no calculator; ``info`` holds the numbers below);
+    ``objective``, ``force_var`` (eV²/Å²), ``energy_mean``, ``energy_std`` (eV) at the end;
+    ``objective_start`` at ``R + δ₀``; ``history`` (n_steps, n) objective before each step;
+    ``delta`` list of (n_atoms, 3) Å; ``n_rebuilds`` neighbour-list rebuilds; ``seconds``.
+    """
+
+    atoms: list
+    objective: np.ndarray
+    force_var: np.ndarray
+    energy_mean: np.ndarray
+    energy_std: np.ndarray
+    objective_start: np.ndarray
+    history: np.ndarray
+    delta: list
+    n_rebuilds: int
+    seconds: float
+
+
+# --------------------------------------------------------------------------- compiled pieces
+@functools.lru_cache(maxsize=32)
+def _compiled(model: Model, per_atom: bool, optimizer: Any, clamp: float | None,
+              axes: tuple[int, ...]):
+    if isinstance(optimizer, tuple):  # (optax name, learning rate): one compile per setting
+        optimizer = getattr(optax, optimizer[0])(optimizer[1])
+    def terms(params, batch, pos0, delta, kT, e_min, log_z):
+        b = batch._replace(nodes={**batch.nodes, "positions": pos0 + delta})
+        return committee_terms(model, params, b, kT, e_min, log_z, per_atom)
+
+    def loss(delta, params, batch, pos0, kT, e_min, log_z):
+        t = terms(params, batch, pos0, delta, kT, e_min, log_z)
+        return -jnp.sum(t["objective"]), t["objective"]
+
+    def run(n_steps, params, batch, pos0, delta, opt_state, pos_ref, kT, e_min, log_z):
+        axis_mask = jnp.asarray([a in axes for a in range(3)], delta.dtype)
+        node_mask = batch.nodes["mask"][:, None].astype(delta.dtype) * axis_mask
+        g = graph.n_graphs(batch)
+
+        def step(carry, _):
+            d, s = carry
+            (_, obj), grad = jax.value_and_grad(loss, has_aux=True)(
+                d, params, batch, pos0, kT, e_min, log_z)
+            upd, s = optimizer.update(grad * node_mask, s, d)
+            d = optax.apply_updates(d, upd) * node_mask
+            if clamp is not None:
+                d = jnp.clip(d, -clamp, clamp)
+            moved = graph.safe_norm(pos0 + d - pos_ref) * batch.nodes["mask"]
+            disp = jax.ops.segment_max(moved, batch.nodes["graph"], g)
+            return (d, s), (obj, disp)
+
+        (delta, opt_state), (hist, disp) = jax.lax.scan(step, (delta, opt_state), None,
+                                                        length=n_steps)
+        return delta, opt_state, hist, disp
+
+    return (jax.jit(terms), jax.jit(run, static_argnums=0), jax.jit(optimizer.init))
+
+
+def _budget(records: list[graph.Record], old: graph.Budget | None = None) -> graph.Budget:
+    n = sum(r.n_node for r in records) + 1
+    e = sum(r.n_edge for r in records)
+    n_node = graph._round_up(n, 8)
+    n_edge = graph._round_up(1.25 * e + 1, 64)
+    if old is not None and old.fits(n - 1, e, len(records)):
+        return old
+    return graph.Budget(n_node, n_edge, len(records) + 1)
+
+
+# --------------------------------------------------------------------------- attack
+def attack(
+    model: Model,
+    params: Params,
+    starts: Sequence[Any],
+    reference: Boltzmann,
+    cutoff: float,
+    config: AttackConfig | None = None,
+    optimizer: optax.GradientTransformation | None = None,
+) -> AttackResult:
+    """Maximise the adversarial objective for every start geometry (ASE Atoms or Records).
+
+    ``model`` is a potential (``apply`` gives ``energy`` eV and ``forces`` eV/Å, e.g.
+    :func:`jaxmat.potential.potential`), ``params`` a committee (leading member axis),
+    ``reference`` the training-set :class:`Boltzmann` factor, ``cutoff`` the model's cutoff
+    (Å). ``optimizer`` (an optax transformation) overrides ``config.optimizer``/``lr``.
+    """
+    cfg = config or AttackConfig()
+    if not isinstance(reference, Boltzmann):
+        raise ValueError("reference must be a jaxmat.attack.Boltzmann (see Boltzmann.from_structures)")
+    if reference.kT <= 0:
+        raise ValueError(f"kT must be positive (eV), got {reference.kT}")
+    if cutoff is None or not cutoff > 0:
+        raise ValueError(f"cutoff must be a positive distance in Å, got {cutoff}")
+    starts = list(starts)
+    if not starts:
+        raise ValueError("attack needs at least one start geometry (empty start set)")
+    ensemble.size(params)
+    structs = [as_structure(s, f"start {k}") for k, s in enumerate(starts)]
+    if reference.species is not None:
+        known = set(reference.species)
+        for k, (z, *_) in enumerate(structs):
+            unknown = sorted(set(int(v) for v in z) - known)
+            if unknown:
+                raise ValueError(f"start {k}: mismatched species: elements {unknown} are not in "
+                                 f"the training set (species {sorted(known)})")
+    t0 = time.perf_counter()
+    opt = optimizer or (cfg.optimizer, float(cfg.lr))
+    rng = np.random.default_rng(cfg.seed)
+    deltas0 = []
+    for z, *_ in structs:
+        d = rng.normal(0.0, cfg.sigma, (len(z), 3)) * np.isin(np.arange(3), cfg.axes)
+        deltas0.append(np.clip(d, -cfg.clamp, cfg.clamp) if cfg.clamp is not None else d)
+    bs = cfg.batch_size or len(structs)
+    pieces = []
+    for a in range(0, len(structs), bs):
+        idx = list(range(a, min(len(structs), a + bs)))
+        pieces.append(_attack_batch(model, params, [structs[k] for k in idx],
+                                    [deltas0[k] for k in idx], reference, cutoff, cfg, opt))
+    cat = lambda k: np.concatenate([p[k] for p in pieces], axis=-1)  # noqa: E731
+    deltas = [d for p in pieces for d in p["delta"]]
+    atoms_out = []
+    for k, (s, (z, pos, cell, pbc), d) in enumerate(zip(starts, structs, deltas)):
+        atoms_out.append(_attacked_atoms(s, z, pos + d, cell, pbc))
+    res = AttackResult(atoms_out, cat("objective"), cat("force_var"), cat("energy_mean"),
+                       cat("energy_std"), cat("objective_start"),
+                       np.concatenate([p["history"] for p in pieces], axis=1),
+                       deltas, sum(p["n_rebuilds"] for p in pieces), time.perf_counter() - t0)
+    for k, a in enumerate(res.atoms):
+        a.info.update(start_index=k, attack_objective=float(res.objective[k]),
+                      force_var=float(res.force_var[k]),
+                      energy_mean=float(res.energy_mean[k]), energy_std=float(res.energy_std[k]))
+    return res
+
+
+def _attacked_atoms(start: Any, numbers, positions, cell, pbc):
+    from ase import Atoms
+
+    if hasattr(start, "copy") and hasattr(start, "get_positions"):
+        a = start.copy()
+        a.calc = None
+        a.positions = positions
+        a.info = {k: v for k, v in a.info.items() if not k.startswith("attack")}
+        return a
+    return Atoms(numbers=numbers, positions=positions, cell=cell, pbc=pbc)
+
+
+def _attack_batch(model, params, structs, deltas0, ref, cutoff, cfg, opt) -> dict:
+    terms_fn, run_fn, init_fn = _compiled(model, ref.per_atom, opt, cfg.clamp, tuple(cfg.axes))
+    rc = cutoff + cfg.skin
+    pos_start = [p for _, p, _, _ in structs]
+
+    def build(cur):
+        recs = [graph.make_record(z, p, rc, c, pbc, name=f"attacked structure {k}")
+                for k, ((z, _, c, pbc), p) in enumerate(zip(structs, cur))]
+        complete = np.array([not pbc.any() and r.n_edge == len(z) * (len(z) - 1)
+                             for (z, _, _, pbc), r in zip(structs, recs)])
+        return recs, complete
+
+    def padded(arrs, n):
+        out = np.zeros((n, 3), np.float32)
+        cat = np.concatenate(arrs)
+        out[:len(cat)] = cat
+        return jnp.asarray(out)
+
+    recs, complete = build([p + d for p, d in zip(pos_start, deltas0)])
+    budget = _budget(recs)
+    b = graph.to_device(graph.batch(recs, budget))
+    n_real = sum(len(p) for p in pos_start)
+    splits = np.cumsum([len(p) for p in pos_start])[:-1]
+    pos0 = padded(pos_start, budget.n_node)
+    delta = padded(deltas0, budget.n_node)
+    pos_ref = pos0 + delta
+    kT, e_min, log_z = (jnp.float32(ref.kT), jnp.float32(ref.e_min), jnp.float32(ref.log_z))
+    opt_state = init_fn(delta)
+    g = len(structs)
+    start_terms = terms_fn(params, b, pos0, delta, kT, e_min, log_z)
+    chunk = cfg.n_steps if complete.all() else cfg.check_every
+    hist, done, n_rebuilds, redo = [], 0, 0, False
+    while done < cfg.n_steps:
+        s = min(chunk, cfg.n_steps - done)
+        new_delta, new_state, h, disp = run_fn(s, params, b, pos0, delta, opt_state, pos_ref,
+                                               kT, e_min, log_z)
+        moved = np.asarray(disp)[:, :g].max(axis=0)
+        if np.any((moved > 0.5 * cfg.skin) & ~complete):
+            if redo:
+                raise ValueError(
+                    f"atoms moved more than skin/2 = {0.5 * cfg.skin} Å within {s} attack "
+                    f"step(s); increase the skin or lower the learning rate / check_every")
+            cur = np.asarray(pos0 + delta)[:n_real]
+            recs, complete = build(np.split(cur, splits))
+            budget = _budget(recs, budget)
+            if budget.n_node != pos0.shape[0]:
+                raise RuntimeError("node budget changed on rebuild")  # cannot happen
+            b = graph.to_device(graph.batch(recs, budget))
+            pos_ref = pos0 + delta
+            n_rebuilds += 1
+            redo = True
+            continue
+        delta, opt_state, redo = new_delta, new_state, False
+        hist.append(np.asarray(h)[:, :g])
+        done += s
+    end_terms = jax.device_get(terms_fn(params, b, pos0, delta, kT, e_min, log_z))
+    d_host = np.asarray(delta, dtype=np.float64)[:n_real]
+    return {
+        "objective": np.asarray(end_terms["objective"])[:g],
+        "force_var": np.asarray(end_terms["force_var"])[:g],
+        "energy_mean": np.asarray(end_terms["energy_mean"])[:g],
+        "energy_std": np.asarray(end_terms["energy_std"])[:g],
+        "objective_start": np.asarray(start_terms["objective"])[:g],
+        "history": np.concatenate(hist) if hist else np.zeros((0, g)),
+        "delta": np.split(d_host, splits),
+        "n_rebuilds": n_rebuilds,
+    }

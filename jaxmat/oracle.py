@@ -1,0 +1,249 @@
+"""Oracles: reference calculations that label structures (energy eV, forces eV/Å,
+stress eV/Å³ when periodic).
+
+Any ASE calculator becomes an :class:`Oracle` through a factory (a fresh calculator per
+label, so no state leaks between structures). Every :class:`Label` carries the oracle's
+name and settings; a calculation that raises (SCF not converged, library error) or returns
+non-finite numbers gives a *failed* label with the error text instead of an exception.
+
+Adapters: :func:`xtb` (GFN1/GFN2-xTB through ``tblite``, optional extra ``oracles``),
+:func:`pyscf` (HF/DFT through PySCF, optional), :func:`double_well` (analytic 1-D toy
+``E = 5x⁴ − 10x² + 1.5x`` of each atom's x coordinate).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from ase.calculators.calculator import Calculator, all_changes
+
+
+@dataclasses.dataclass
+class Label:
+    """The outcome of one oracle call. ``ok`` False means failed (``error`` says why)."""
+
+    ok: bool
+    energy: float | None = None
+    forces: np.ndarray | None = None
+    stress: np.ndarray | None = None
+    error: str | None = None
+    seconds: float = 0.0
+    oracle: str = ""
+    settings: dict = dataclasses.field(default_factory=dict)
+
+    def attach(self, atoms: Any) -> Any:
+        """A copy of ``atoms`` carrying this label in a single-point calculator."""
+        from ase.calculators.singlepoint import SinglePointCalculator
+
+        a = atoms.copy()
+        a.calc = None
+        if self.ok:
+            res = {"energy": self.energy, "forces": self.forces}
+            if self.stress is not None:
+                res["stress"] = self.stress
+            a.calc = SinglePointCalculator(a, **res)
+        return a
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, (np.integer, np.floating, np.bool_)):
+        return v.item()
+    if v is None or isinstance(v, (str, int, float, bool)):
+        return v
+    return repr(v)
+
+
+class Oracle:
+    """Label structures with an ASE calculator made by ``factory()`` for every call.
+
+    ``name`` identifies the level of theory (e.g. ``"tblite:GFN2-xTB"``); ``settings`` is a
+    JSON-able dict stored with every label. ``properties`` are requested from the
+    calculator (``stress`` only for periodic structures).
+    """
+
+    def __init__(self, name: str, factory: Callable[[], Calculator], settings: dict | None = None,
+                 properties: tuple[str, ...] = ("energy", "forces", "stress")):
+        if not callable(factory):
+            raise ValueError("an oracle needs a callable that returns an ASE calculator")
+        self.name = str(name)
+        self.factory = factory
+        self.settings = _jsonable(dict(settings or {}))
+        self.properties = tuple(properties)
+        self.calls = 0
+
+    @classmethod
+    def from_calculator(cls, calc: Calculator, name: str | None = None) -> "Oracle":
+        """Wrap an existing calculator instance (reused for every label; its ``parameters``
+        become the recorded settings)."""
+        params = dict(getattr(calc, "parameters", {}) or {})
+        return cls(name or type(calc).__name__, lambda: calc, params)
+
+    def describe(self) -> dict:
+        return {"name": self.name, "settings": self.settings}
+
+    @property
+    def settings_json(self) -> str:
+        return json.dumps(self.settings, sort_keys=True)
+
+    def label(self, atoms: Any) -> Label:
+        """Run the calculator on a copy of ``atoms``; never raises for a failed calculation."""
+        self.calls += 1
+        t0 = time.perf_counter()
+        meta = {"oracle": self.name, "settings": self.settings}
+        try:
+            a = atoms.copy()
+            a.calc = self.factory()
+            energy = float(a.get_potential_energy())
+            forces = np.asarray(a.get_forces(), dtype=np.float64) if "forces" in self.properties else None
+            stress = None
+            if "stress" in self.properties and a.pbc.any():
+                stress = np.asarray(a.get_stress(voigt=True), dtype=np.float64)
+        except Exception as err:  # noqa: BLE001  (any failure becomes a failed label)
+            msg = f"{type(err).__name__}: {err}".strip()
+            if not str(err):
+                msg += " | " + traceback.format_exc(limit=2).replace("\n", " ")
+            return Label(False, error=msg[:2000], seconds=time.perf_counter() - t0, **meta)
+        bad = [n for n, v in (("energy", energy), ("forces", forces), ("stress", stress))
+               if v is not None and not np.all(np.isfinite(v))]
+        if bad:
+            return Label(False, error=f"non-finite {', '.join(bad)} from {self.name}",
+                         seconds=time.perf_counter() - t0, **meta)
+        return Label(True, energy, forces, stress, None, time.perf_counter() - t0, **meta)
+
+    __call__ = label
+
+    def __repr__(self) -> str:
+        return f"Oracle({self.name!r}, {self.settings})"
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:  # pragma: no cover
+        return "unknown"
+
+
+# --------------------------------------------------------------------------- GFN-xTB (tblite)
+def xtb(method: str = "GFN2-xTB", accuracy: float = 1.0, electronic_temperature: float = 300.0,
+        max_iterations: int = 250, charge: float | None = None,
+        multiplicity: int | None = None) -> Oracle:
+    """GFN1/GFN2-xTB through ``tblite`` (``pip install tblite``; extra ``oracles``).
+
+    ``electronic_temperature`` in K. Output is silenced (``verbosity=0``).
+    """
+    try:
+        from tblite.ase import TBLite
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError("the xtb oracle needs tblite: pip install 'jaxmat[oracles]'") from err
+    if method not in ("GFN1-xTB", "GFN2-xTB", "IPEA1-xTB"):
+        raise ValueError(f"unknown tblite method {method!r}")
+    settings = dict(method=method, accuracy=accuracy, electronic_temperature=electronic_temperature,
+                    max_iterations=max_iterations, charge=charge, multiplicity=multiplicity)
+
+    def factory():
+        return TBLite(verbosity=0, **settings)
+
+    return Oracle(f"tblite:{method}", factory, {**settings, "tblite_version": _version("tblite")})
+
+
+# --------------------------------------------------------------------------- PySCF
+class PySCFCalculator(Calculator):
+    """Minimal ASE calculator for molecules with PySCF: HF (``xc=None``) or Kohn–Sham DFT.
+
+    Raises on an unconverged SCF, so that an :class:`Oracle` records a failed label.
+    """
+
+    implemented_properties = ["energy", "forces"]
+    default_parameters = dict(xc="pbe", basis="def2-svp", charge=0, spin=0, conv_tol=1e-9,
+                              max_cycle=100, grid_level=3)
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        from ase.units import Bohr, Hartree
+        from pyscf import dft, gto, scf
+
+        super().calculate(atoms, properties, system_changes)
+        if self.atoms.pbc.any():
+            raise ValueError("PySCFCalculator handles molecules only (no periodic boundaries)")
+        p = self.parameters
+        mol = gto.M(atom=[(s, tuple(x)) for s, x in zip(self.atoms.get_chemical_symbols(),
+                                                        self.atoms.positions)],
+                    unit="Angstrom", basis=p["basis"], charge=p["charge"], spin=p["spin"],
+                    verbose=0)
+        restricted = p["spin"] == 0
+        if p["xc"] in (None, "hf", "HF"):
+            mf = scf.RHF(mol) if restricted else scf.UHF(mol)
+        else:
+            mf = dft.RKS(mol) if restricted else dft.UKS(mol)
+            mf.xc = p["xc"]
+            mf.grids.level = p["grid_level"]
+        mf.conv_tol = p["conv_tol"]
+        mf.max_cycle = p["max_cycle"]
+        e = mf.kernel()
+        if not mf.converged:
+            raise RuntimeError(f"PySCF SCF not converged in {p['max_cycle']} cycles")
+        grad = mf.nuc_grad_method().kernel()
+        self.results["energy"] = float(e) * Hartree
+        self.results["free_energy"] = self.results["energy"]
+        self.results["forces"] = -np.asarray(grad) * Hartree / Bohr
+
+
+def pyscf(xc: str | None = "pbe", basis: str = "def2-svp", charge: int = 0, spin: int = 0,
+          conv_tol: float = 1e-9, max_cycle: int = 100) -> Oracle:
+    """HF (``xc=None``) or DFT with PySCF (optional dependency; extra ``oracles``)."""
+    try:
+        import pyscf as _pyscf  # noqa: F401
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError("the pyscf oracle needs PySCF: pip install 'jaxmat[oracles]'") from err
+    settings = dict(xc=xc, basis=basis, charge=charge, spin=spin, conv_tol=conv_tol,
+                    max_cycle=max_cycle)
+    name = f"pyscf:{'HF' if xc in (None, 'hf', 'HF') else xc}/{basis}"
+    return Oracle(name, lambda: PySCFCalculator(**settings),
+                  {**settings, "pyscf_version": _version("pyscf")}, ("energy", "forces"))
+
+
+# --------------------------------------------------------------------------- analytic toy
+class DoubleWell(Calculator):
+    """``E = Σ_atoms a x⁴ − b x² + c x`` of each atom's x coordinate (eV, x in Å);
+    forces along x only. Defaults ``a, b, c = 5, 10, 1.5``: the lower well near x = −1.04
+    (E = −6.53 eV), the upper well near x = 0.96 (E = −3.53 eV), the barrier near x = 0.075."""
+
+    implemented_properties = ["energy", "forces"]
+    default_parameters = dict(a=5.0, b=10.0, c=1.5)
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        a, b, c = (self.parameters[k] for k in "abc")
+        x = self.atoms.positions[:, 0]
+        if not np.all(np.isfinite(x)):
+            raise ValueError("non-finite coordinate")
+        self.results["energy"] = float(np.sum(a * x**4 - b * x**2 + c * x))
+        f = np.zeros((len(x), 3))
+        f[:, 0] = -(4 * a * x**3 - 2 * b * x + c)
+        self.results["forces"] = f
+        self.results["free_energy"] = self.results["energy"]
+
+
+def double_well_energy(x: Any, a: float = 5.0, b: float = 10.0, c: float = 1.5) -> np.ndarray:
+    """The double-well energy (eV) at coordinates ``x`` (Å)."""
+    x = np.asarray(x, dtype=np.float64)
+    return a * x**4 - b * x**2 + c * x
+
+
+def double_well(a: float = 5.0, b: float = 10.0, c: float = 1.5) -> Oracle:
+    """Analytic oracle for the 1-D double well ``a x⁴ − b x² + c x`` (eV, x in Å)."""
+    return Oracle("analytic:double-well", lambda: DoubleWell(a=a, b=b, c=c),
+                  {"a": a, "b": b, "c": c}, ("energy", "forces"))
+

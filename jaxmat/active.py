@@ -1,0 +1,539 @@
+"""Active learning: train committee → propose → select → label (oracle) → store → retrain.
+
+Generations:
+
+* 0 — the seed structures are labelled by the oracle (or kept with their own labels).
+* g ≥ 1 — committee ``C_g`` is trained on every label of generations < g; it proposes
+  candidates (``strategy``: ``adversarial`` attacks of :mod:`jaxmat.attack`, ``random``
+  Gaussian displacements, or ``md`` Langevin dynamics driven by the committee); the chosen
+  ones are written to the store as *pending* in one transaction, then labelled one by one,
+  each label stored as soon as it is computed.
+* After the last generation G, ``C_{G+1}`` is trained on everything and returned.
+
+Resuming: everything lives in ``workdir`` — ``labels.db`` (:class:`jaxmat.store.Store`),
+``committee/`` (orbax checkpoint of ``C_g`` per generation), ``config.toml`` and
+``progress.jsonl``. Rerunning :func:`run` after a crash (even ``kill -9``) restores the
+latest committee, skips proposals already written, labels only rows still pending, so no
+finished label is lost or recomputed. Proposals and training are seeded per generation,
+so a retrained committee equals the lost one.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+from jaxmat import ensemble, graph, train
+from jaxmat.attack import AttackConfig, Boltzmann, attack
+from jaxmat.checkpoint import Checkpointer
+from jaxmat.oracle import Oracle
+from jaxmat.protocol import Model, Params
+from jaxmat.select import SelectConfig, committee_predict, select, variance_threshold
+from jaxmat.store import Store
+
+STRATEGIES = ("adversarial", "random", "md")
+# fields that may change between a run and its resumption
+_RESUMABLE_CHANGES = {"generations", "progress", "train_final", "compile_cache"}
+
+
+@dataclasses.dataclass
+class ActiveConfig:
+    """Settings of :func:`run` (units: kT eV, distances Å, temperature K, time fs).
+
+    Training: ``n_members`` committee members trained ``epochs`` per generation with Adam
+    (``lr`` → ``lr_end``), loss ``energy_weight``·(eV/atom)² + ``forces_weight``·(eV/Å)²,
+    warm-started from the previous generation's committee (``warm_start``).
+    Adversarial: ``n_starts`` training geometries attacked ``attack_steps`` steps (Adam,
+    ``attack_lr``, δ₀ ~ N(0, ``attack_sigma``²), optional ``clamp``), Boltzmann factor at
+    ``kT`` (``per_atom`` energies optional), moving along Cartesian ``axes``. Selection: committee force variance above the
+    ``percentile`` of the training set's, RMSD dedup at ``rmsd`` (after alignment unless
+    ``align`` is False; also against the training set with ``dedup_against_train``), at most ``max_per_generation`` (``fill`` tops up).
+    Random baseline: ``n_starts`` training geometries displaced by N(0, ``random_sigma``²),
+    the first ``max_per_generation`` labelled. MD baseline: ``md_starts`` Langevin runs of
+    ``md_steps`` steps at ``md_temperature`` with the committee, a frame every
+    ``md_interval`` steps, then the same selection as the attack.
+
+    ``train_final`` trains C_{G+1} on all labels after the last generation (else the result
+    is C_G). ``max_energy`` (eV above the lowest label; eV/atom with ``per_atom``) keeps
+    higher-energy labels in the store but out of training. ``compile_cache`` names a folder
+    for JAX's persistent compilation cache (a process-wide setting), which makes the
+    per-generation retraining compile once.
+    """
+
+    workdir: str = "runs/active"
+    strategy: str = "adversarial"
+    generations: int = 5
+    seed: int = 0
+    relabel_seeds: bool = True
+    progress: bool = True
+    train_final: bool = True
+    max_energy: float | None = None
+    compile_cache: str | None = None
+    # committee training
+    n_members: int = 4
+    epochs: int = 200
+    lr: float = 2e-3
+    lr_end: float = 1e-5
+    batch_size: int = 32
+    energy_weight: float = 1.0
+    forces_weight: float = 10.0
+    warm_start: bool = True
+    bootstrap: bool = False
+    # adversarial attack
+    kT: float = 0.5
+    per_atom: bool = False
+    n_starts: int = 128
+    attack_steps: int = 60
+    attack_lr: float = 0.01
+    attack_sigma: float = 0.01
+    clamp: float | None = None
+    skin: float = 0.5
+    axes: tuple[int, ...] = (0, 1, 2)
+    # selection
+    percentile: float = 90.0
+    rmsd: float = 0.05
+    permute: bool = True
+    align: bool = True
+    max_per_generation: int = 20
+    fill: bool = False
+    dedup_against_train: bool = True
+    # baselines
+    random_sigma: float = 0.1
+    md_temperature: float = 1000.0
+    md_timestep: float = 0.5
+    md_friction: float = 0.01
+    md_steps: int = 200
+    md_interval: int = 10
+    md_starts: int = 4
+
+    def __post_init__(self):
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        if not self.kT > 0:
+            raise ValueError(f"kT must be positive (eV), got {self.kT}")
+        if self.generations < 0 or self.n_members < 1 or self.epochs < 1:
+            raise ValueError("need generations >= 0, n_members >= 1 and epochs >= 1")
+        if self.n_starts < 1 or self.max_per_generation < 0:
+            raise ValueError("need n_starts >= 1 and max_per_generation >= 0")
+        self.axes = tuple(int(a) for a in self.axes)
+
+    def attack_config(self, generation: int) -> AttackConfig:
+        return AttackConfig(n_steps=self.attack_steps, lr=self.attack_lr, sigma=self.attack_sigma,
+                            clamp=self.clamp, skin=self.skin, axes=tuple(self.axes),
+                            seed=_seed(self.seed, generation, 1))
+
+    def select_config(self) -> SelectConfig:
+        return SelectConfig(self.percentile, self.rmsd, self.permute, self.max_per_generation,
+                            self.fill, self.align)
+
+    # ------------------------------------------------------------------ TOML
+    @classmethod
+    def from_toml(cls, path: str | os.PathLike, **overrides: Any) -> "ActiveConfig":
+        """Read a TOML file (keys at top level or in an ``[active]`` table)."""
+        import tomllib
+
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"config file not found: {path}")
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+        data = dict(data.get("active", data))
+        data.update(overrides)
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ActiveConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"unknown active-learning setting(s): {unknown}")
+        return cls(**data)
+
+    def to_toml(self) -> str:
+        lines = ["[active]"]
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if v is None:
+                continue  # TOML has no null: absent means default None
+            lines.append(f"{f.name} = {json.dumps(v)}")
+        return "\n".join(lines) + "\n"
+
+
+def _seed(*parts: int) -> int:
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
+
+
+@dataclasses.dataclass
+class ActiveResult:
+    """``params``: the final committee C_{G+1}; ``reports``: one dict per generation;
+    ``store``: the label database; ``workdir``: absolute path of the run."""
+
+    params: Params
+    reports: list[dict]
+    store: Store
+    workdir: str
+
+
+# --------------------------------------------------------------------------- the loop
+class _Loop:
+    def __init__(self, cfg: ActiveConfig, model: Model, oracle: Oracle, seeds: Sequence[Any],
+                 cutoff: float, evaluate: Callable | None, md_calculator: Callable | None):
+        self.cfg, self.model, self.oracle, self.cutoff = cfg, model, oracle, cutoff
+        self.evaluate = evaluate
+        self.md_calculator = md_calculator
+        self.workdir = os.path.abspath(cfg.workdir)
+        os.makedirs(self.workdir, exist_ok=True)
+        self._check_config()
+        self.store = Store(os.path.join(self.workdir, "labels.db"))
+        self.ckpt_dir = os.path.join(self.workdir, "committee")
+        self.progress_path = os.path.join(self.workdir, "progress.jsonl")
+        self.seeds = list(seeds)
+        self._records: dict[int, graph.Record] = {}
+        self._template = None
+
+    # ------------------------------------------------------------------ bookkeeping
+    def _check_config(self) -> None:
+        path = os.path.join(self.workdir, "config.toml")
+        if os.path.exists(path):
+            old = ActiveConfig.from_toml(path, workdir=self.cfg.workdir)
+            diff = [f.name for f in dataclasses.fields(ActiveConfig)
+                    if f.name not in _RESUMABLE_CHANGES | {"workdir"}
+                    and getattr(old, f.name) != getattr(self.cfg, f.name)]
+            if diff:
+                raise ValueError(f"{self.workdir} holds a run with different settings {diff}; "
+                                 "use a new workdir (existing runs are never overwritten)")
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(self.cfg.to_toml())
+        os.replace(tmp, path)
+
+    def log(self, msg: str) -> None:
+        if self.cfg.progress:
+            print(msg, file=sys.stdout, flush=True)
+
+    def reports(self) -> dict[int, dict]:
+        out = {}
+        if os.path.exists(self.progress_path):
+            with open(self.progress_path) as f:
+                for line in f:
+                    line = line.strip()
+                    if line:
+                        try:
+                            r = json.loads(line)
+                        except json.JSONDecodeError:  # a line cut by a kill
+                            continue
+                        out[int(r["generation"])] = r
+        return out
+
+    def _append_report(self, report: dict) -> None:
+        with open(self.progress_path, "a") as f:
+            f.write(json.dumps(report) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def training_atoms(self, generation: int) -> list:
+        """Labelled structures of generations < ``generation`` (below ``max_energy``)."""
+        atoms = self.store.labelled(max_generation=generation - 1)
+        if self.cfg.max_energy is None or not atoms:
+            return atoms
+        e = np.array([a.get_potential_energy() for a in atoms])
+        if self.cfg.per_atom:
+            e = e / np.array([len(a) for a in atoms])
+        keep = e - e.min() <= self.cfg.max_energy
+        return [a for a, k in zip(atoms, keep) if k]
+
+    def records(self, atoms: list) -> list[graph.Record]:
+        out = []
+        for a in atoms:
+            rid = a.info["row_id"]
+            if rid not in self._records:
+                self._records[rid] = graph.atoms_to_record(a, self.cutoff, name=f"row {rid}")
+            out.append(self._records[rid])
+        return out
+
+    # ------------------------------------------------------------------ committee
+    def template(self, example) -> Params:
+        if self._template is None:
+            self._template = ensemble.init(self.model, jax.random.key(self.cfg.seed), example,
+                                           self.cfg.n_members)
+        return self._template
+
+    def committee(self, generation: int) -> tuple[Params, dict]:
+        """C_g: restored from its checkpoint, or trained and saved."""
+        cfg = self.cfg
+        atoms = self.training_atoms(generation)
+        if not atoms:
+            raise ValueError(f"no labelled structures to train generation {generation} on "
+                             "(all seed labels failed?)")
+        recs = self.records(atoms)
+        example = graph.batch(recs[:1])
+        steps = _saved_steps(self.ckpt_dir)
+        with Checkpointer(self.ckpt_dir, max_to_keep=None) as ck:
+            if generation in steps:
+                _, state, meta = ck.restore({"params": self.template(example)}, step=generation)
+                return _committed(state["params"]), meta
+            prev = generation - 1
+            if cfg.warm_start and prev in steps:
+                _, state, _ = ck.restore({"params": self.template(example)}, step=prev)
+                params0 = state["params"]
+            else:
+                params0 = self.template(example)
+        t0 = time.perf_counter()
+        fit_cfg = ensemble.CommitteeConfig(epochs=cfg.epochs, lr=cfg.lr, lr_end=cfg.lr_end,
+                                           seed=_seed(cfg.seed, generation, 2),
+                                           batch_size=cfg.batch_size, progress=False)
+        res = ensemble.fit(self.model, params0, recs,
+                           loss=train.energy_force_loss(cfg.energy_weight, cfg.forces_weight),
+                           config=fit_cfg, bootstrap=cfg.bootstrap)
+        last = res.history[-1] if res.history else {}
+        meta = {"generation": generation, "n_train": len(recs),
+                "train_ids": [int(a.info["row_id"]) for a in atoms],
+                "train_seconds": time.perf_counter() - t0,
+                "train_forces_mae": _mean(last.get("train_forces_mae")),
+                "train_energy_mae": _mean(last.get("train_energy_mae"))}
+        with Checkpointer(self.ckpt_dir, max_to_keep=None) as ck:
+            ck.save(generation, {"params": res.params}, meta)
+        return _committed(res.params), meta
+
+    # ------------------------------------------------------------------ proposals
+    def propose(self, generation: int, params: Params) -> tuple[list, np.ndarray, np.ndarray, str, dict]:
+        """Candidates of one generation: (atoms, sigma eV/Å, score, origin, stats)."""
+        cfg = self.cfg
+        train_atoms = self.training_atoms(generation)
+        rng = np.random.default_rng(_seed(cfg.seed, generation, 3))
+        t0 = time.perf_counter()
+        tr = committee_predict(self.model, params, self.records(train_atoms), self.cutoff)
+        thr = variance_threshold(tr["force_var"], cfg.percentile)
+        stats = {"threshold_sigma": float(np.sqrt(thr)),
+                 "train_sigma_median": float(np.sqrt(np.median(tr["force_var"])))}
+        ref = list(train_atoms) if cfg.dedup_against_train else []
+
+        def pick(n):
+            return rng.choice(len(train_atoms), n, replace=n > len(train_atoms))
+
+        if cfg.strategy == "adversarial":
+            starts = [train_atoms[k] for k in pick(cfg.n_starts)]
+            boltz = Boltzmann.from_structures(train_atoms, cfg.kT, cfg.per_atom)
+            res = attack(self.model, params, starts, boltz, self.cutoff,
+                         cfg.attack_config(generation))
+            cands, fvar, score = res.atoms, res.force_var, res.objective
+            stats.update(attack_seconds=res.seconds, n_rebuilds=res.n_rebuilds,
+                         objective_gain_median=float(np.median(
+                             res.objective / np.maximum(res.objective_start, 1e-30))))
+            idx = select(cands, fvar, tr["force_var"], cfg.select_config(), score, ref)
+            origin = "attack"
+        elif cfg.strategy == "random":
+            starts = [train_atoms[k] for k in pick(cfg.n_starts)]
+            cands = []
+            for a in starts:
+                b = a.copy()
+                b.calc = None
+                b.positions = a.positions + rng.normal(0.0, cfg.random_sigma, a.positions.shape) \
+                    * np.isin(np.arange(3), cfg.axes)
+                cands.append(b)
+            idx = list(range(min(cfg.max_per_generation, len(cands))))
+            pred = committee_predict(self.model, params, [cands[k] for k in idx], self.cutoff) \
+                if idx else {"force_var": np.zeros(0)}
+            fvar = np.zeros(len(cands))
+            fvar[idx] = pred["force_var"]
+            score = fvar
+            origin = "random"
+        else:
+            cands = self._md_frames(params, [train_atoms[k] for k in pick(cfg.md_starts)], rng)
+            pred = committee_predict(self.model, params, cands, self.cutoff)
+            fvar, score = pred["force_var"], pred["force_var"]
+            idx = select(cands, fvar, tr["force_var"], cfg.select_config(), score, ref)
+            origin = "md"
+        stats.update(n_candidates=len(cands), n_above=int(np.sum(np.asarray(fvar) > thr)),
+                     n_selected=len(idx), propose_seconds=time.perf_counter() - t0)
+        chosen = [cands[k] for k in idx]
+        for a in chosen:
+            a.info = {}
+        return (chosen, np.sqrt(np.asarray(fvar, dtype=np.float64)[idx]),
+                np.asarray(score, dtype=np.float64)[idx], origin, stats)
+
+    def _md_frames(self, params: Params, starts: list, rng: np.random.Generator) -> list:
+        cfg = self.cfg
+        frames = []
+        calc = self.md_calculator(self.model, params, self.cutoff)  # one compile for all runs
+        for k, a in enumerate(starts):
+            atoms = a.copy()
+            atoms.info = {}
+            atoms.calc = calc
+            dyn = langevin(atoms, cfg.md_temperature, cfg.md_timestep, cfg.md_friction, rng)
+            for _ in range(cfg.md_steps // cfg.md_interval):
+                dyn.run(cfg.md_interval)
+                f = atoms.copy()
+                f.calc = None
+                f.set_constraint()
+                f.set_momenta(None)
+                frames.append(f)
+        return frames
+
+    # ------------------------------------------------------------------ driver
+    def label(self, generation: int | None) -> dict[str, int]:
+        t0 = time.perf_counter()
+        n = self.store.count(status="pending", generation=generation)
+
+        def progress(k, total, label):
+            if self.cfg.progress and (k == total or k % 50 == 0):
+                self.log(f"  labelled {k}/{total}" + ("" if label.ok else f" (failed: {label.error})"))
+
+        counts = self.store.label_pending(self.oracle, generation, progress if n else None)
+        counts["seconds"] = time.perf_counter() - t0
+        return counts
+
+    def run(self) -> ActiveResult:
+        cfg, store = self.cfg, self.store
+        if store.count(origin="seed") == 0:
+            if not self.seeds:
+                raise ValueError("no seed structures and an empty store: nothing to train on")
+            if cfg.relabel_seeds:
+                store.plan(self.seeds, 0, "seed")
+            else:
+                store.add_labelled(self.seeds, 0, "seed")
+            self.log(f"[{cfg.strategy}] stored {len(self.seeds)} seed structures in {store.path}")
+        reports = self.reports()
+        done_reports = {g: r for g, r in reports.items() if not r.get("final")}
+        c = self.label(None)
+        if c["done"] or c["failed"]:
+            self.log(f"[{cfg.strategy}] labelled {c['done']} pending structures "
+                     f"({c['failed']} failed) in {c['seconds']:.1f} s")
+        last_g = cfg.generations + 1 if cfg.train_final else cfg.generations
+        for g in range(1, last_g + 1):
+            final = g == cfg.generations + 1
+            if g in done_reports and not final:
+                continue
+            params, meta = self.committee(g)
+            report = {"generation": g, "strategy": cfg.strategy, "n_train": meta["n_train"],
+                      "train_seconds": meta.get("train_seconds"),
+                      "train_forces_mae": meta.get("train_forces_mae")}
+            if final:
+                report["final"] = True
+                if reports.get(g, {}).get("final") is None:
+                    if self.evaluate is not None:
+                        report.update(self.evaluate(g, params, store) or {})
+                    report["oracle_calls"] = store.count() - store.count(status="pending")
+                    self._append_report(report)
+                    self.log(_format(report))
+                break
+            if self.evaluate is not None:
+                report.update(self.evaluate(g, params, store) or {})
+            stats_path = os.path.join(self.workdir, f"proposal_{g}.json")
+            if store.count(generation=g) == 0:
+                chosen, sigma, score, origin, stats = self.propose(g, params)
+                if chosen:
+                    store.plan(chosen, g, origin, sigma=sigma, score=score)
+                tmp = stats_path + ".tmp"
+                with open(tmp, "w") as f:
+                    json.dump(stats, f)
+                os.replace(tmp, stats_path)
+            if os.path.exists(stats_path):
+                with open(stats_path) as f:
+                    report.update(json.load(f))
+            c = self.label(g)
+            report.update(labelled=store.count(generation=g, status="done"),
+                          failed=store.count(generation=g, status="failed"),
+                          label_seconds=c["seconds"],
+                          oracle_calls=store.count() - store.count(status="pending"))
+            self._append_report(report)
+            self.log(_format(report))
+        steps = _saved_steps(self.ckpt_dir)
+        params = self.committee(max(steps))[0] if steps else None
+        out = [r for _, r in sorted(self.reports().items())
+               if r["generation"] <= cfg.generations or r.get("final")]
+        return ActiveResult(params, out, store, self.workdir)
+
+
+def langevin(atoms: Any, temperature_K: float, timestep_fs: float, friction_per_fs: float,
+             rng: np.random.Generator):
+    """ASE Langevin dynamics with Maxwell–Boltzmann initial momenta and (for more than one
+    atom) a fixed centre of mass (``temperature_K`` K, ``timestep_fs`` fs,
+    ``friction_per_fs`` 1/fs)."""
+    from ase import units
+    from ase.constraints import FixCom
+    from ase.md.langevin import Langevin
+
+    try:
+        from ase.md.velocitydistribution import thermalize_momenta
+    except ImportError:  # ASE < 3.29
+        from ase.md.velocitydistribution import MaxwellBoltzmannDistribution as _mb
+
+        def thermalize_momenta(a, t, rng=None):
+            _mb(a, temperature_K=t, rng=rng)
+
+    thermalize_momenta(atoms, temperature_K, rng=rng)
+    if not atoms.constraints and len(atoms) > 1:
+        atoms.set_constraint(FixCom())
+    return Langevin(atoms, timestep_fs * units.fs, temperature_K=temperature_K,
+                    friction=friction_per_fs / units.fs, fixcm=False,
+                    rng=np.random.default_rng(rng.integers(2**31)))
+
+
+def _committed(params: Params) -> Params:
+    """Params placed (committed) on the default device, so restored and freshly trained
+    committees hit the same compiled programs."""
+    return jax.device_put(params, jax.devices()[0])
+
+
+def _saved_steps(directory: str) -> list[int]:
+    """Finished checkpoint steps (orbax renames a step's folder into place when complete)."""
+    if not os.path.isdir(directory):
+        return []
+    return sorted(int(d) for d in os.listdir(directory)
+                  if d.isdigit() and os.path.isdir(os.path.join(directory, d)))
+
+
+def _mean(v: Any) -> float | None:
+    if v is None:
+        return None
+    return float(np.mean(v))
+
+
+def _format(r: dict) -> str:
+    parts = [f"gen {r['generation']} [{r['strategy']}]: trained on {r['n_train']}"]
+    if r.get("train_forces_mae") is not None:
+        parts.append(f"train F MAE {r['train_forces_mae']:.3g} eV/Å")
+    if "n_candidates" in r:
+        parts.append(f"{r['n_candidates']} candidates, {r['n_above']} above σ>"
+                     f"{r['threshold_sigma']:.3g} eV/Å, {r['n_selected']} selected")
+    if "labelled" in r:
+        parts.append(f"labelled {r['labelled']} ({r['failed']} failed)")
+    parts.append(f"oracle calls {r['oracle_calls']}")
+    extra = [f"{k} {v:.4g}" for k, v in r.items() if k.startswith("eval_") and isinstance(v, float)]
+    return " | ".join(parts + extra)
+
+
+def run(config: ActiveConfig, model: Model, oracle: Oracle, seeds: Sequence[Any], cutoff: float,
+        evaluate: Callable[[int, Params, Store], dict] | None = None,
+        md_calculator: Callable[[Model, Params, float], Any] | None = None) -> ActiveResult:
+    """Run (or resume) an active-learning loop in ``config.workdir``.
+
+    ``model``: a potential (``energy`` eV and ``forces`` eV/Å, e.g.
+    :func:`jaxmat.potential.potential` of any energy model); ``oracle`` labels structures;
+    ``seeds``: the initial ASE structures (relabelled by the oracle unless
+    ``relabel_seeds=False``); ``cutoff`` (Å) for neighbour lists. ``evaluate(g, params,
+    store) -> dict`` is merged into the report of generation ``g`` (keys starting with
+    ``eval_`` are printed). ``md_calculator(model, params, cutoff)`` makes the ASE calculator
+    used by the ``md`` baseline (default :class:`jaxmat.ase` committee calculator).
+    """
+    if cutoff is None or not cutoff > 0:
+        raise ValueError(f"cutoff must be a positive distance in Å, got {cutoff}")
+    if md_calculator is None and config.strategy == "md":
+        md_calculator = _default_md_calculator
+    if config.compile_cache:
+        jax.config.update("jax_compilation_cache_dir", os.path.abspath(config.compile_cache))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+    return _Loop(config, model, oracle, seeds, cutoff, evaluate, md_calculator).run()
+
+
+def _default_md_calculator(model: Model, params: Params, cutoff: float):
+    from jaxmat.ase import JaxmatCalculator
+
+    return JaxmatCalculator(model, params, cutoff=cutoff)

@@ -10,7 +10,8 @@ in the same unit (e.g. eV/Å for force components, eV for energies), as arrays o
   errors inside the central interval of each probability level;
 * :func:`coverage` -- fraction of ``|err| <= z_p sigma`` (0.68 and 0.95 expected);
 * :func:`fit_scale` -- the recalibration factor ``s`` (``sigma -> s sigma``) that minimises the
-  Gaussian NLL on validation data, in closed form ``s² = mean(err² / sigma²)``;
+  Gaussian NLL on validation data, in closed form ``s² = mean(err² / sigma²)`` (or, robustly,
+  matches the median of ``|err| / sigma``);
   :func:`recalibrate` applies it at prediction time.
 
 Plots (:func:`plot_calibration`, :func:`plot_error_vs_sigma`, :func:`plot_parity`) import
@@ -111,11 +112,20 @@ def miscalibration_area(err: Any, sigma: Any, n_levels: int = 99) -> float:
     return float(np.mean(np.abs(observed - expected)))
 
 
-def fit_scale(err: Any, sigma: Any) -> float:
-    """Recalibration factor ``s`` minimising the Gaussian NLL of ``N(0, (s sigma)²)`` on
-    validation data: ``s = sqrt(mean(err² / sigma²))`` (closed form)."""
+def fit_scale(err: Any, sigma: Any, method: str = "nll") -> float:
+    """Recalibration factor ``s`` (``sigma -> s sigma``) from validation data.
+
+    ``method="nll"`` (default) minimises the Gaussian NLL of ``N(0, (s sigma)²)``:
+    ``s = sqrt(mean(err² / sigma²))`` (closed form). ``method="median"`` matches the median of
+    ``|err| / sigma`` to that of ``|N(0, 1)|`` (0.6745), which heavy-tailed errors pull less.
+    """
     e, s = _check(err, sigma)
-    scale = math.sqrt(float(np.mean((e / s) ** 2)))
+    if method == "nll":
+        scale = math.sqrt(float(np.mean((e / s) ** 2)))
+    elif method == "median":
+        scale = float(np.median(np.abs(e) / s)) / _z_of(0.5)
+    else:
+        raise ValueError(f"unknown recalibration method {method!r}; use 'nll' or 'median'")
     if scale == 0.0:
         raise ValueError("all errors are zero; the recalibration scale is undefined")
     return scale

@@ -326,8 +326,8 @@ def fit(
     :class:`CommitteeLoader`; each member gets its own data order (and resample with
     ``bootstrap``). ``val_data`` (loader or list of batches) is shared; metrics, best params and
     early stopping (``config.patience`` on ``config.monitor``) are per member, and a stopped
-    member's updates are masked out. ``config.checkpoint_dir`` saves the whole committee every
-    epoch (orbax) and a later call resumes. ``max_epochs`` caps the epochs of this call.
+    member's updates are masked out. ``config.checkpoint_dir`` saves the whole committee (orbax)
+    every ``config.checkpoint_every`` epochs and at the end; a later call resumes from it. ``max_epochs`` caps the epochs of this call.
     Returns per-member best params stacked in ``result.params``.
     """
     cfg = config or CommitteeConfig()
@@ -375,6 +375,12 @@ def fit(
     start = int(meta["epoch"])
     stop = cfg.epochs if max_epochs is None else min(cfg.epochs, start + max_epochs)
     t0 = time.perf_counter()
+    bar = None
+    if cfg.progress and stop > start:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=stop - start, desc=f"fit x{n}", unit="epoch", leave=False,
+                   mininterval=2.0)
     try:
         for epoch in range(start, stop):
             if stopped.all():
@@ -394,7 +400,7 @@ def fit(
             losses = np.asarray(jax.device_get(tr_loss))
             per = [train._reduce([s for s, a in zip(sl, w[:, m]) if a])
                    for m, sl in enumerate(_split_members(tr_stats, n))]
-            for name in per[0]:
+            for name in sorted(set().union(*per)):
                 row[f"train_{name}"] = [p.get(name, math.nan) for p in per]
             row["train_loss"] = [float(x) if c else math.nan for x, c in
                                  zip((w * losses).sum(0) / np.maximum(w.sum(0), 1), w.sum(0))]
@@ -421,17 +427,21 @@ def fit(
             meta = {"epoch": epoch + 1, "best_metric": [_json_float(x) for x in best],
                     "best_epoch": best_epoch.tolist(), "bad_epochs": bad.tolist(),
                     "history": history}
-            if ckpt is not None:
+            if patience is not None:
+                stopped = stopped | (bad >= patience)
+            last = epoch + 1 == stop or stopped.all()
+            if ckpt is not None and ((epoch + 1) % getattr(cfg, "checkpoint_every", 1) == 0
+                                     or last):
                 ckpt.save(epoch + 1, {"params": params, "opt_state": opt_state,
                                       "best_params": best_params}, meta)
             if log_path:
                 train._append_csv(log_path, _flatten_row(row))
-            if cfg.progress:
-                print(f"epoch {epoch + 1}: {cfg.monitor} per member "
-                      + " ".join(f"{x:.4g}" for x in metric), flush=True)
-            if patience is not None:
-                stopped = stopped | (bad >= patience)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix({cfg.monitor: " ".join(f"{x:.3g}" for x in metric)})
     finally:
+        if bar is not None:
+            bar.close()
         if ckpt is not None:
             ckpt.close()
     return CommitteeFitResult(best_params, params, history, best_epoch.tolist(),

@@ -23,6 +23,7 @@ def test_recalibration_recovers_scale(true_scale):
     err_val, sig_val = _synthetic(true_scale=true_scale, seed=1)
     s = calibrate.fit_scale(err_val, sig_val)
     assert abs(s / true_scale - 1) < 0.05
+    assert abs(calibrate.fit_scale(err_val, sig_val, method="median") / true_scale - 1) < 0.05
     # s minimises the NLL: neighbours on both sides are worse
     nll = calibrate.gaussian_nll(err_val, calibrate.recalibrate(sig_val, s))
     for f in (0.9, 1.1):
@@ -83,6 +84,8 @@ def test_bad_input():
         calibrate.coverage([0.1], [0.1], p=1.5)
     with pytest.raises(ValueError, match="positive"):
         calibrate.recalibrate([0.1], -1.0)
+    with pytest.raises(ValueError, match="method"):
+        calibrate.fit_scale([0.1], [0.1], method="mle")
 
 
 def test_plots(tmp_path):

@@ -39,7 +39,10 @@ class PairEnergy(nnx.Module):
 
 @pytest.fixture(scope="module")
 def records():
-    return graph.records_from_atoms(data.load_ammonia()[:40], CUTOFF)
+    """40 NH3 geometries in random order (the file is ordered by geometry family)."""
+    atoms = data.load_ammonia()
+    pick = np.random.default_rng(0).permutation(len(atoms))[:40]
+    return graph.records_from_atoms([atoms[k] for k in pick], CUTOFF)
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +127,8 @@ def test_loader_orders_bootstrap_and_fixed_shapes(records):
     assert len({tuple(o) for o in orders}) == 4  # each member its own order
     assert not np.array_equal(ld.order(0, 0), ld.order(0, 1))  # reshuffled per epoch
     steps = list(ld.epoch(0))
-    assert len(steps) == len(ld)
+    assert len(steps) == len(ld) == max(len(g) for g in ld.groups(0)[0])
+    assert len(ensemble.CommitteeLoader(records[:n], 2, batch_size=8, seed=0)) >= 4
     shapes = {tuple(x.shape for x in jax.tree_util.tree_leaves(b)) for b, _ in steps}
     assert len(shapes) == 1 and next(iter(shapes))[0][0] == 4
     # every member sees every record exactly once over its active steps

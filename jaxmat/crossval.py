@@ -3,7 +3,9 @@
 :func:`cross_val_predict` trains a fresh model per fold (Adam + cosine schedule from
 :mod:`jaxmat.train`) and returns out-of-fold predictions. All folds share one padding
 budget and one jitted step, so the whole run compiles once. Targets are standardised
-with the training fold's mean and spread (no information from the held-out fold).
+with the training fold's statistics (no information from the held-out fold): the mean
+per component (for a vector target such as a spectrum, the mean spectrum) and one overall
+spread, so an untrained model starts near the mean predictor.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ def kfold(n: int, k: int = 5, seed: int = 0) -> list[np.ndarray]:
     return [np.sort(f) for f in np.array_split(np.random.default_rng(seed).permutation(n), k)]
 
 
-def _scaled(records: Sequence[graph.Record], key: str, mean: float, std: float):
+def _scaled(records: Sequence[graph.Record], key: str, mean: np.ndarray, std: float):
     return [dataclasses.replace(r, targets={**r.targets, key: (r.targets[key] - mean) / std})
             for r in records]
 
@@ -45,6 +47,7 @@ def cross_val_predict(
     ``model.apply`` must give ``outputs[key]`` (G, ...); it is trained on standardised
     targets (MSE, :func:`jaxmat.train.target_loss`) and its outputs are mapped back to the
     target's units. Returns ``(predictions (n, ...), fold index (n,))``.
+    ``epochs``, ``batch_size`` and ``lr`` (Adam, cosine decay to lr/100) apply to every fold.
     """
     records = list(records)
     if not records:
@@ -65,7 +68,8 @@ def cross_val_predict(
     for f, test in enumerate(folds):
         fold_of[test] = f
         tr = np.setdiff1d(np.arange(len(records)), test)
-        mean, std = float(y[tr].mean()), float(y[tr].std()) or 1.0
+        mean = y[tr].mean(axis=0)
+        std = float(np.sqrt(np.mean((y[tr] - mean) ** 2))) or 1.0
         loader = graph.GraphLoader(_scaled([records[i] for i in tr], key, mean, std),
                                    batch_size, budget, seed=seed + f)
         params = model.init(jax.random.key(seed + f), next(iter(loader)))

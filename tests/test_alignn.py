@@ -26,10 +26,19 @@ def structures():
     return [a for a in by_size if 6 <= len(a) <= 10 and len(set(a.numbers)) > 1][:3]
 
 
+def randomise_head(p, key):
+    """The head starts at zero (outputs = shift); give it weights so outputs vary."""
+    k = p["head"]["kernel"]
+    return {**p, "head": {**p["head"], "kernel": 0.3 * jax.random.normal(key, k.shape)}}
+
+
 @pytest.fixture(scope="module")
 def params(structures):
     recs = linegraph.records_from_atoms(structures[:1])
-    return MODEL.init(jax.random.key(0), graph.batch(recs, BUDGET))
+    p = MODEL.init(jax.random.key(0), graph.batch(recs, BUDGET))
+    np.testing.assert_array_equal(np.asarray(MODEL.apply(p, graph.batch(recs, BUDGET))["dos"])[0],
+                                  CFG.shift)  # untrained = shift
+    return randomise_head(p, jax.random.key(5))
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +59,7 @@ def test_output_shapes_and_vector_head(apply, params, structures):
     scalar = alignn(ALIGNNConfig(n_alignn_layers=1, n_gcn_layers=1, embedding=8, hidden=16,
                                  n_bond_rbf=16, n_angle_rbf=8))
     b = graph.batch(linegraph.records_from_atoms(structures), BUDGET)
-    out = jax.jit(scalar.apply)(scalar.init(jax.random.key(1), b), b)
+    out = jax.jit(scalar.apply)(randomise_head(scalar.init(jax.random.key(1), b), jax.random.key(2)), b)
     assert out["target"].shape == (BUDGET.n_graph,)
 
 

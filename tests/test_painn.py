@@ -10,7 +10,7 @@ import pytest
 from ase import Atoms
 from scipy.spatial.transform import Rotation
 
-from jaxmat import data, ensemble, graph, potential
+from jaxmat import attack, data, ensemble, graph, potential
 from jaxmat.models import PaiNNConfig, painn
 
 CUTOFF = 4.0  # Å, model cutoff
@@ -147,7 +147,9 @@ def test_padding_and_batch_neighbours_do_not_change_outputs(apply, params):
     assert np.all(both["forces"][len(nh3) + len(si):] == 0)
 
 
-def test_committee_and_potential_work_through_the_protocol():
+@pytest.mark.slow
+def test_committee_calculator_and_attack_work_unchanged():
+    """Committee, ASE calculator and attack on PaiNN (~1 min on 2 cores: nightly)."""
     b = graph.to_device(graph.batch([graph.atoms_to_record(si_cell(), GRAPH_CUTOFF)], BUDGET))
     pot = potential.potential(painn(n_features=8, n_interactions=1, n_rbf=4, cutoff=CUTOFF))
     params = ensemble.stack([pot.init(k, b) for k in jax.random.split(jax.random.key(0), 3)])
@@ -156,3 +158,15 @@ def test_committee_and_potential_work_through_the_protocol():
     single = jax.jit(pot.apply)(ensemble.member(params, 1), b)
     np.testing.assert_allclose(out["energy"][1], single["energy"], rtol=1e-5)
     assert np.all(np.isfinite(np.asarray(out["stress"])))
+    # ASE calculator: committee mean of the same potential
+    from jaxmat.ase import JaxmatCalculator
+
+    atoms = si_cell()
+    atoms.calc = JaxmatCalculator(pot, params, cutoff=GRAPH_CUTOFF, dtype=np.float64)
+    n = len(atoms)
+    np.testing.assert_allclose(atoms.get_potential_energy(), np.mean(out["energy"][:, 0]), rtol=1e-5)
+    np.testing.assert_allclose(atoms.get_forces(), np.mean(out["forces"][:, :n], axis=0), atol=1e-5)
+    # adversarial attack: gradient steps on the committee force variance
+    ref = attack.Boltzmann.from_energies([float(np.mean(out["energy"][:, 0]))], kT=0.5)
+    res = attack.attack(pot, params, [si_cell()], ref, GRAPH_CUTOFF, attack.AttackConfig(n_steps=2))
+    assert np.isfinite(res.objective).all() and res.history.shape == (2, 1)

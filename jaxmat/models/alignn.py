@@ -117,7 +117,8 @@ class ALIGNN(nnx.Module):
         self.angle_in2 = MLPLayer(M, H, rngs)
         self.alignn = nnx.List([ALIGNNLayer(H, rngs) for _ in range(cfg.n_alignn_layers)])
         self.gcn = nnx.List([EdgeGatedConv(H, rngs) for _ in range(cfg.n_gcn_layers)])
-        self.head = nnx.Linear(H, cfg.n_outputs, rngs=rngs)
+        # zero-initialised head: an untrained model predicts `shift` (the mean, once fitted)
+        self.head = nnx.Linear(H, cfg.n_outputs, kernel_init=nnx.initializers.zeros, rngs=rngs)
 
     def __call__(self, batch: graph.Batch) -> dict[str, jax.Array]:
         cfg = self.cfg

@@ -69,18 +69,37 @@ class Oracle:
 
     ``name`` identifies the level of theory (e.g. ``"tblite:GFN2-xTB"``); ``settings`` is a
     JSON-able dict stored with every label. ``properties`` are requested from the
-    calculator (``stress`` only for periodic structures).
+    calculator (``stress`` only for periodic structures). ``threads`` caps the OpenMP
+    threads of the calculation (``threadpoolctl``; None leaves them alone): small molecules
+    run far faster on one thread, and a loaded machine makes spinning OpenMP threads crawl.
     """
 
     def __init__(self, name: str, factory: Callable[[], Calculator], settings: dict | None = None,
-                 properties: tuple[str, ...] = ("energy", "forces", "stress")):
+                 properties: tuple[str, ...] = ("energy", "forces", "stress"),
+                 threads: int | None = None):
         if not callable(factory):
             raise ValueError("an oracle needs a callable that returns an ASE calculator")
+        if threads is not None and threads < 1:
+            raise ValueError(f"threads must be >= 1 or None, got {threads}")
         self.name = str(name)
         self.factory = factory
         self.settings = _jsonable(dict(settings or {}))
         self.properties = tuple(properties)
+        self.threads = threads
         self.calls = 0
+        self._pools = None
+
+    def limit_threads(self):
+        """Context capping OpenMP threads at ``threads`` (no-op when None)."""
+        import contextlib
+
+        if self.threads is None:
+            return contextlib.nullcontext()
+        if self._pools is None:
+            from threadpoolctl import ThreadpoolController
+
+            self._pools = ThreadpoolController()
+        return self._pools.limit(limits=self.threads, user_api="openmp")
 
     @classmethod
     def from_calculator(cls, calc: Calculator, name: str | None = None) -> "Oracle":
@@ -104,11 +123,13 @@ class Oracle:
         try:
             a = atoms.copy()
             a.calc = self.factory()
-            energy = float(a.get_potential_energy())
-            forces = np.asarray(a.get_forces(), dtype=np.float64) if "forces" in self.properties else None
-            stress = None
-            if "stress" in self.properties and a.pbc.any():
-                stress = np.asarray(a.get_stress(voigt=True), dtype=np.float64)
+            with self.limit_threads():
+                energy = float(a.get_potential_energy())
+                forces = (np.asarray(a.get_forces(), dtype=np.float64)
+                          if "forces" in self.properties else None)
+                stress = None
+                if "stress" in self.properties and a.pbc.any():
+                    stress = np.asarray(a.get_stress(voigt=True), dtype=np.float64)
         except Exception as err:  # noqa: BLE001  (any failure becomes a failed label)
             msg = f"{type(err).__name__}: {err}".strip()
             if not str(err):
@@ -139,10 +160,11 @@ def _version(package: str) -> str:
 # --------------------------------------------------------------------------- GFN-xTB (tblite)
 def xtb(method: str = "GFN2-xTB", accuracy: float = 1.0, electronic_temperature: float = 300.0,
         max_iterations: int = 250, charge: float | None = None,
-        multiplicity: int | None = None) -> Oracle:
+        multiplicity: int | None = None, threads: int | None = 1) -> Oracle:
     """GFN1/GFN2-xTB through ``tblite`` (``pip install tblite``; extra ``oracles``).
 
-    ``electronic_temperature`` in K. Output is silenced (``verbosity=0``).
+    ``electronic_temperature`` in K. Output is silenced (``verbosity=0``). ``threads``
+    OpenMP threads per calculation (1: best for small molecules; None: tblite's default).
     """
     try:
         from tblite.ase import TBLite
@@ -156,7 +178,8 @@ def xtb(method: str = "GFN2-xTB", accuracy: float = 1.0, electronic_temperature:
     def factory():
         return TBLite(verbosity=0, **settings)
 
-    return Oracle(f"tblite:{method}", factory, {**settings, "tblite_version": _version("tblite")})
+    return Oracle(f"tblite:{method}", factory, {**settings, "tblite_version": _version("tblite")},
+                  threads=threads)
 
 
 # --------------------------------------------------------------------------- PySCF
@@ -201,8 +224,9 @@ class PySCFCalculator(Calculator):
 
 
 def pyscf(xc: str | None = "pbe", basis: str = "def2-svp", charge: int = 0, spin: int = 0,
-          conv_tol: float = 1e-9, max_cycle: int = 100) -> Oracle:
-    """HF (``xc=None``) or DFT with PySCF (optional dependency; extra ``oracles``)."""
+          conv_tol: float = 1e-9, max_cycle: int = 100, threads: int | None = None) -> Oracle:
+    """HF (``xc=None``) or DFT with PySCF (optional dependency; extra ``oracles``);
+    ``threads`` caps PySCF's OpenMP threads."""
     try:
         import pyscf as _pyscf  # noqa: F401
     except ImportError as err:  # pragma: no cover - depends on the environment
@@ -211,7 +235,7 @@ def pyscf(xc: str | None = "pbe", basis: str = "def2-svp", charge: int = 0, spin
                     max_cycle=max_cycle)
     name = f"pyscf:{'HF' if xc in (None, 'hf', 'HF') else xc}/{basis}"
     return Oracle(name, lambda: PySCFCalculator(**settings),
-                  {**settings, "pyscf_version": _version("pyscf")}, ("energy", "forces"))
+                  {**settings, "pyscf_version": _version("pyscf")}, ("energy", "forces"), threads)
 
 
 # --------------------------------------------------------------------------- analytic toy

@@ -107,3 +107,14 @@ def test_pyscf_h2_energy_and_forces():
     fd = _fd_forces(orc, h2, h=1e-3)
     np.testing.assert_allclose(lab.forces, fd, atol=1e-3)
     assert lab.settings["basis"] == "sto-3g" and "pyscf_version" in lab.settings
+
+
+def test_thread_cap_and_bad_threads():
+    orc = oracle.xtb()
+    assert orc.threads == 1
+    with orc.limit_threads():
+        lab = orc.label(load_ammonia()[1])
+    assert lab.ok
+    assert oracle.double_well().threads is None
+    with pytest.raises(ValueError, match="threads"):
+        oracle.Oracle("x", oracle.DoubleWell, threads=0)

@@ -1,0 +1,243 @@
+"""Composition + spectrum networks for property prediction (photoanode P from Raman).
+
+:func:`photoanode_net` is the published two-branch model of Umehara et al., npj Comput.
+Mater. 5:34 (2019): a spectrum branch (Dropout 0.25 → Conv1D(2 filters, kernel 7) → ELU
+→ Dropout 0.25 → Dense 32 → 32 → 1), a composition branch (Dense 16, 16, 32, 32 → 1)
+and a merged head (Dense 32, 32 → 1), ELU everywhere. :func:`fit_staged` reproduces the
+paper's staged training (each branch alone, then the head, optionally all together).
+:func:`cnn1d` is a generic 1-D CNN on a spectrum with optional side inputs.
+
+Batches are plain dicts: ``spectrum`` (B, n_points) normalised intensities,
+``composition`` (B, n_elements) fractions, the target and ``mask`` (B,).
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxmat.protocol import Model, Params, from_nnx
+
+
+class Conv1DValid(nnx.Module):
+    """1-D convolution, 'valid' padding, stride 1, on (B, L, C_in) -> (B, L − K + 1, C_out).
+
+    Written as K shifted matrix products (not ``lax.conv``) so that a committee ``vmap``
+    over parameters stays a batched matmul, which XLA:CPU runs far faster than the grouped
+    convolution ``vmap`` makes of ``lax.conv``."""
+
+    def __init__(self, in_features: int, out_features: int, kernel: int, rngs: nnx.Rngs):
+        init = nnx.initializers.lecun_normal()
+        self.kernel = nnx.Param(init(rngs.params(), (kernel, in_features, out_features)))
+        self.bias = nnx.Param(jnp.zeros((out_features,)))
+
+    def __call__(self, x):
+        K = self.kernel.shape[0]
+        n = x.shape[1] - K + 1
+        w = self.kernel[...]
+        y = sum(x[:, k:k + n, :] @ w[k] for k in range(K))
+        return y + self.bias[...]
+
+
+class FlatDense(nnx.Module):
+    """Dense layer on flattened (B, n, F) conv features -> (B, out), with the kernel stored
+    as (F, n, out) (a permutation of flatten + Linear) and applied filter by filter, which
+    keeps committee ``vmap`` training fast on CPU."""
+
+    def __init__(self, n: int, filters: int, out: int, rngs: nnx.Rngs):
+        init = nnx.initializers.lecun_normal(in_axis=(0, 1), out_axis=2)
+        self.kernel = nnx.Param(init(rngs.params(), (filters, n, out)))
+        self.bias = nnx.Param(jnp.zeros((out,)))
+
+    def __call__(self, h):
+        w = self.kernel[...]
+        return sum(h[..., k] @ w[k] for k in range(w.shape[0])) + self.bias[...]
+
+
+def _mlp(sizes: Sequence[int], n_in: int, rngs: nnx.Rngs) -> nnx.List:
+    layers, d = [], n_in
+    for s in sizes:
+        layers.append(nnx.Linear(d, s, rngs=rngs))
+        d = s
+    return nnx.List(layers)
+
+
+def _run(layers, h, last_linear: bool = True):
+    for k, layer in enumerate(layers):
+        h = layer(h)
+        if not (last_linear and k == len(layers) - 1):
+            h = jax.nn.elu(h)
+    return h
+
+
+@dataclasses.dataclass(frozen=True)
+class PhotoanodeConfig:
+    """Sizes of the published model; ``merge="outputs"`` feeds the two branch predictions
+    to the head (as published), ``"features"`` their last hidden layers."""
+
+    n_points: int = 1015
+    n_elements: int = 7
+    filters: int = 2
+    kernel: int = 7
+    dropout: float = 0.25
+    spectrum_hidden: tuple[int, ...] = (32, 32)
+    composition_hidden: tuple[int, ...] = (16, 16, 32, 32)
+    head_hidden: tuple[int, ...] = (32, 32)
+    merge: str = "outputs"
+    target: str = "P"
+
+
+class SpectrumBranch(nnx.Module):
+    def __init__(self, cfg: PhotoanodeConfig, rngs: nnx.Rngs):
+        self.drop_in = nnx.Dropout(cfg.dropout, rngs=rngs)
+        self.conv = Conv1DValid(1, cfg.filters, cfg.kernel, rngs)
+        self.drop = nnx.Dropout(cfg.dropout, rngs=rngs)
+        self.flat = FlatDense(cfg.n_points - cfg.kernel + 1, cfg.filters, cfg.spectrum_hidden[0], rngs)
+        self.hidden = _mlp(cfg.spectrum_hidden[1:], cfg.spectrum_hidden[0], rngs)
+        self.out = nnx.Linear(cfg.spectrum_hidden[-1], 1, rngs=rngs)
+
+    def __call__(self, spectrum):
+        h = self.drop_in(spectrum)[..., None]
+        h = self.drop(jax.nn.elu(self.conv(h)))  # (B, n, F)
+        h = _run(self.hidden, jax.nn.elu(self.flat(h)), last_linear=False)
+        return h, self.out(h)[:, 0]
+
+
+class CompositionBranch(nnx.Module):
+    def __init__(self, cfg: PhotoanodeConfig, rngs: nnx.Rngs):
+        self.hidden = _mlp(cfg.composition_hidden, cfg.n_elements, rngs)
+        self.out = nnx.Linear(cfg.composition_hidden[-1], 1, rngs=rngs)
+
+    def __call__(self, composition):
+        h = _run(self.hidden, composition, last_linear=False)
+        return h, self.out(h)[:, 0]
+
+
+class PhotoanodeNet(nnx.Module):
+    """``net(batch) -> {target, target_spectrum, target_composition}``, each (B,)."""
+
+    def __init__(self, cfg: PhotoanodeConfig, rngs: nnx.Rngs):
+        if cfg.merge not in ("outputs", "features"):
+            raise ValueError(f"merge must be 'outputs' or 'features', got {cfg.merge!r}")
+        self.cfg = cfg
+        self.spectrum = SpectrumBranch(cfg, rngs)
+        self.composition = CompositionBranch(cfg, rngs)
+        n_in = 2 if cfg.merge == "outputs" else cfg.spectrum_hidden[-1] + cfg.composition_hidden[-1]
+        self.head = _mlp((*cfg.head_hidden, 1), n_in, rngs)
+
+    def __call__(self, batch: dict) -> dict[str, jax.Array]:
+        t = self.cfg.target
+        hs, ys = self.spectrum(batch["spectrum"])
+        hc, yc = self.composition(batch["composition"])
+        z = jnp.stack([ys, yc], 1) if self.cfg.merge == "outputs" else jnp.concatenate([hs, hc], 1)
+        y = _run(self.head, z)[:, 0]
+        return {t: y, f"{t}_spectrum": ys, f"{t}_composition": yc}
+
+
+def photoanode_net(cfg: PhotoanodeConfig | None = None, **kwargs) -> Model:
+    """The published composition + Raman model through the protocol (dropout in ``apply_train``)."""
+    cfg = cfg or PhotoanodeConfig(**kwargs)
+    return from_nnx(lambda rngs: PhotoanodeNet(cfg, rngs), name="PhotoanodeNet")
+
+
+# --------------------------------------------------------------------------- staged training
+def restrict(model: Model, params: Params, trainable: Sequence[str],
+             output: str | None = None, target: str = "P") -> Model:
+    """A model whose params are only the top-level entries ``trainable`` of ``params``;
+    the rest stay fixed at their given values. With ``output`` its ``target`` output is
+    replaced by ``output`` (e.g. a branch prediction), so a plain target loss trains it."""
+    frozen = {k: v for k, v in params.items() if k not in trainable}
+    missing = [k for k in trainable if k not in params]
+    if missing:
+        raise ValueError(f"unknown parameter groups {missing}; have {sorted(params)}")
+
+    def _out(o: dict) -> dict:
+        return {**o, target: o[output]} if output else o
+
+    def init(key, batch=None):
+        return {k: params[k] for k in trainable}
+
+    def apply(p, batch):
+        return _out(model.apply({**frozen, **p}, batch))
+
+    def apply_train(p, batch, key):
+        return _out(model.train_apply({**frozen, **p}, batch, key))
+
+    return Model(init, apply, apply_train if model.apply_train is not None else None,
+                 f"{model.name}[{','.join(trainable)}]")
+
+
+def fit_staged(model: Model, params: Params, train_data: Any, val_data: Any = None,
+               loss=None, config=None, target: str = "P", finetune: bool = True) -> Params:
+    """The paper's staged training of :func:`photoanode_net`: the spectrum branch on P,
+    the composition branch on P, the head with both branches frozen, then (``finetune``)
+    everything. Each stage is one :func:`jaxmat.train.fit` with ``config``."""
+    from jaxmat import train
+
+    loss = loss or train.target_loss(target)
+    stages = [(("spectrum",), f"{target}_spectrum"), (("composition",), f"{target}_composition"),
+              (("head",), None)]
+    if finetune:
+        stages.append((tuple(params), None))
+    for groups, out in stages:
+        sub = restrict(model, params, groups, out, target)
+        res = train.fit(sub, sub.init(None), train_data, val_data, loss, config)
+        params = {**params, **res.params}
+    return params
+
+
+# --------------------------------------------------------------------------- generic 1-D CNN
+@dataclasses.dataclass(frozen=True)
+class CNN1DConfig:
+    """Conv blocks (``channels`` with ``kernel``, ELU, average pooling by ``pool``), then
+    Dense ``hidden`` on the flattened features concatenated with the ``side`` inputs."""
+
+    n_points: int = 1015
+    channels: tuple[int, ...] = (8, 16)
+    kernel: int = 7
+    pool: int = 4
+    hidden: tuple[int, ...] = (64, 32)
+    dropout: float = 0.0
+    input: str = "spectrum"
+    side: tuple[str, ...] = ()
+    n_side: int = 0
+    target: str = "P"
+
+
+class CNN1D(nnx.Module):
+    """``net(batch) -> {target: (B,)}`` from ``batch[input]`` (B, n_points) and side inputs."""
+
+    def __init__(self, cfg: CNN1DConfig, rngs: nnx.Rngs):
+        self.cfg = cfg
+        convs, c, n = [], 1, cfg.n_points
+        for ch in cfg.channels:
+            convs.append(nnx.Conv(c, ch, (cfg.kernel,), padding="SAME", rngs=rngs))
+            c, n = ch, n // cfg.pool
+        if n < 1:
+            raise ValueError(f"{len(cfg.channels)} pooling steps of {cfg.pool} leave no points of "
+                             f"{cfg.n_points}")
+        self.convs = nnx.List(convs)
+        self.drop = nnx.Dropout(cfg.dropout, rngs=rngs)
+        self.mlp = _mlp((*cfg.hidden, 1), c * n + cfg.n_side, rngs)
+
+    def __call__(self, batch: dict) -> dict[str, jax.Array]:
+        cfg = self.cfg
+        h = batch[cfg.input][..., None]
+        for conv in self.convs:
+            h = jax.nn.elu(conv(h))
+            n = h.shape[1] // cfg.pool
+            h = h[:, : n * cfg.pool].reshape(h.shape[0], n, cfg.pool, -1).mean(2)
+        h = self.drop(h.reshape(h.shape[0], -1))
+        if cfg.side:
+            h = jnp.concatenate([h, *[batch[k].reshape(h.shape[0], -1) for k in cfg.side]], 1)
+        return {cfg.target: _run(self.mlp, h)[:, 0]}
+
+
+def cnn1d(cfg: CNN1DConfig | None = None, **kwargs) -> Model:
+    """Generic 1-D CNN through the protocol."""
+    cfg = cfg or CNN1DConfig(**kwargs)
+    return from_nnx(lambda rngs: CNN1D(cfg, rngs), name="CNN1D")

@@ -201,3 +201,38 @@ def test_baselines_label_the_same_budget(tmp_path, strategy):
         assert st.count(generation=g, status="done") == 4
         assert all(r.origin == ("random" if strategy == "random" else "md")
                    for r in rows if r.generation == g)
+
+
+@pytest.mark.slow
+def test_repeated_kills_at_random_moments(tmp_path):
+    """kill -9 at random moments (training, attack, checkpointing, labelling) until the run
+    completes: every planned structure ends up labelled exactly once."""
+    workdir = tmp_path / "chaos"
+    rng = np.random.default_rng(7)
+    opts = dict(generations=3, delay=0.05, max_per_generation=5)
+    kills = 0
+    for attempt in range(30):
+        proc = _run(tmp_path, workdir, **opts)
+        try:
+            proc.wait(timeout=float(rng.uniform(3.0, 25.0)))
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+            kills += 1
+            continue
+        out = proc.stdout.read()
+        assert proc.returncode == 0, out[-4000:]
+        break
+    else:
+        pytest.fail("the run never completed")
+    assert kills >= 2
+    st, rows = _labels(str(workdir))
+    assert st.count(status="pending") == 0 and st.count(status="failed") == 0
+    stored = [r.toatoms().positions[0, 0] for r in rows]
+    assert len(set(stored)) == len(stored)
+    with open(str(workdir) + "_calls.log") as f:
+        calls = [float(v) for v in f.read().split()]
+    assert sorted(set(calls)) == sorted(stored)
+    assert len(calls) - len(stored) <= kills  # at most the call in flight at each kill
+    for g in (1, 2, 3):
+        assert 0 < st.count(generation=g) <= 5

@@ -19,10 +19,31 @@ Conventions (every model and tool relies on them):
   ``pbc`` (G, 3), ``n_atoms`` (G,), ``mask``; optional ``energy`` (eV),
   ``stress`` (eV/Å³, ASE sign convention) and any other graph targets.
 
-Optional line graph (bond graph, :mod:`jaxmat.linegraph`): when the records carry one,
-``edges["line"]`` holds ``senders``/``receivers`` (T,) edge indices and ``mask`` (T,)
-for T triplets (T = ``Budget.n_triplet``). Padding triplets join the last edge to itself
-and are masked. Batches without line graphs are unchanged.
+Two layouts share these names (``layout=`` in :func:`batch` and :class:`GraphLoader`):
+
+* ``"sparse"`` (default): the padded edge list above, for any structure.
+* ``"dense"``: for small non-periodic molecules. Every graph owns a block of
+  ``n_max`` atom slots (node ``g * n_max + a``; slots past the molecule's size are
+  padding nodes with ``mask`` False, so there is no separate padding node) and
+  ``K = n_max // 2`` pair slots per atom: slot ``(g, a, k)``, edge index
+  ``(g * n_max + a) * K + (k - 1)``, joins receiver ``a`` to sender ``(a + k) % n_max``
+  of the same block, for ``k = 1..K``. Each *unordered* pair appears exactly once
+  (for even ``n_max`` the duplicated slots ``k = n_max/2, a >= n_max/2`` are masked),
+  and ``edges["mask"]`` is True exactly for the pairs of the sparse neighbour list,
+  so both layouts hold the same edges. Graph ``g``'s real atoms come first in
+  its block; ``n_node[g] = n_max``, ``n_edge[g] = n_max * K``; graphs beyond the
+  data are padding graphs (``globals["mask"]`` False). The layout is flagged by
+  the key ``globals["dense"]`` ((G,) int32, = n_max); a key is static under ``jit``.
+  Pair vectors, sums over graphs and the filter convolution become reshapes, rolls
+  and broadcasts (no gather or scatter), and every pair's filter is computed once
+  instead of once per direction. Use the helpers :func:`edge_vectors`,
+  :func:`convolve` and :func:`graph_sum`, which accept both layouts; a model that
+  indexes ``senders``/``receivers`` itself must only be given sparse batches.
+
+Optional line graph (bond graph, :mod:`jaxmat.linegraph`; sparse layout only): when the
+records carry one, ``edges["line"]`` holds ``senders``/``receivers`` (T,) edge indices and
+``mask`` (T,) for T triplets (T = ``Budget.n_triplet``). Padding triplets join the last
+edge to itself and are masked. Batches without line graphs are unchanged.
 """
 from __future__ import annotations
 
@@ -359,9 +380,61 @@ def estimate_budget(records: Sequence[Record], batch_size: int, multiple: int = 
     return Budget(n_node, n_edge, b + 1, n_triplet)
 
 
-def pack(records: Sequence[Record], budget: Budget, order: Sequence[int] | None = None) -> list[list[int]]:
-    """Greedily group record indices (in ``order``) into batches that fit ``budget``."""
+LAYOUTS = ("sparse", "dense", "auto")
+
+
+def dense_budget(records: Sequence[Record], batch_size: int) -> Budget:
+    """Budget of the dense layout: ``batch_size`` graphs of ``n_max`` atom slots
+    (the largest structure) and ``n_max // 2`` pair slots per atom."""
+    if not records:
+        raise ValueError("cannot estimate a padding budget from an empty dataset")
+    _check_dense(records)
+    n_max = max(r.n_node for r in records)
+    g = max(1, min(batch_size, len(records)))
+    return Budget(g * n_max, g * n_max * (n_max // 2), g)
+
+
+def _check_dense(records: Sequence[Record]) -> None:
+    for k, r in enumerate(records):
+        if np.any(r.pbc):
+            raise ValueError(
+                f"record {k}: the dense layout is for non-periodic molecules; "
+                "periodic structures need layout='sparse'")
+
+
+def dense_shape(budget: Budget) -> tuple[int, int, int]:
+    """``(n_graph, n_max, K)`` of a dense budget; ValueError if it is not one."""
+    g = budget.n_graph
+    n_max = budget.n_node // g if g else 0
+    if g < 1 or n_max * g != budget.n_node or budget.n_edge != g * n_max * (n_max // 2):
+        raise ValueError(f"{budget} is not a dense budget (n_graph * n_max atom slots, "
+                         "n_graph * n_max * (n_max // 2) pair slots)")
+    return g, n_max, n_max // 2
+
+
+def choose_layout(records: Sequence[Record], batch_size: int = 32) -> str:
+    """``"dense"`` when every structure is a non-periodic molecule and the dense pair
+    slots cost at most 1.5x the neighbour list's unordered pairs, else ``"sparse"``."""
+    if not records or any(np.any(r.pbc) for r in records):
+        return "sparse"
+    n_max = max(r.n_node for r in records)
+    pairs = sum(r.n_edge for r in records) / 2
+    return "dense" if len(records) * n_max * (n_max // 2) <= 1.5 * max(pairs, 1) else "sparse"
+
+
+def pack(records: Sequence[Record], budget: Budget, order: Sequence[int] | None = None,
+         layout: str = "sparse") -> list[list[int]]:
+    """Group record indices (in ``order``) into batches that fit ``budget``: greedily
+    by atoms/edges (sparse) or ``n_graph`` at a time (dense)."""
     order = range(len(records)) if order is None else order
+    if layout == "dense":
+        g, n_max, _ = dense_shape(budget)
+        order = list(order)
+        for k in order:
+            if records[k].n_node > n_max:
+                raise ValueError(f"record {k} ({records[k].n_node} atoms) exceeds the "
+                                 f"dense budget's {n_max} atom slots")
+        return [order[s:s + g] for s in range(0, len(order), g)]
     groups: list[list[int]] = []
     cur: list[int] = []
     nn = ne = nt = 0
@@ -384,18 +457,29 @@ def pack(records: Sequence[Record], budget: Budget, order: Sequence[int] | None 
     return groups
 
 
-def batch(records: Sequence[Record], budget: Budget | None = None, dtype=np.float32) -> Batch:
+def batch(records: Sequence[Record], budget: Budget | None = None, dtype=np.float32,
+          layout: str = "sparse") -> Batch:
     """Concatenate records into one padded :data:`Batch` (numpy leaves).
 
-    Without a budget, the batch is padded by one node, one graph and no extra edges.
+    Without a budget, a sparse batch is padded by one node, one graph and no extra
+    edges; a dense one has one graph per record and ``n_max`` = the largest record.
     Targets present on only some records are zero-filled with a ``<name>_mask``.
+    ``layout`` is ``"sparse"``, ``"dense"`` or ``"auto"`` (see the module docstring).
     Records with line graphs give ``edges["line"]`` (all records must have one).
     """
     if not records:
         raise ValueError("cannot batch an empty list of structures")
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; choose from {LAYOUTS}")
+    if layout == "auto":
+        layout = choose_layout(records)
     with_line = [r.line_senders is not None for r in records]
     if any(with_line) and not all(with_line):
         raise ValueError("cannot batch records with and without line graphs together")
+    if layout == "dense":
+        if any(with_line):
+            raise ValueError("line graphs need layout='sparse'")
+        return _batch_dense(records, budget, dtype)
     n_real_nodes = sum(r.n_node for r in records)
     n_real_edges = sum(r.n_edge for r in records)
     n_real_trip = sum(r.n_triplet for r in records)
@@ -457,6 +541,18 @@ def batch(records: Sequence[Record], budget: Budget | None = None, dtype=np.floa
         "n_atoms": n_node.astype(dtype) * (np.arange(G) < g),
         "mask": np.arange(G) < g,
     }
+    _fill_targets(records, nodes, globals_, offsets, G, dtype)
+    return jraph.GraphsTuple(
+        nodes=nodes, edges=edges, senders=senders, receivers=receivers,
+        globals=globals_, n_node=n_node, n_edge=n_edge,
+    )
+
+
+def _fill_targets(records: Sequence[Record], nodes: dict, globals_: dict,
+                  offsets: Sequence[int], G: int, dtype) -> None:
+    """Add graph targets (``globals``) and node targets (``nodes``) with masks."""
+    N = nodes["mask"].shape[0]
+    g = len(records)
     for key in sorted({k for r in records for k in r.targets}):
         have = [key in r.targets for r in records]
         shape = next(np.shape(r.targets[key]) for r in records if key in r.targets)
@@ -476,11 +572,61 @@ def batch(records: Sequence[Record], budget: Budget | None = None, dtype=np.floa
                 arr[o:o + r.n_node] = r.node_targets[key]
                 have[o:o + r.n_node] = True
         nodes[key] = arr
-        if not have[:n_real_nodes].all():
+        if not have[nodes["mask"]].all():
             nodes[f"{key}_mask"] = have
+
+
+def _batch_dense(records: Sequence[Record], budget: Budget | None, dtype) -> Batch:
+    """The dense layout (module docstring): per-graph atom blocks and pair slots."""
+    _check_dense(records)
+    if budget is None:
+        n_max = max(r.n_node for r in records)
+        budget = Budget(len(records) * n_max, len(records) * n_max * (n_max // 2), len(records))
+    G, n, K = dense_shape(budget)
+    g = len(records)
+    if g > G or any(r.n_node > n for r in records):
+        raise ValueError(
+            f"{g} structures (largest {max(r.n_node for r in records)} atoms) do not fit "
+            f"the dense budget of {G} graphs x {n} atom slots")
+    N, E = G * n, G * n * K
+    sizes = np.zeros(G, np.int32)
+    sizes[:g] = [r.n_node for r in records]
+    offsets = np.arange(g) * n
+    positions = np.zeros((G, n, 3), dtype)
+    species = np.zeros((G, n), np.int32)
+    adj = np.zeros((G, n, n), bool)  # adj[g, i, j]: j is a neighbour of i
+    for a, r in enumerate(records):
+        positions[a, :r.n_node] = r.positions
+        species[a, :r.n_node] = r.numbers
+        adj[a, r.receivers, r.senders] = True
+    node_mask = np.arange(n)[None, :] < sizes[:, None]
+    i = np.arange(n)[:, None]
+    k = np.arange(1, K + 1)[None, :]
+    j = (i + k) % n  # (n, K) sender slot of pair slot (i, k)
+    unique = ~((2 * k == n) & (i >= n // 2))
+    edge_mask = adj[:, i, j] & unique[None]
+    base = (np.arange(G) * n)[:, None, None]
+    receivers = np.broadcast_to(base + i[None], (G, n, K)).reshape(E).astype(np.int32)
+    senders = np.broadcast_to(base + j[None], (G, n, K)).reshape(E).astype(np.int32)
+    cell = np.zeros((G, 3, 3), dtype)
+    nodes = {
+        "positions": positions.reshape(N, 3),
+        "species": species.reshape(N),
+        "graph": np.repeat(np.arange(G, dtype=np.int32), n),
+        "mask": node_mask.reshape(N),
+    }
+    edges = {"shifts": np.zeros((E, 3), dtype), "mask": edge_mask.reshape(E)}
+    globals_ = {
+        "cell": cell,
+        "pbc": np.zeros((G, 3), bool),
+        "n_atoms": sizes.astype(dtype),
+        "mask": np.arange(G) < g,
+        "dense": np.full(G, n, np.int32),
+    }
+    _fill_targets(records, nodes, globals_, offsets, G, dtype)
     return jraph.GraphsTuple(
-        nodes=nodes, edges=edges, senders=senders, receivers=receivers,
-        globals=globals_, n_node=n_node, n_edge=n_edge,
+        nodes=nodes, edges=edges, senders=senders, receivers=receivers, globals=globals_,
+        n_node=np.full(G, n, np.int32), n_edge=np.full(G, n * K, np.int32),
     )
 
 
@@ -519,6 +665,8 @@ class GraphLoader:
 
     ``loader.epoch(k)`` yields the batches of epoch ``k`` (order from ``seed`` and ``k``).
     A target that only some records carry is in every batch, with its ``<name>_mask``.
+    ``layout`` is ``"sparse"``, ``"dense"`` (small molecules) or ``"auto"``
+    (:func:`choose_layout`); every batch of a loader has the same shapes.
     """
 
     def __init__(
@@ -528,12 +676,19 @@ class GraphLoader:
         budget: Budget | None = None,
         shuffle: bool = True,
         seed: int = 0,
+        layout: str = "sparse",
     ):
         if not records:
             raise ValueError("GraphLoader needs at least one structure")
+        if layout not in LAYOUTS:
+            raise ValueError(f"unknown layout {layout!r}; choose from {LAYOUTS}")
         self.records = list(records)
         self.batch_size = batch_size
-        self.budget = budget or estimate_budget(self.records, batch_size)
+        self.layout = choose_layout(self.records, batch_size) if layout == "auto" else layout
+        if self.layout == "dense":
+            self.budget = budget or dense_budget(self.records, batch_size)
+        else:
+            self.budget = budget or estimate_budget(self.records, batch_size)
         self.shuffle = shuffle
         self.seed = seed
         self._partial = _partial_targets(self.records)
@@ -547,19 +702,24 @@ class GraphLoader:
     def epoch(self, epoch: int = 0) -> Iterator[Batch]:
         if not self.shuffle:
             if self._fixed is None:
-                self._fixed = [_same_targets(batch([self.records[k] for k in grp], self.budget),
-                                             self._partial)
-                               for grp in pack(self.records, self.budget)]
+                self._fixed = [self._batch(grp) for grp in self._groups(None)]
             yield from self._fixed
             return
-        for grp in pack(self.records, self.budget, self.order(epoch)):
-            yield _same_targets(batch([self.records[k] for k in grp], self.budget), self._partial)
+        for grp in self._groups(self.order(epoch)):
+            yield self._batch(grp)
+
+    def _groups(self, order) -> list[list[int]]:
+        return pack(self.records, self.budget, order, self.layout)
+
+    def _batch(self, grp: list[int]) -> Batch:
+        return _same_targets(batch([self.records[k] for k in grp], self.budget, layout=self.layout),
+                             self._partial)
 
     def __iter__(self) -> Iterator[Batch]:
         return self.epoch(0)
 
     def __len__(self) -> int:
-        return len(pack(self.records, self.budget, self.order(0)))
+        return len(self._groups(self.order(0)))
 
 
 # --------------------------------------------------------------------------- device-side helpers
@@ -570,12 +730,61 @@ def safe_norm(x: jax.Array, axis: int = -1, keepdims: bool = False) -> jax.Array
     return jnp.where(pos, jnp.sqrt(jnp.where(pos, sq, 1.0)), 0.0)
 
 
+def is_dense(batch: Batch) -> bool:
+    """True for the dense layout (a static property: the key ``globals["dense"]``)."""
+    return isinstance(batch.globals, dict) and "dense" in batch.globals
+
+
+def _dense_dims(batch: Batch) -> tuple[int, int, int]:
+    G = n_graphs(batch)
+    n = n_nodes(batch) // G
+    return G, n, n // 2
+
+
+def _rolled(x: jax.Array, K: int) -> jax.Array:
+    """(G, n, ...) -> (G, n, K, ...) with ``out[:, a, k-1] = x[:, (a + k) % n]``."""
+    n = x.shape[1]
+    if K == 0:
+        return jnp.zeros(x.shape[:2] + (0,) + x.shape[2:], x.dtype)
+    xx = jnp.concatenate([x, x[:, :K]], axis=1)
+    return jnp.stack([xx[:, k:k + n] for k in range(1, K + 1)], axis=2)
+
+
 def edge_vectors(batch: Batch) -> jax.Array:
-    """Edge vectors R[j] - R[i] + shift @ cell (Å), shape (E, 3)."""
+    """Edge vectors R[j] - R[i] + shift @ cell (Å), shape (E, 3), j = sender, i = receiver."""
     pos = batch.nodes["positions"]
+    if is_dense(batch):
+        G, n, K = _dense_dims(batch)
+        p = pos.reshape(G, n, 3)
+        return (_rolled(p, K) - p[:, :, None, :]).reshape(-1, 3)
     cell = batch.globals["cell"][batch.nodes["graph"][batch.receivers]]
     shift = jnp.einsum("ek,ekl->el", batch.edges["shifts"], cell)
     return pos[batch.senders] - pos[batch.receivers] + shift
+
+
+def convolve(h: jax.Array, w: jax.Array, batch: Batch) -> jax.Array:
+    """Continuous-filter convolution ``out_i = sum_{j in N(i)} w_ij * h_j``.
+
+    ``h`` (N, F) node features, ``w`` (E, F) edge weights that are the same for
+    both directions of a pair (a function of the distance, as SchNet's filters),
+    zero on masked edges. Sparse: gather + ``segment_sum``; dense: each stored pair
+    sends ``h_j`` to ``i`` and ``h_i`` to ``j`` through rolls of the atom blocks.
+    """
+    if not is_dense(batch):
+        return jax.ops.segment_sum(h[batch.senders] * w, batch.receivers, h.shape[0])
+    G, n, K = _dense_dims(batch)
+    F = h.shape[1:]
+    h3 = h.reshape(G, n, *F)
+    if K == 0:
+        return jnp.zeros_like(h)
+    w4 = w.reshape(G, n, K, *F)
+    out = jnp.sum(_rolled(h3, K) * w4, axis=2)  # i <- j = i + k
+    # messages from i to j = i + k, stored at slot (i, k); split (whose transpose is a
+    # concatenation) rather than K slices (whose transposes are K full-size pads)
+    back = jnp.split(h3[:, :, None] * w4, K, axis=2)
+    for k in range(1, K + 1):
+        out = out + jnp.roll(back[k - 1][:, :, 0], k, axis=1)
+    return out.reshape(h.shape)
 
 
 def n_graphs(batch: Batch) -> int:
@@ -588,8 +797,53 @@ def n_nodes(batch: Batch) -> int:
 
 def graph_sum(x: jax.Array, batch: Batch) -> jax.Array:
     """Sum per-node values into their graphs (padding nodes must already be zero)."""
+    if is_dense(batch):
+        G = n_graphs(batch)
+        return x.reshape(G, -1, *x.shape[1:]).sum(axis=1)
     return jax.ops.segment_sum(x, batch.nodes["graph"], n_graphs(batch))
 
 
 def to_device(b: Batch) -> Batch:
     return jax.tree_util.tree_map(jnp.asarray, b)
+
+
+# --------------------------------------------------------------------------- dense chunks
+def dense_chunks(batch: Batch, max_slots: int = 2048) -> int:
+    """Number of equal chunks of graphs to process a dense batch in, so that each chunk
+    has at most ``max_slots`` pair slots (its edge arrays stay in cache); 1 for sparse
+    batches, small batches, or when the graph count has no fitting divisor."""
+    if not is_dense(batch):
+        return 1
+    G = n_graphs(batch)
+    per_graph = max(batch.senders.shape[0] // G, 1)
+    bound = max_slots // per_graph
+    if bound >= G:
+        return 1
+    size = max((d for d in range(1, bound + 1) if G % d == 0), default=1)
+    return G // size if 4 * size >= bound and size > 0 else 1
+
+
+def split_dense(batch: Batch, n_chunks: int) -> Batch:
+    """A dense batch as ``n_chunks`` stacked dense batches of ``G / n_chunks`` graphs
+    (a leading chunk axis on every leaf); :func:`merge_chunks` undoes it for outputs."""
+    if not is_dense(batch):
+        raise ValueError("split_dense needs a dense batch")
+    G = n_graphs(batch)
+    if n_chunks < 1 or G % n_chunks:
+        raise ValueError(f"cannot split {G} graphs into {n_chunks} equal chunks")
+    n_local = n_nodes(batch) // n_chunks
+
+    def r(x):
+        return x.reshape(n_chunks, x.shape[0] // n_chunks, *x.shape[1:])
+
+    return batch._replace(
+        nodes={k: r(v) for k, v in batch.nodes.items()},
+        edges={k: r(v) for k, v in batch.edges.items()},
+        globals={k: r(v) for k, v in batch.globals.items()},
+        senders=r(batch.senders) % n_local, receivers=r(batch.receivers) % n_local,
+        n_node=r(batch.n_node), n_edge=r(batch.n_edge))
+
+
+def merge_chunks(tree: Any) -> Any:
+    """Per-chunk outputs (leading chunk axis) -> outputs of the whole dense batch."""
+    return jax.tree_util.tree_map(lambda x: x.reshape(-1, *x.shape[2:]), tree)

@@ -25,18 +25,27 @@ def strained(batch: graph.Batch, positions: jax.Array, strain: jax.Array) -> gra
                           globals={**batch.globals, "cell": cell})
 
 
-def potential(energy_model: Model, stress: bool = True) -> Model:
+def potential(energy_model: Model, stress: bool = True, chunk_slots: int | None = 2048) -> Model:
     """Turn a model whose ``apply`` gives ``"energy"`` (G,) into a potential giving
     ``energy`` (eV), ``forces`` (eV/Å) and, if ``stress``, ``stress`` (eV/Å³).
-    A training-mode ``apply_train`` (dropout) of the energy model is kept, with its derivatives."""
+    A training-mode ``apply_train`` (dropout) of the energy model is kept, with its derivatives.
 
-    def apply(params: Params, batch: graph.Batch, key: jax.Array | None = None) -> Outputs:
+    Dense batches (small molecules, :mod:`jaxmat.graph`) are non-periodic: their stress
+    is zero and no strain derivative is taken. They are evaluated in equal chunks of
+    graphs with at most ``chunk_slots`` pair slots each (``None``: one piece) by
+    ``lax.map`` with rematerialisation, so that the edge arrays of the energy, the forces
+    and their parameter gradients stay in cache. Molecules are independent, so chunking
+    changes no result; the energy model's outputs must be per graph or per node.
+    """
+
+    def single(params: Params, batch: graph.Batch, key: jax.Array | None,
+               with_stress: bool) -> Outputs:
         pos = batch.nodes["positions"]
         g = graph.n_graphs(batch)
         strain = jnp.zeros((g, 3, 3), pos.dtype)
 
         def total(p, s):
-            b = (strained(batch, p, s) if stress else
+            b = (strained(batch, p, s) if with_stress else
                  batch._replace(nodes={**batch.nodes, "positions": p}))
             out = (energy_model.apply(params, b) if key is None else
                    energy_model.apply_train(params, b, key))
@@ -45,12 +54,31 @@ def potential(energy_model: Model, stress: bool = True) -> Model:
         (dpos, dstrain), out = jax.grad(total, argnums=(0, 1), has_aux=True)(pos, strain)
         out = dict(out)
         out["forces"] = -dpos * batch.nodes["mask"][:, None]
-        if stress:
+        if with_stress:
             cell = batch.globals["cell"]
             vol = jnp.abs(jnp.linalg.det(cell))
             periodic = jnp.any(batch.globals["pbc"], axis=-1) & (vol > 0)
             out["stress"] = jnp.where(periodic[:, None, None],
                                       dstrain / jnp.where(periodic, vol, 1.0)[:, None, None], 0.0)
+        return out
+
+    def apply(params: Params, batch: graph.Batch, key: jax.Array | None = None) -> Outputs:
+        if not graph.is_dense(batch):
+            return single(params, batch, key, stress)
+        n_chunks = graph.dense_chunks(batch, chunk_slots) if chunk_slots else 1
+        if n_chunks > 1:
+            if key is None:
+                piece = jax.checkpoint(lambda b: single(params, b, None, False))
+                chunks = graph.split_dense(batch, n_chunks)
+            else:  # one rng stream per chunk
+                piece = jax.checkpoint(lambda bk: single(params, bk[0], bk[1], False))
+                chunks = (graph.split_dense(batch, n_chunks), jax.random.split(key, n_chunks))
+            out = graph.merge_chunks(jax.lax.map(piece, chunks))
+        else:
+            out = single(params, batch, key, False)
+        if stress:
+            pos = batch.nodes["positions"]
+            out["stress"] = jnp.zeros((graph.n_graphs(batch), 3, 3), pos.dtype)
         return out
 
     apply_train = apply if energy_model.apply_train is not None else None

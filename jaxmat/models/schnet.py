@@ -47,10 +47,12 @@ class Interaction(nnx.Module):
         self.f2out = nnx.Linear(F, F, rngs=rngs)
         self.dense = nnx.Linear(F, F, rngs=rngs)
 
-    def __call__(self, h, rbf, fcut, senders, receivers):
+    def __call__(self, h: jax.Array, rbf: jax.Array, fcut: jax.Array,
+                 batch: graph.Batch) -> jax.Array:
+        """Update (N, F) from node features ``h``, edge basis ``rbf`` (E, n_rbf) and
+        cutoff envelope ``fcut`` (E,) (zero on masked edges); any batch layout."""
         w = self.filter2(shifted_softplus(self.filter1(rbf))) * fcut[:, None]
-        x = self.in2f(h)[senders] * w
-        x = jax.ops.segment_sum(x, receivers, h.shape[0])
+        x = graph.convolve(self.in2f(h), w, batch)
         return self.dense(shifted_softplus(self.f2out(x)))
 
 
@@ -79,7 +81,7 @@ class SchNet(nnx.Module):
         z = batch.nodes["species"]
         h = self.embedding(z)
         for block in self.interactions:
-            h = h + block(h, rbf, fcut, batch.senders, batch.receivers)
+            h = h + block(h, rbf, fcut, batch)
         y = self.out2(shifted_softplus(self.out1(h)))[:, 0]
         e_atom = (cfg.scale * y + cfg.shift + self.atom_refs[...][z]) * batch.nodes["mask"]
         return {"energy": graph.graph_sum(e_atom, batch), "atomic_energies": e_atom}

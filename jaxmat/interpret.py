@@ -383,6 +383,7 @@ def plot_composition_map(composition: Any, values: Any, elements: Sequence[str],
         sc = ax.scatter(px, py, c=v[keep], cmap=cmap, norm=norm, s=s)
         ax.set_aspect("equal")
         ax.axis("off")
+        ax.set_ylim(-0.08, np.sqrt(3) / 2 + 0.1)
     else:
         raise ValueError(f"axes must name 2 (pseudo-binary) or 3 (ternary) elements, got {axes}")
     ax.figure.colorbar(sc, ax=ax, label=label)

@@ -292,3 +292,33 @@ def test_trained_model_recovers_planted_linear_relationship():
                                                                                   np.float32)},
                                        list("ABCDE"), stacked=False)[0]
     assert (top["add"], top["remove"]) == ("D", "E")
+
+
+# --------------------------------------------------------------------------- plots
+def test_plots_draw_the_given_numbers():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    els = ["A", "B", "C", "D"]
+    x = np.array([[0.5, 0.2, 0.3, 0.0], [0.1, 0.0, 0.0, 0.9], [0.2, 0.3, 0.1, 0.4]])
+    v = np.array([1.0, -2.0, 0.5])
+    ax = interpret.plot_composition_map(x, v, els, ("A", "B"))
+    off = ax.collections[0].get_offsets()
+    assert np.allclose(off, 100 * x[:, :2])
+    ax = interpret.plot_composition_map(x, v, els, ("B", "C", "D"))
+    pts = ax.collections[0].get_offsets()  # ternary: (f_C + f_D / 2, √3/2 f_D) of renormalised B, C, D
+    f = x[:, 1:] / x[:, 1:].sum(1, keepdims=True)
+    assert np.allclose(pts, np.stack([f[:, 1] + 0.5 * f[:, 2], np.sqrt(3) / 2 * f[:, 2]], 1))
+    with pytest.raises(ValueError, match="2 \\(pseudo-binary\\) or 3"):
+        interpret.plot_composition_map(x, v, els, ("A",))
+    nu = np.linspace(100, 900, 50)
+    ax = interpret.plot_spectrum_saliency(nu, np.sin(nu), 0.1 * np.ones(50), np.cos(nu))
+    assert np.allclose(ax.lines[0].get_ydata(), np.sin(nu)) and "cm⁻¹" in ax.get_xlabel()
+    m = np.corrcoef(np.random.default_rng(0).normal(size=(4, 20)))
+    ax = interpret.plot_correlation(m, els)
+    assert np.allclose(ax.images[0].get_array(), m)
+    with pytest.raises(ValueError, match="does not match"):
+        interpret.plot_correlation(m, els[:3])
+    plt.close("all")

@@ -274,6 +274,25 @@ def test_published_net_shapes_dropout_and_staged_training():
         models.photoanode_net(merge="sum").init(jax.random.key(0), None)
 
 
+def test_composition_standardisation_inside_the_model():
+    b = tiny_batch()
+    base = models.PhotoanodeConfig(n_points=60, spectrum_hidden=(8, 8), composition_hidden=(8, 8),
+                                   head_hidden=(8,), merge="features")
+    cfg = base.with_composition_stats(b["composition"])
+    net, ref = models.photoanode_net(cfg), models.photoanode_net(base)
+    p = net.init(jax.random.key(0), None)
+    assert jax.tree_util.tree_structure(p) == jax.tree_util.tree_structure(ref.init(jax.random.key(0)))
+    mu, sd = b["composition"].mean(0), b["composition"].std(0)
+    z = {**b, "composition": (b["composition"] - mu) / sd}
+    assert np.allclose(net.apply(p, b)["P"], ref.apply(p, z)["P"], atol=1e-5)
+    # gradients stay with respect to the raw fractions: chain rule through 1/std
+    g = np.asarray(interpret.input_gradients(net, p, b))
+    gz = np.asarray(interpret.input_gradients(ref, p, z))
+    assert np.allclose(g, gz / sd, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="composition must be"):
+        base.with_composition_stats(np.ones((4, 3)))
+
+
 def test_generic_cnn1d_with_side_input():
     net = models.cnn1d(n_points=60, channels=(4, 4), pool=2, hidden=(8,), side=("composition",),
                        n_side=7)

@@ -18,6 +18,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from jaxmat.protocol import Model, Params, from_nnx
@@ -89,6 +90,19 @@ class PhotoanodeConfig:
     head_hidden: tuple[int, ...] = (32, 32)
     merge: str = "outputs"
     target: str = "P"
+    composition_mean: tuple[float, ...] | None = None
+    composition_std: tuple[float, ...] | None = None
+
+    def with_composition_stats(self, composition) -> "PhotoanodeConfig":
+        """Standardise the composition input inside the model with the mean and standard
+        deviation of ``composition`` (n, n_elements) (fixed, not trained); gradients stay
+        with respect to the raw fractions."""
+        x = np.asarray(composition, np.float64)
+        if x.ndim != 2 or x.shape[1] != self.n_elements:
+            raise ValueError(f"composition must be (n, {self.n_elements}), got {x.shape}")
+        sd = x.std(0)
+        return dataclasses.replace(self, composition_mean=tuple(float(v) for v in x.mean(0)),
+                                   composition_std=tuple(float(v) if v > 0 else 1.0 for v in sd))
 
 
 class SpectrumBranch(nnx.Module):
@@ -111,8 +125,16 @@ class CompositionBranch(nnx.Module):
     def __init__(self, cfg: PhotoanodeConfig, rngs: nnx.Rngs):
         self.hidden = _mlp(cfg.composition_hidden, cfg.n_elements, rngs)
         self.out = nnx.Linear(cfg.composition_hidden[-1], 1, rngs=rngs)
+        if cfg.composition_mean is not None and (
+                len(cfg.composition_mean) != cfg.n_elements
+                or len(cfg.composition_std or ()) != cfg.n_elements):
+            raise ValueError(f"composition_mean/std need {cfg.n_elements} values each")
+        self.stats = cfg.composition_mean, cfg.composition_std
 
     def __call__(self, composition):
+        mean, std = self.stats
+        if mean is not None:
+            composition = (composition - jnp.asarray(mean)) / jnp.asarray(std)
         h = _run(self.hidden, composition, last_linear=False)
         return h, self.out(h)[:, 0]
 

@@ -1,5 +1,7 @@
 """Readers for shipped datasets and structure files; all return ASE ``Atoms`` with
-labels attached (``atoms.calc.results``: energy eV, forces eV/Å, stress eV/Å³)."""
+labels attached (``atoms.calc.results``: energy eV, forces eV/Å, stress eV/Å³).
+Composition + Raman tables live in :mod:`jaxmat.data.photoanode` (simulated library:
+:mod:`jaxmat.data.photoanode_sim`); :class:`ArrayLoader` batches plain array dicts."""
 from __future__ import annotations
 
 import json
@@ -9,6 +11,8 @@ from importlib import resources
 from typing import Any
 
 import numpy as np
+
+from jaxmat.data.loader import ArrayLoader  # noqa: F401
 
 KCAL_MOL = 0.0433641043  # eV per kcal/mol (ase.units.kcal / ase.units.mol)
 KBAR = 6.241509074e-4  # eV/Å³ per kbar

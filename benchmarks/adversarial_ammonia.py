@@ -3,7 +3,11 @@ Gómez-Bombarelli, Nat. Commun. 12, 5104, 2021), against random-displacement and
 sampling at the same oracle budget, plus attack throughput.
 
     nice -n 10 python benchmarks/adversarial_ammonia.py [--quick] [--generations 5]
-        [--strategies adversarial random md] [--throughput-only | --no-throughput]
+        [--strategies adversarial adversarial@0.129 random md] [--throughput-only | --no-throughput]
+
+A strategy ``adversarial@X`` attacks with kT = X eV instead of the paper's 20 kcal/mol
+(0.867 eV); 0.129 eV is k_B * 1500 K, the temperature of the test set. Finished runs are
+read back from their work directories (resumable), so strategies can be added later.
 
 Seeds: the 138 shipped NH3 geometries relabelled with GFN2-xTB (tblite). Each generation
 trains a SchNet committee (warm-started), proposes candidates and labels up to
@@ -168,16 +172,23 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=150)
     ap.add_argument("--per-generation", type=int, default=20)
     ap.add_argument("--starts", type=int, default=256)
-    ap.add_argument("--strategies", nargs="+", default=["adversarial", "random", "md"])
+    ap.add_argument("--strategies", nargs="+",
+                    default=["adversarial", "adversarial@0.129", "random", "md"])
     ap.add_argument("--workdir", default="runs/adversarial_ammonia")
     ap.add_argument("--throughput-only", action="store_true")
     ap.add_argument("--no-throughput", action="store_true")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0],
+                    help="repeat every strategy with these loop seeds (starts, noise, data order)")
     args = ap.parse_args()
     if args.quick:
         args.generations, args.members, args.features, args.epochs = 2, 3, 16, 40
         args.starts, args.per_generation = 32, 8
     t_start = time.perf_counter()
+    previous = {}
+    old = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "adversarial_ammonia.json")
+    if os.path.exists(old):
+        with open(old) as f:
+            previous = json.load(f)
     orc = oracle.xtb("GFN2-xTB")
     workdir = os.path.abspath(args.workdir)
     os.makedirs(workdir, exist_ok=True)
@@ -210,16 +221,21 @@ def main() -> None:
                "oracle_barrier_eV": path["barrier"], "oracle_barrier_measured_eV": ORACLE_BARRIER_MEASURED,
                "inversion_path": {k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in path.items()},
                "test_set": {"n": len(test), "temperature_K": 1500.0,
-                            "n_height_min": min(test_heights), "n_height_median": float(np.median(test_heights))},
+                            "n_height_min": min(test_heights), "n_height_median": float(np.median(test_heights)),
+                            "energy_median_eV": float(np.median([a.get_potential_energy() for a in test])
+                                                      - min(a.get_potential_energy() for a in seeds))},
                "seeds": {"n": len(seeds), "n_height_min": min(n_height(a.positions) for a in seeds)},
                "runs": {}}
     if not args.throughput_only:
         evaluate = make_evaluator(model, args.cutoff, path, test)
-        for strat in args.strategies:
+        for seed, strat in [(sd, st) for sd in args.seeds for st in args.strategies]:
+            kind, _, kT = strat.partition("@")
+            name = strat if seed == 0 else f"{strat}/seed{seed}"
             cfg = active.ActiveConfig(
-                workdir=os.path.join(workdir, strat), strategy=strat, generations=args.generations,
-                seed=args.seed, n_members=args.members, epochs=args.epochs, lr=2e-3, batch_size=32,
-                energy_weight=1.0, forces_weight=10.0, kT=20 * KCAL_MOL, n_starts=args.starts,
+                workdir=os.path.join(workdir, name.replace("/", "_")), strategy=kind,
+                generations=args.generations, seed=seed, n_members=args.members, epochs=args.epochs, lr=2e-3, batch_size=32,
+                energy_weight=1.0, forces_weight=10.0, kT=float(kT) if kT else 20 * KCAL_MOL,
+                n_starts=args.starts,
                 attack_steps=60, attack_lr=0.01, attack_sigma=0.01, percentile=90.0, rmsd=0.05,
                 permute=True, max_per_generation=args.per_generation, fill=True,
                 random_sigma=0.1, md_temperature=1500.0, md_steps=400, md_interval=10,
@@ -236,19 +252,58 @@ def main() -> None:
                     "n_above", "eval_barrier", "eval_barrier_path", "eval_test_force_mae",
                     "train_seconds", "propose_seconds", "path_energy_mean", "path_energy_std")}
                             | {"lowest_n_height": heights[g - 1] if g <= args.generations else None})
-            results["runs"][strat] = {"seconds": time.perf_counter() - t, "generations": gens}
-            print(f"{strat}: {time.perf_counter() - t:.0f} s", flush=True)
+            e0 = min(r.energy for r in res.store.rows(generation=0, status="done"))
+            e_new = [r.energy - e0 for r in res.store.rows(status="done") if r.generation > 0]
+            results["runs"][name] = {"seed": seed, "seconds": time.perf_counter() - t, "kT_eV": cfg.kT,
+                                      "label_energy_median_eV": float(np.median(e_new)),
+                                      "generations": gens}
+            print(f"{name}: {time.perf_counter() - t:.0f} s", flush=True)
             _write(results, args)
     if not args.no_throughput:
         results["throughput"] = throughput(model, args.cutoff, seeds,
                                            n_starts=128 if args.quick else 1024)
+        results["throughput_device"] = device_info()
         print("throughput", results["throughput"], flush=True)
+    elif "throughput" in previous:  # keep the throughput measured by an earlier run
+        results["throughput"] = previous["throughput"]
+        results["throughput_device"] = previous.get("throughput_device", previous.get("device"))
     results["seconds_total"] = time.perf_counter() - t_start
     _write(results, args)
 
 
 def _fmt(x, f="{:.3f}"):
     return "–" if x is None else f.format(x)
+
+
+def _summary(runs: dict, oracle_barrier: float) -> str:
+    """One row per strategy: final numbers, mean (min–max) over the seeds run."""
+    groups: dict[str, list] = {}
+    for name, run in runs.items():
+        groups.setdefault(name.split("/")[0], []).append(run)
+
+    def stat(vals, f):
+        vals = [v for v in vals if v is not None]
+        if not vals:
+            return "–"
+        if len(vals) == 1:
+            return f.format(vals[0])
+        return f"{f.format(np.mean(vals))} ({f.format(min(vals))}–{f.format(max(vals))})"
+
+    out = ["| strategy | kT (eV) | seeds | oracle calls | first gen. with N height < 0.1 Å | "
+           "final abs. barrier error (eV) | final test force MAE (eV/Å) |", "|---|---|---|---|---|---|---|"]
+    for strat, rs in groups.items():
+        first = []
+        for r in rs:
+            gs = [g["generation"] for g in r["generations"]
+                  if g.get("lowest_n_height") is not None and g["lowest_n_height"] < 0.1]
+            first.append(min(gs) if gs else None)
+        fin = [r["generations"][-1] for r in rs]
+        kT = f"{rs[0]['kT_eV']:.3f}" if strat.startswith("adversarial") else "–"
+        out.append(f"| {strat} | {kT} | {len(rs)} | {stat([f['oracle_calls'] for f in fin], '{:.0f}')} | "
+                   f"{', '.join('–' if x is None else str(x) for x in first)} | "
+                   f"{stat([abs(f['eval_barrier'] - oracle_barrier) for f in fin], '{:.3f}')} | "
+                   f"{stat([f['eval_test_force_mae'] for f in fin], '{:.4f}')} |")
+    return "\n".join(out)
 
 
 def _write(results: dict, args) -> None:
@@ -263,8 +318,10 @@ def _write(results: dict, args) -> None:
                  f"{args.per_generation} labels per generation for every strategy.\n")
     runs = results.get("runs", {})
     if runs:
+        lines.append(_summary(runs, ob))
+        lines.append("\nPer generation:\n")
         lines.append("| strategy | gen | oracle calls | lowest N height (Å) | barrier pred. (eV) | "
-                     "|pred. − oracle| (eV) | test force MAE (eV/Å) |")
+                     "abs. error (eV) | test force MAE (eV/Å) |")
         lines.append("|---|---|---|---|---|---|---|")
         for strat, run in runs.items():
             for r in run["generations"]:
@@ -276,21 +333,33 @@ def _write(results: dict, args) -> None:
         lines.append("\nGeneration g: committee trained on all labels of generations < g; its "
                      "candidates are labelled as generation g (lowest N height among them). The last "
                      "row of each strategy is the committee trained on every label.")
-        if "adversarial" in runs and "random" in runs:
-            a = runs["adversarial"]["generations"][-1]
-            r = runs["random"]["generations"][-1]
+        lines.append("\nMedian energy of the new labels above the lowest seed (test set: median "
+                     f"{results['test_set'].get('energy_median_eV', float('nan')):.2f} eV): "
+                     + "; ".join(f"{k} {v['label_energy_median_eV']:.2f} eV"
+                                 for k, v in runs.items() if "label_energy_median_eV" in v) + ".")
+        results["mae_ratio_random_over_adversarial"] = {}
+        for name in [k for k in runs if k.startswith("adversarial")]:
+            rname = "random" + name[name.index("/"):] if "/" in name else "random"
+            if rname not in runs:
+                continue
+            a = runs[name]["generations"][-1]
+            r = runs[rname]["generations"][-1]
             if a.get("eval_test_force_mae") and r.get("eval_test_force_mae"):
                 ratio = r["eval_test_force_mae"] / a["eval_test_force_mae"]
-                results["mae_ratio_random_over_adversarial"] = ratio
-                lines.append(f"\nAt {a['oracle_calls']} vs {r['oracle_calls']} oracle calls: test force "
-                             f"MAE random / adversarial = {ratio:.2f}.")
+                results["mae_ratio_random_over_adversarial"][name] = ratio
+                lines.append(f"\n{name}: at {a['oracle_calls']} vs {r['oracle_calls']} ({rname}) oracle "
+                             f"calls, test force MAE {rname} / {name} = {ratio:.2f}.")
     tp = results.get("throughput")
     if tp:
         lines.append(f"\nThroughput: {tp['geometry_steps_per_s']:.0f} attacked geometry-steps/s "
                      f"({tp['n_members']}-member committee, {tp['n_starts']} NH3 starts × "
                      f"{tp['n_steps']} Adam steps in one compiled program, median {tp['median_s']:.1f} s "
                      f"per attack, first call incl. compile {tp['first_call_s']:.1f} s), "
-                     f"{results['device']['device_kind']}.")
+                     f"{results.get('throughput_device', results['device'])['device_kind']} "
+                     f"({results.get('throughput_device', results['device'])['cpu']}, load average "
+                     f"{results.get('throughput_device', results['device'])['loadavg'][0]:.1f} on "
+                     f"{results.get('throughput_device', results['device'])['cores']} cores: a shared "
+                     "machine, so this is a lower bound). No GPU was available for this run.")
     write_results("adversarial_ammonia", results, "\n".join(lines))
 
 

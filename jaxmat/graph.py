@@ -39,6 +39,9 @@ Two layouts share these names (``layout=`` in :func:`batch` and :class:`GraphLoa
   instead of once per direction. Use the helpers :func:`edge_vectors`,
   :func:`convolve` and :func:`graph_sum`, which accept both layouts; a model that
   indexes ``senders``/``receivers`` itself must only be given sparse batches.
+  Molecules are independent, so a dense batch also splits into equal chunks of graphs
+  (:func:`split_dense`, :func:`merge_chunks`); :func:`jaxmat.potential.potential` maps
+  over such chunks so that every chunk's edge arrays stay in cache.
 
 Optional line graph (bond graph, :mod:`jaxmat.linegraph`; sparse layout only): when the
 records carry one, ``edges["line"]`` holds ``senders``/``receivers`` (T,) edge indices and

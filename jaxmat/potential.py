@@ -25,18 +25,24 @@ def strained(batch: graph.Batch, positions: jax.Array, strain: jax.Array) -> gra
                           globals={**batch.globals, "cell": cell})
 
 
-def potential(energy_model: Model, stress: bool = True, chunk_slots: int | None = 2048) -> Model:
+def potential(energy_model: Model, stress: bool = True,
+              chunk_slots: int | None | str = "auto") -> Model:
     """Turn a model whose ``apply`` gives ``"energy"`` (G,) into a potential giving
     ``energy`` (eV), ``forces`` (eV/Å) and, if ``stress``, ``stress`` (eV/Å³).
     A training-mode ``apply_train`` (dropout) of the energy model is kept, with its derivatives.
 
     Dense batches (small molecules, :mod:`jaxmat.graph`) are non-periodic: their stress
     is zero and no strain derivative is taken. They are evaluated in equal chunks of
-    graphs with at most ``chunk_slots`` pair slots each (``None``: one piece) by
-    ``lax.map`` with rematerialisation, so that the edge arrays of the energy, the forces
-    and their parameter gradients stay in cache. Molecules are independent, so chunking
-    changes no result; the energy model's outputs must be per graph or per node.
+    graphs with at most ``chunk_slots`` pair slots each (``None``: one piece; ``"auto"``:
+    2048 on CPU, one piece on accelerators) by ``lax.map`` with rematerialisation, so that
+    the edge arrays of the energy, the forces and their parameter gradients stay in cache.
+    Molecules are independent, so chunking changes no result; the energy model's outputs
+    must be per graph or per node.
     """
+    if chunk_slots == "auto":
+        chunk_slots = 2048 if jax.default_backend() == "cpu" else None
+    elif chunk_slots is not None and (isinstance(chunk_slots, str) or chunk_slots < 1):
+        raise ValueError(f"chunk_slots must be a positive int, None or 'auto', got {chunk_slots!r}")
 
     def single(params: Params, batch: graph.Batch, key: jax.Array | None,
                with_stress: bool) -> Outputs:

@@ -82,6 +82,30 @@ def test_site_head_mean_equals_molecule_output():
     assert np.all(site[z != 8] == 0) and np.all(site >= 0)
 
 
+def test_site_head_on_any_backbone():
+    from flax import nnx
+
+    from jaxmat.models.spectral import SiteHeadConfig, site_spectral
+
+    class Lookup(nnx.Module):  # a backbone without message passing: embedding per element
+        def __init__(self, rngs):
+            self.embed = nnx.Embed(11, 6, rngs=rngs)
+
+        def __call__(self, batch):
+            return {"h": self.embed(batch.nodes["species"])}
+
+    model = site_spectral(Lookup, 6, SiteHeadConfig(z=8, n_out=P, hidden=8, feature_key="h",
+                                                    smooth=0.0))
+    b = graph.batch(_records())
+    out = model.apply(model.init(jax.random.key(3), b), b)
+    site = np.asarray(out["xanes_site"])
+    # without messages every O atom gets the same spectrum, and so does every molecule
+    o = np.asarray(b.nodes["species"]) == 8
+    np.testing.assert_allclose(site[o], np.broadcast_to(site[o][0], site[o].shape), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(out["xanes"][:3]),
+                               np.broadcast_to(site[o][0], (3, P)), rtol=1e-6)
+
+
 def test_spectrum_loss_zero_at_targets_and_training_reduces_it():
     b = graph.batch(_records())
     loss = spectrum_loss()

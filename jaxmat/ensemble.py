@@ -258,20 +258,22 @@ def evaluate(model: Model, params: Params, batches: Iterable, loss: train.Loss,
     and each stat, plus ``committee_<name>`` (float) for the committee-mean prediction."""
     n = size(params)
     fn = _fn or jax.jit(make_eval(model, loss))
-    stats, mstats, losses, mlosses = [], [], [], []
+    stats, mstats, losses, mlosses, weights = [], [], [], [], []
     for b in batches:
         value, st, mvalue, mst = fn(params, b)
         stats.append(st)
         mstats.append(mst)
         losses.append(np.asarray(value))
         mlosses.append(float(mvalue))
+        weights.append(train._n_real(b))
     if not losses:
         raise ValueError("evaluation data yields no batches")
     per = [train._reduce(s) for s in _split_members(stats, n)]
     out: dict[str, Any] = {k: np.array([p[k] for p in per]) for k in per[0]}
-    out["loss"] = np.mean(losses, axis=0)
+    w = np.asarray(weights) / max(float(np.sum(weights)), 1e-300)  # batch-size weights
+    out["loss"] = np.tensordot(w, np.asarray(losses), axes=1)
     out.update({f"committee_{k}": v for k, v in train._reduce(mstats).items()})
-    out["committee_loss"] = float(np.mean(mlosses))
+    out["committee_loss"] = float(w @ np.asarray(mlosses))
     return out
 
 

@@ -137,16 +137,31 @@ def _reduce(stats_list: list[dict]) -> dict[str, float]:
 
 def evaluate(model: Model, params: Params, batches: Iterable, loss: Loss,
              _fn: Callable | None = None) -> dict[str, float]:
-    """Metrics (``loss`` and each stat's sum/count) of ``params`` over ``batches``."""
+    """Metrics of ``params`` over ``batches``: each stat as its pooled sum/count, and
+    ``loss`` as the per-batch losses averaged with the number of real entries of each batch
+    as weight (so a half-empty last batch counts half)."""
     fn = _fn or jax.jit(make_eval(model, loss))
     stats, losses, weights = [], [], []
     for b in batches:
         value, st = fn(params, b)
         stats.append(st)
         losses.append(float(value))
+        weights.append(_n_real(b))
     out = _reduce(stats)
-    out["loss"] = float(np.mean(losses)) if losses else float("nan")
+    w = np.asarray(weights, dtype=float)
+    out["loss"] = (float(np.sum(w * np.asarray(losses)) / w.sum()) if losses and w.sum() > 0
+                   else float("nan"))
     return out
+
+
+def _n_real(batch: Any) -> float:
+    """Number of real (unpadded) entries of a batch: graphs of a GraphsTuple, rows of a
+    dict batch with a ``"mask"``; 1 when the batch carries no mask."""
+    g = getattr(batch, "globals", None)
+    mask = g.get("mask") if isinstance(g, dict) else None
+    if mask is None and isinstance(batch, dict):
+        mask = batch.get("mask")
+    return float(np.sum(np.asarray(mask))) if mask is not None else 1.0
 
 
 def _batches(data: Any, epoch: int) -> Iterable:

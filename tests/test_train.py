@@ -180,6 +180,18 @@ def test_evaluate_mae_matches_hand_computation(setup, straight):
     assert metrics["energy_mae"] > 0 and metrics["forces_mae"] > 0
 
 
+def test_evaluate_loss_weights_batches_by_size(setup):
+    """16 structures in batches of 5, 5, 5, 1 give the loss of one batch of all 16 (every
+    ammonia graph has 4 atoms, so the loss is a plain mean over graphs)."""
+    model, params, _, _, loss, va = setup
+    split = train.evaluate(model, params, graph.GraphLoader(va, 5, shuffle=False), loss)
+    whole = train.evaluate(model, params, [graph.batch(va)], loss)
+    np.testing.assert_allclose(split["loss"], whole["loss"], rtol=1e-5)
+    unweighted = np.mean([float(loss(model.apply(params, b), b)[0])
+                          for b in graph.GraphLoader(va, 5, shuffle=False).epoch(0)])
+    assert abs(unweighted - whole["loss"]) > 1e-3 * whole["loss"]  # the case is not trivial
+
+
 def test_metrics_with_labels_on_some_structures():
     """Stress only on training entries of mlearn: MAE over the labelled ones, any batch order."""
     atoms = [a for a in data.load_mlearn("Li", "all") if len(a) <= 6]

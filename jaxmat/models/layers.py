@@ -1,9 +1,13 @@
-"""Building blocks shared by the graph models: radial bases, cutoffs, activations."""
+"""Building blocks shared by the graph models: radial bases, cutoffs, activations, and the
+atomic-energy readout of the potentials."""
 from __future__ import annotations
+
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 
 @jax.custom_jvp
@@ -39,3 +43,24 @@ def bessel_rbf(d: jax.Array, n_rbf: int, cutoff: float) -> jax.Array:
 def cosine_cutoff(d: jax.Array, cutoff: float) -> jax.Array:
     """0.5 (cos(π d / rc) + 1) inside the cutoff, 0 outside; smooth at rc."""
     return jnp.where(d < cutoff, 0.5 * (jnp.cos(jnp.pi * d / cutoff) + 1.0), 0.0)
+
+
+class AtomicEnergyHead(nnx.Module):
+    """Per-atom energies (eV) from invariant atom features ``h`` (N, F): a two-layer MLP
+    ``y_i`` turned into ``scale * y_i + shift + ref[Z_i]`` (``atom_refs``: eV per element,
+    index = Z; padding atoms give 0).  Shared by SchNet and PaiNN."""
+
+    def __init__(self, n_features: int, max_z: int, atom_refs: Sequence[float] | None,
+                 scale: float, shift: float, activation: Callable[[jax.Array], jax.Array],
+                 rngs: nnx.Rngs):
+        self.out1 = nnx.Linear(n_features, n_features // 2, rngs=rngs)
+        self.out2 = nnx.Linear(n_features // 2, 1, rngs=rngs)
+        refs = np.zeros(max_z + 1, np.float32)
+        if atom_refs is not None:
+            refs[: len(atom_refs)] = atom_refs
+        self.atom_refs = nnx.Variable(jnp.asarray(refs))
+        self.scale, self.shift, self.activation = float(scale), float(shift), activation
+
+    def __call__(self, h: jax.Array, z: jax.Array, mask: jax.Array) -> jax.Array:
+        y = self.out2(self.activation(self.out1(h)))[:, 0]
+        return (self.scale * y + self.shift + self.atom_refs[...][z]) * mask

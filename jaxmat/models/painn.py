@@ -18,7 +18,7 @@ import numpy as np
 from flax import nnx
 
 from jaxmat import graph
-from jaxmat.models.layers import bessel_rbf, cosine_cutoff
+from jaxmat.models.layers import AtomicEnergyHead, bessel_rbf, cosine_cutoff
 from jaxmat.protocol import Model, from_nnx
 
 
@@ -91,12 +91,8 @@ class PaiNN(nnx.Module):
         self.embedding = nnx.Embed(cfg.max_z + 1, F, rngs=rngs)
         self.messages = nnx.List([Message(F, cfg.n_rbf, rngs) for _ in range(cfg.n_interactions)])
         self.updates = nnx.List([Update(F, cfg.norm_eps, rngs) for _ in range(cfg.n_interactions)])
-        self.out1 = nnx.Linear(F, F // 2, rngs=rngs)
-        self.out2 = nnx.Linear(F // 2, 1, rngs=rngs)
-        refs = np.zeros(cfg.max_z + 1, np.float32)
-        if cfg.atom_refs is not None:
-            refs[: len(cfg.atom_refs)] = cfg.atom_refs
-        self.atom_refs = nnx.Variable(jnp.asarray(refs))
+        self.head = AtomicEnergyHead(F, cfg.max_z, cfg.atom_refs, cfg.scale, cfg.shift,
+                                     jax.nn.silu, rngs)
 
     def __call__(self, batch: graph.Batch) -> dict[str, jax.Array]:
         cfg = self.cfg
@@ -111,8 +107,7 @@ class PaiNN(nnx.Module):
         for msg, upd in zip(self.messages, self.updates):
             s, v = msg(s, v, rbf, fcut, unit, batch.senders, batch.receivers)
             s, v = upd(s, v)
-        y = self.out2(jax.nn.silu(self.out1(s)))[:, 0]
-        e_atom = (cfg.scale * y + cfg.shift + self.atom_refs[...][z]) * batch.nodes["mask"]
+        e_atom = self.head(s, z, batch.nodes["mask"])
         out = {"energy": graph.graph_sum(e_atom, batch), "atomic_energies": e_atom}
         if cfg.return_features:
             out["scalar_features"] = s

@@ -10,12 +10,11 @@ from __future__ import annotations
 import dataclasses
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from jaxmat import graph
-from jaxmat.models.layers import cosine_cutoff, gaussian_rbf, shifted_softplus
+from jaxmat.models.layers import AtomicEnergyHead, cosine_cutoff, gaussian_rbf, shifted_softplus
 from jaxmat.protocol import Model, from_nnx
 
 
@@ -66,12 +65,8 @@ class SchNet(nnx.Module):
         self.interactions = nnx.List(
             [Interaction(F, cfg.n_rbf, rngs) for _ in range(cfg.n_interactions)]
         )
-        self.out1 = nnx.Linear(F, F // 2, rngs=rngs)
-        self.out2 = nnx.Linear(F // 2, 1, rngs=rngs)
-        refs = np.zeros(cfg.max_z + 1, np.float32)
-        if cfg.atom_refs is not None:
-            refs[: len(cfg.atom_refs)] = cfg.atom_refs
-        self.atom_refs = nnx.Variable(jnp.asarray(refs))
+        self.head = AtomicEnergyHead(F, cfg.max_z, cfg.atom_refs, cfg.scale, cfg.shift,
+                                     shifted_softplus, rngs)
 
     def __call__(self, batch: graph.Batch) -> dict[str, jax.Array]:
         cfg = self.cfg
@@ -82,8 +77,7 @@ class SchNet(nnx.Module):
         h = self.embedding(z)
         for block in self.interactions:
             h = h + block(h, rbf, fcut, batch)
-        y = self.out2(shifted_softplus(self.out1(h)))[:, 0]
-        e_atom = (cfg.scale * y + cfg.shift + self.atom_refs[...][z]) * batch.nodes["mask"]
+        e_atom = self.head(h, z, batch.nodes["mask"])
         return {"energy": graph.graph_sum(e_atom, batch), "atomic_energies": e_atom}
 
 

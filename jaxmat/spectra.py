@@ -108,7 +108,8 @@ def peak_scores(grid: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray,
     ``tol`` eV), ``shifts`` (eV, signed pred - ref, of those pairs) and ``height_errors``
     (|h_pred - h_ref| / max(y_true), same pairs).  ``n_within / n_ref`` is the fraction of
     reference peaks reproduced, ``n_within / n_pred`` the fraction of predicted peaks that
-    are real: a wiggly prediction scores well on the first only.
+    are real: a wiggly prediction scores well on the first only.  ``first_within``: whether
+    the lowest-energy reference peak is among those pairs (None without reference peaks).
     """
     y_true, y_pred = _check_pair(y_true, y_pred)
     pp = prominence if pred_prominence is None else pred_prominence
@@ -120,8 +121,12 @@ def peak_scores(grid: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray,
         if dist <= tol:
             shifts.append(e_pred[j] - e_ref[i])
             herr.append(abs(h_pred[j] - h_ref[i]) / top)
+    first = None  # the lowest-energy reference peak (the edge's first feature) matched?
+    if len(e_ref):
+        first = any(i == 0 and dist <= tol for i, _, dist in match_peaks(e_ref, e_pred))
     return {"n_ref": len(e_ref), "n_pred": len(e_pred), "n_within": len(shifts),
-            "shifts": np.array(shifts), "height_errors": np.array(herr)}
+            "shifts": np.array(shifts), "height_errors": np.array(herr),
+            "first_within": first}
 
 
 def spectral_mae(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
@@ -143,16 +148,19 @@ def evaluate_spectra(grid: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray,
     """All metrics over many spectra (M, P), peaks pooled over spectra:
     ``peaks_within_tol`` (fraction of prominent reference peaks with a predicted partner
     within ``tol`` eV), ``pred_peaks_within_tol`` (fraction of prominent predicted peaks with
-    a reference partner), mean |shift| (eV) and height error of the matched pairs,
+    a reference partner), ``first_peak_within_tol`` (fraction of spectra whose lowest-energy
+    prominent peak has a partner within ``tol``), mean |shift| (eV) and height error of the matched pairs,
     mean/median spectral MAE and cosine similarity; per-spectrum ``mae`` and ``cosine``
     arrays for ranking."""
     y_true, y_pred = _check_pair(y_true, y_pred)
     if y_true.ndim != 2:
         raise ValueError(f"expected (n_spectra, n_grid) arrays, got {y_true.shape}")
     n_ref = n_pred = n_within = 0
-    shifts, herr = [], []
+    shifts, herr, first = [], [], []
     for t, p in zip(y_true, y_pred):
         s = peak_scores(grid, t, p, prominence, tol=tol)
+        if s["first_within"] is not None:
+            first.append(s["first_within"])
         n_ref += s["n_ref"]
         n_pred += s["n_pred"]
         n_within += s["n_within"]
@@ -168,6 +176,7 @@ def evaluate_spectra(grid: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray,
         "n_pred_peaks": int(n_pred),
         "peaks_within_tol": float(n_within / n_ref) if n_ref else float("nan"),
         "pred_peaks_within_tol": float(n_within / n_pred) if n_pred else float("nan"),
+        "first_peak_within_tol": float(np.mean(first)) if first else float("nan"),
         "tol_ev": tol,
         "mean_abs_shift_ev": float(np.mean(np.abs(shifts))) if shifts.size else float("nan"),
         "peak_height_error": float(np.mean(herr)) if herr.size else float("nan"),

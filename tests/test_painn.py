@@ -7,11 +7,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from ase import Atoms
 from scipy.spatial.transform import Rotation
 
-from jaxmat import attack, data, ensemble, graph, potential
+from jaxmat import attack, ensemble, graph, potential
 from jaxmat.models import PaiNNConfig, painn
+from conftest import ammonia as molecule, si_cell
 
 CUTOFF = 4.0  # Å, model cutoff
 GRAPH_CUTOFF = 4.5  # Å; larger, so pairs crossing the list under strain contribute 0
@@ -20,12 +20,7 @@ ENERGY = painn(CFG)
 POT = potential.potential(ENERGY)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def x64():
-    old = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", old)
+pytestmark = pytest.mark.usefixtures("x64")
 
 
 @pytest.fixture(scope="module")
@@ -37,20 +32,6 @@ def params(x64):
 @pytest.fixture(scope="module")
 def apply(x64):
     return jax.jit(POT.apply)
-
-
-def si_cell(rattle: float = 0.05) -> Atoms:
-    """A 16-atom mlearn Si cell, rattled so that forces and stress are non-trivial."""
-    atoms = [a for a in data.load_mlearn("Si", "all") if len(a) == 16][0].copy()
-    atoms.calc = None
-    atoms.positions += np.random.default_rng(0).normal(scale=rattle, size=atoms.positions.shape)
-    return atoms
-
-
-def molecule() -> Atoms:
-    atoms = data.load_ammonia()[5].copy()
-    atoms.calc = None
-    return atoms
 
 
 BUDGET = graph.Budget(64, 1280, 4)

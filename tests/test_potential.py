@@ -5,11 +5,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from ase import Atoms
 from scipy.spatial.transform import Rotation
 
 from jaxmat import data, graph, potential
 from jaxmat.models import SchNetConfig, schnet
+from conftest import ammonia, si_cell
 
 CUTOFF = 4.0  # Å, model cutoff
 GRAPH_CUTOFF = 4.5  # Å; larger, so pairs entering/leaving the list under strain contribute 0
@@ -18,12 +18,7 @@ ENERGY = schnet(CFG)
 POT = potential.potential(ENERGY)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def x64():
-    old = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", old)
+pytestmark = pytest.mark.usefixtures("x64")
 
 
 @pytest.fixture(scope="module")
@@ -35,20 +30,6 @@ def params(x64):
 @pytest.fixture(scope="module")
 def apply(x64):
     return jax.jit(POT.apply)
-
-
-def si_cell(rattle: float = 0.05) -> Atoms:
-    """A 16-atom mlearn Si cell, rattled so that forces and stress are non-trivial."""
-    atoms = [a for a in data.load_mlearn("Si", "all") if len(a) == 16][0].copy()
-    atoms.calc = None
-    atoms.positions += np.random.default_rng(0).normal(scale=rattle, size=atoms.positions.shape)
-    return atoms
-
-
-def ammonia() -> Atoms:
-    atoms = data.load_ammonia()[5].copy()
-    atoms.calc = None
-    return atoms
 
 
 def batch_of(atoms_list, budget=None):

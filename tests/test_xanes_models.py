@@ -123,6 +123,33 @@ def test_spectrum_loss_zero_at_targets_and_training_reduces_it():
     assert res.history[-1]["train_loss"] < 0.65 * res.history[0]["train_loss"]
 
 
+def test_slope_term_of_spectrum_loss_matches_hand_computation():
+    """A prediction off by a ramp c*k (k = grid index) costs c^2 (sum k^2 + w P) per row
+    and grid point: the squared slope error is c^2 at each of the P-1 steps, scaled to P."""
+    b = graph.batch(_records())
+    c, w = 0.01, 7.0
+    k = np.arange(P, dtype=np.float32)
+    out = {"xanes": b.globals["xanes"] + c * k}
+    plain, _ = spectrum_loss(site_weight=0.0)(out, b)
+    sloped, _ = spectrum_loss(site_weight=0.0, slope_weight=w)(out, b)
+    np.testing.assert_allclose(float(plain), c**2 * np.sum(k**2) / P, rtol=1e-5)
+    np.testing.assert_allclose(float(sloped), c**2 * (np.sum(k**2) + w * P) / P, rtol=1e-5)
+
+
+def test_committee_prediction_is_the_member_mean():
+    from jaxmat import ensemble
+    from jaxmat.xanes.learn import predict_spectra, train_spectra
+
+    model = _models()[1]
+    recs = _records()
+    params, res = train_spectra(model, recs, recs[:1], epochs=2, batch_size=2, n_members=2)
+    assert ensemble.size(params) == 2 and len(res.history) == 2
+    mean = predict_spectra(model, params, recs)
+    members = [predict_spectra(model, ensemble.member(params, m), recs) for m in range(2)]
+    assert mean.shape == (3, P) and not np.allclose(members[0], members[1])
+    np.testing.assert_allclose(mean, 0.5 * (members[0] + members[1]), rtol=1e-5, atol=1e-7)
+
+
 # --------------------------------------------------------------------------- metrics
 def _gauss(grid, centers, heights, width=0.5):
     return sum(h * np.exp(-0.5 * ((grid - c) / width) ** 2) for c, h in zip(centers, heights))
@@ -138,6 +165,11 @@ def test_peak_metrics_on_hand_made_spectra():
     s = spectra.peak_scores(g, true, close, tol=1.0)
     assert s["n_ref"] == 3 and s["n_pred"] == 3 and s["n_within"] == 2
     np.testing.assert_allclose(sorted(s["shifts"]), [-0.6, 0.5], atol=0.05)
+    assert s["first_within"] is True  # 531.0 -> 531.5
+    late = _gauss(g, [532.2, 535.0, 541.0], [1.0, 0.5, 0.3])  # first peak 1.2 eV off
+    assert spectra.peak_scores(g, true, late, tol=1.0)["first_within"] is False
+    ev = spectra.evaluate_spectra(g, np.stack([true, true]), np.stack([close, late]))
+    assert ev["first_peak_within_tol"] == 0.5 and ev["n_peaks"] == 6
     np.testing.assert_allclose(sorted(s["height_errors"]), [0.0, 0.1], atol=2e-3)
     ev = spectra.evaluate_spectra(g, np.stack([true, true]), np.stack([true, close]))
     assert ev["n_peaks"] == 6 and ev["peaks_within_tol"] == pytest.approx(5 / 6)

@@ -55,29 +55,39 @@ class Interaction(nnx.Module):
         return self.dense(shifted_softplus(self.f2out(x)))
 
 
-class SchNet(nnx.Module):
-    """``SchNet(cfg, rngs)(batch) -> {"energy": (G,) eV, "atomic_energies": (N,) eV}``."""
+class SchNetFeatures(nnx.Module):
+    """Embedding + interaction blocks: ``(batch) -> {"features": (N, F)}`` invariant atom
+    features (the backbone of :class:`SchNet` and of the site-resolved spectral head)."""
 
     def __init__(self, cfg: SchNetConfig, rngs: nnx.Rngs):
         self.cfg = cfg
         F = cfg.n_features
         self.embedding = nnx.Embed(cfg.max_z + 1, F, rngs=rngs)
         self.interactions = nnx.List(
-            [Interaction(F, cfg.n_rbf, rngs) for _ in range(cfg.n_interactions)]
-        )
-        self.head = AtomicEnergyHead(F, cfg.max_z, cfg.atom_refs, cfg.scale, cfg.shift,
-                                     shifted_softplus, rngs)
+            [Interaction(F, cfg.n_rbf, rngs) for _ in range(cfg.n_interactions)])
 
     def __call__(self, batch: graph.Batch) -> dict[str, jax.Array]:
         cfg = self.cfg
         d = graph.safe_norm(graph.edge_vectors(batch))
         fcut = cosine_cutoff(d, cfg.cutoff) * batch.edges["mask"]
         rbf = gaussian_rbf(d, cfg.n_rbf, cfg.cutoff)
-        z = batch.nodes["species"]
-        h = self.embedding(z)
+        h = self.embedding(batch.nodes["species"])
         for block in self.interactions:
             h = h + block(h, rbf, fcut, batch)
-        e_atom = self.head(h, z, batch.nodes["mask"])
+        return {"features": h}
+
+
+class SchNet(nnx.Module):
+    """``SchNet(cfg, rngs)(batch) -> {"energy": (G,) eV, "atomic_energies": (N,) eV}``."""
+
+    def __init__(self, cfg: SchNetConfig, rngs: nnx.Rngs):
+        self.features = SchNetFeatures(cfg, rngs)
+        self.head = AtomicEnergyHead(cfg.n_features, cfg.max_z, cfg.atom_refs, cfg.scale,
+                                     cfg.shift, shifted_softplus, rngs)
+
+    def __call__(self, batch: graph.Batch) -> dict[str, jax.Array]:
+        h = self.features(batch)["features"]
+        e_atom = self.head(h, batch.nodes["species"], batch.nodes["mask"])
         return {"energy": graph.graph_sum(e_atom, batch), "atomic_energies": e_atom}
 
 

@@ -1,14 +1,16 @@
 """Structure -> spectrum workflow on XANES records: train (jaxmat.train.fit with the spectrum
-loss), predict molecule spectra in record order, and measure inference throughput."""
+loss, or a committee with jaxmat.ensemble.fit), predict molecule spectra in record order
+(committee mean), and measure inference throughput."""
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from jaxmat import graph
+from jaxmat import ensemble, graph
 from jaxmat.models.spectral import spectrum_loss
 from jaxmat.protocol import Model, Params
 from jaxmat.train import FitConfig, FitResult, fit
@@ -16,40 +18,69 @@ from jaxmat.train import FitConfig, FitResult, fit
 
 def train_spectra(model: Model, train: Sequence[graph.Record], val: Sequence[graph.Record] | None,
                   epochs: int = 100, batch_size: int = 32, lr: float = 1e-3, seed: int = 0,
-                  site_weight: float = 1.0, patience: int | None = None,
+                  site_weight: float = 1.0, slope_weight: float = 0.0,
+                  patience: int | None = None, n_members: int = 1,
                   progress: bool = False) -> tuple[Params, FitResult]:
     """Fit ``model`` to the ``"xanes"`` targets (and per-site targets when the model gives
-    ``"xanes_site"``); returns the best parameters (by validation loss) and the fit result."""
+    ``"xanes_site"``; ``slope_weight``: see :func:`spectrum_loss`); returns the best
+    parameters (by validation loss) and the fit result.
+
+    ``n_members > 1`` trains a committee in one vmapped step (:func:`jaxmat.ensemble.fit`,
+    independent initialisations and data orders, best epoch per member); the returned
+    params then carry a leading member axis and :func:`predict_spectra` averages them.
+    """
     if not train:
         raise ValueError("no training records")
+    if n_members < 1:
+        raise ValueError(f"n_members must be >= 1, got {n_members}")
     loader = graph.GraphLoader(train, batch_size, seed=seed)
     val_loader = graph.GraphLoader(val, batch_size, shuffle=False) if val else None
-    params = model.init(jax.random.key(seed), next(iter(loader.epoch(0))))
-    cfg = FitConfig(epochs=epochs, lr=lr, lr_end=lr / 30, seed=seed, patience=patience,
-                    progress=progress)
-    res = fit(model, params, loader, val_loader, loss=spectrum_loss(site_weight=site_weight),
-              config=cfg)
+    loss = spectrum_loss(site_weight=site_weight, slope_weight=slope_weight)
+    example = next(iter(loader.epoch(0)))
+    if n_members == 1:
+        params = model.init(jax.random.key(seed), example)
+        cfg = FitConfig(epochs=epochs, lr=lr, lr_end=lr / 30, seed=seed, patience=patience,
+                        progress=progress)
+        res = fit(model, params, loader, val_loader, loss=loss, config=cfg)
+        return res.params, res
+    params = ensemble.init(model, jax.random.key(seed), example, n_members)
+    cfg = ensemble.CommitteeConfig(epochs=epochs, lr=lr, lr_end=lr / 30, seed=seed,
+                                   patience=patience, progress=progress,
+                                   batch_size=batch_size)
+    res = ensemble.fit(model, params, loader, val_loader, loss=loss, config=cfg)
     return res.params, res
+
+
+def _is_committee(model: Model, params: Params, batch) -> bool:
+    """True when ``params`` carry a leading member axis (a committee of ``model``)."""
+    single = jax.eval_shape(model.init, jax.random.key(0), batch)
+    ls, lp = jax.tree_util.tree_leaves(single), jax.tree_util.tree_leaves(params)
+    return len(ls) == len(lp) and any(jnp.ndim(p) == len(s.shape) + 1 for s, p in zip(ls, lp))
 
 
 def predict_spectra(model: Model, params: Params, records: Sequence[graph.Record],
                     batch_size: int = 64, key: str = "xanes") -> np.ndarray:
-    """Molecule spectra ``(len(records), P)`` in record order."""
+    """Molecule spectra ``(len(records), P)`` in record order (the committee mean when
+    ``params`` hold several members)."""
     if not records:
         raise ValueError("no records to predict")
     loader = graph.GraphLoader(records, batch_size, shuffle=False)
-    apply = jax.jit(model.apply)
+    batches = list(loader.epoch(0))
+    if _is_committee(model, params, batches[0]):
+        apply = jax.jit(lambda p, b: jnp.mean(ensemble.apply(model, p, b)[key], axis=0))
+    else:
+        apply = jax.jit(lambda p, b: model.apply(p, b)[key])
     out = []
-    for b in loader.epoch(0):
-        y = np.asarray(apply(params, b)[key])
-        out.append(y[np.asarray(b.globals["mask"])])
+    for b in batches:
+        out.append(np.asarray(apply(params, b))[np.asarray(b.globals["mask"])])
     return np.concatenate(out)
 
 
 def throughput(model: Model, params: Params, records: Sequence[graph.Record],
                batch_size: int = 64, repeats: int = 5) -> dict[str, float]:
-    """Inference speed: median spectra per second over ``repeats`` passes through
-    ``records`` (batching on the host excluded; compile excluded)."""
+    """Inference speed of one model (``params`` of a single member): median spectra per
+    second over ``repeats`` passes through ``records`` (host batching and compile
+    excluded)."""
     loader = graph.GraphLoader(records, batch_size, shuffle=False)
     batches = [graph.to_device(b) for b in loader.epoch(0)]
     apply = jax.jit(model.apply)

@@ -1,0 +1,34 @@
+"""Shared fixtures: double precision for gradient checks, and small test structures."""
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+from ase import Atoms
+
+from jaxmat import data
+
+
+@pytest.fixture(scope="module")
+def x64():
+    """Double precision for the tests of one module (request it with
+    ``pytestmark = pytest.mark.usefixtures("x64")``); restored afterwards."""
+    old = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    yield
+    jax.config.update("jax_enable_x64", old)
+
+
+def si_cell(rattle: float = 0.05) -> Atoms:
+    """A 16-atom mlearn Si cell, rattled so that forces and stress are non-trivial."""
+    atoms = [a for a in data.load_mlearn("Si", "all") if len(a) == 16][0].copy()
+    atoms.calc = None
+    atoms.positions += np.random.default_rng(0).normal(scale=rattle, size=atoms.positions.shape)
+    return atoms
+
+
+def ammonia() -> Atoms:
+    """One shipped NH3 geometry, without its labels."""
+    atoms = data.load_ammonia()[5].copy()
+    atoms.calc = None
+    return atoms

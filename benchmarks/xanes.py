@@ -3,11 +3,16 @@ a functional-group baseline on the shipped transition-potential HF dataset.
 
 Metrics on the test split (scaffold split of jaxmat/data/files/xanes/xanes.npz): fraction of
 prominent reference peaks (prominence >= 10 % of max) matched one-to-one within 1 eV by a
-prominent predicted peak, and the converse fraction of predicted peaks; mean |shift| of
+prominent predicted peak, and the converse fraction of predicted peaks (the paper's headline
+is this one: 90 % of predicted peak locations within 1 eV), the fraction of spectra whose
+first (lowest-energy) prominent peak is matched within 1 eV; mean |shift| of
 matched pairs, peak height error, spectral MAE (spectra divided by the dataset scale), cosine
 similarity; inference throughput in spectra/s.
 
-    python benchmarks/xanes.py [--epochs 150] [--elements O N]
+    python benchmarks/xanes.py [--epochs 80] [--members 5] [--elements O N]
+
+The committee row trains ``--members`` SchNet site heads at once (jaxmat.ensemble, one
+vmapped step) and predicts their mean spectrum.
 """
 from __future__ import annotations
 
@@ -21,7 +26,7 @@ from common import RESULTS, device_info, write_results  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from jaxmat import spectra  # noqa: E402
+from jaxmat import ensemble, spectra  # noqa: E402
 from jaxmat.data.xanes import load_xanes, xanes_meta  # noqa: E402
 from jaxmat.models.mpnn import MPNNConfig, mpnn  # noqa: E402
 from jaxmat.models.schnet import SchNetConfig  # noqa: E402
@@ -65,23 +70,29 @@ def run_element(el: str, args) -> dict:
     preds["baseline"], levels = baseline_predict(tr, te)
     row["models"]["baseline"] = {"fit_s": time.perf_counter() - t,
                                  "test_sites_by_class_level_2_1_0": levels}
-    models = {
-        "MPNN": mpnn(MPNNConfig(n_out=P, n_features=args.features, n_steps=3, n_set2set=3,
-                                cutoff=args.cutoff)),
-        "SchNet site head": schnet_site_spectral(
-            SchNetConfig(n_features=2 * args.features, n_interactions=3, n_rbf=32,
-                         cutoff=args.cutoff, max_z=10), z=Z[el], n_out=P, hidden=128),
+    site_head = schnet_site_spectral(
+        SchNetConfig(n_features=2 * args.features, n_interactions=3, n_rbf=32,
+                     cutoff=args.cutoff, max_z=10), z=Z[el], n_out=P, hidden=128)
+    models = {  # name: (model, committee members)
+        "MPNN": (mpnn(MPNNConfig(n_out=P, n_features=args.features, n_steps=3, n_set2set=3,
+                                 cutoff=args.cutoff)), 1),
+        "SchNet site head": (site_head, 1),
     }
-    for name, model in models.items():
+    if args.members > 1:
+        models[f"SchNet site head x{args.members}"] = (site_head, args.members)
+    for name, (model, members) in models.items():
         t = time.perf_counter()
         params, res = train_spectra(model, tr.records, va.records, epochs=args.epochs,
-                                    batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+                                    batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                                    n_members=members)
         fit_s = time.perf_counter() - t
         preds[name] = predict_spectra(model, params, te.records)
-        speed = throughput(model, params, te.records + va.records, batch_size=64)
+        one = params if members == 1 else ensemble.member(params, 0)
+        speed = throughput(model, one, te.records + va.records, batch_size=64)
+        speed["spectra_per_s"] /= members  # every member runs once per spectrum
         row["models"][name] = {"fit_s": fit_s, "epochs": len(res.history),
-                               "best_epoch": res.best_epoch, "n_params": count_params(params),
-                               "throughput": speed}
+                               "members": members, "best_epoch": res.best_epoch,
+                               "n_params": count_params(one) * members, "throughput": speed}
     for name, yp in preds.items():
         ev = spectra.evaluate_spectra(tr.grid, y_test, yp, prominence=0.1, tol=1.0)
         row["models"][name]["test"] = summary(ev)
@@ -91,7 +102,7 @@ def run_element(el: str, args) -> dict:
             matplotlib.use("Agg")
             fig = spectra.plot_examples(tr.grid, y_test, yp, labels=te.smiles,
                                         title=f"{el} K-edge, {name} (test)")
-            fname = f"xanes_{el}_{name.split()[0].lower()}.png"
+            fname = f"xanes_{el}_{name.split()[0].lower()}{'_committee' if ' x' in name else ''}.png"
             fig.savefig(os.path.join(RESULTS, fname), dpi=90)
             row["models"][name]["plot"] = fname
     return row
@@ -100,7 +111,8 @@ def run_element(el: str, args) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--elements", nargs="*", default=["O", "N"])
-    ap.add_argument("--epochs", type=int, default=150)
+    ap.add_argument("--epochs", type=int, default=80)
+    ap.add_argument("--members", type=int, default=5)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--features", type=int, default=32)
@@ -111,9 +123,9 @@ def main() -> None:
     meta = xanes_meta()
     rows = [run_element(el, args) for el in args.elements]
     lines = ["| edge | model | train/val/test molecules | ref. peaks within 1 eV "
-             "| pred. peaks within 1 eV | mean abs shift (eV) | peak height err | spectral MAE "
-             "| cosine | spectra/s |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| pred. peaks within 1 eV | first peak within 1 eV | mean abs shift (eV) "
+             "| peak height err | spectral MAE | cosine | spectra/s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         for name, m in r["models"].items():
             t = m["test"]
@@ -122,6 +134,7 @@ def main() -> None:
                 f"| {r['element']} | {name} | {r['n_train']}/{r['n_val']}/{r['n_test']} | "
                 f"{100 * t['peaks_within_tol']:.1f} % ({t['n_peaks']}) | "
                 f"{100 * t['pred_peaks_within_tol']:.1f} % ({t['n_pred_peaks']}) | "
+                f"{100 * t['first_peak_within_tol']:.1f} % | "
                 f"{t['mean_abs_shift_ev']:.2f} | {t['peak_height_error']:.3f} | {t['mae']:.4f} | "
                 f"{t['cosine']:.3f} | {'' if sp is None else f'{sp:.0f}'} |")
     note = (f"\nDataset: {meta['n_molecules']} molecules computed ("

@@ -1,7 +1,7 @@
 """PaiNN on the mlearn test split (Cu, Ge, Li, Mo, Ni, Si): energy MAE (meV/atom) and
 force MAE (eV/Å) under a wall-clock training budget per element.
 
-    nice -n 10 python benchmarks/mlearn_painn.py [--minutes 5] [--elements Cu Si] [--schnet]
+    nice -n 10 python benchmarks/mlearn_painn.py [--minutes 5] [--elements Cu Si] [--schnet] [--epochs N]
 
 ``--schnet`` also trains SchNet with the same budget, side by side; otherwise the SchNet
 rows of benchmarks/results/mlearn.json (benchmarks/mlearn.py), when present, are quoted.
@@ -69,7 +69,7 @@ def steps_time(model, params, loader, loss, n: int = 8) -> tuple[float, float]:
     return float(np.median(times)), compile_s
 
 
-def run(name, energy_model, tr, va, te, minutes, seed) -> dict:
+def run(name, energy_model, tr, va, te, minutes, seed, epochs=None) -> dict:
     model = potential.potential(energy_model, stress=False)
     loader = graph.GraphLoader(tr, batch_size=4, seed=seed)
     val = graph.GraphLoader(va, batch_size=8, shuffle=False)
@@ -78,7 +78,8 @@ def run(name, energy_model, tr, va, te, minutes, seed) -> dict:
     step_s, compile_s = steps_time(model, params, loader, loss)
     epoch_s = step_s * (len(loader) + 0.3 * len(val))  # validation ~ forward + grad
     # fit compiles the step and the evaluation again: leave that time out of the budget
-    epochs = max(2, int((minutes * 60 - 1.5 * compile_s) / epoch_s))
+    if epochs is None:
+        epochs = max(2, int((minutes * 60 - 1.5 * compile_s) / epoch_s))
     cpu0, load0 = time.process_time(), os.getloadavg()[0]
     res = train.fit(model, params, loader, val, loss,
                     train.FitConfig(epochs=epochs, lr=2e-3, lr_end=1e-5, seed=seed,
@@ -98,7 +99,7 @@ def run(name, energy_model, tr, va, te, minutes, seed) -> dict:
     }
 
 
-def run_element(el, minutes, features, cutoff, with_schnet, seed=0) -> list[dict]:
+def run_element(el, minutes, features, cutoff, with_schnet, seed=0, epochs=None) -> list[dict]:
     tr_all = graph.records_from_atoms(data.load_mlearn(el, "train"), cutoff)
     te = graph.records_from_atoms(data.load_mlearn(el, "test"), cutoff)
     tr_idx, va_idx = data.split_indices(len(tr_all), (0.9, 0.1), seed=seed)
@@ -116,7 +117,7 @@ def run_element(el, minutes, features, cutoff, with_schnet, seed=0) -> list[dict
     for name, m in models:
         row = {"element": el, "n_train": len(tr), "n_val": len(va), "n_test": len(te),
                "features": features, "cutoff_A": cutoff, "minutes": minutes}
-        row.update(run(name, m, tr, va, te, minutes, seed))
+        row.update(run(name, m, tr, va, te, minutes, seed, epochs))
         pub = {k: v[el] for k, v in PUBLISHED_FORCE_MAE.items() if el in v}
         if pub:
             row["published_forces_mae_eV_A"] = pub
@@ -167,6 +168,8 @@ def main() -> None:
     ap.add_argument("--features", type=int, default=64)
     ap.add_argument("--cutoff", type=float, default=5.0)
     ap.add_argument("--schnet", action="store_true", help="train SchNet side by side")
+    ap.add_argument("--epochs", type=int, default=None,
+                    help="equal number of epochs for every model (overrides --minutes)")
     ap.add_argument("--out", default="mlearn_painn")
     ap.add_argument("--merge", action="store_true",
                     help="keep the other elements' rows of an earlier results file (re-runs)")
@@ -179,15 +182,18 @@ def main() -> None:
             rows = [r for r in json.load(f)["rows"] if r["element"] not in args.elements
                     and "quoted_from" not in r]
     for el in args.elements:
-        rows.extend(run_element(el, args.minutes, args.features, args.cutoff, args.schnet))
+        rows.extend(run_element(el, args.minutes, args.features, args.cutoff, args.schnet,
+                                epochs=args.epochs))
     if not args.schnet:
         rows.extend(quoted_schnet(sorted({r["element"] for r in rows})))
+    budget = (f"{args.minutes} min wall-clock training per model and element on a shared CPU "
+              f"(epochs from timed steps)" if args.epochs is None
+              else f"{args.epochs} epochs for every model (equal training)")
     payload = {
         "device": device_info(), "rows": rows, "total_seconds": round(time.time() - t0, 1),
-        "protocol": (f"published mlearn train/test split; 90/10 train/validation; Adam lr 2e-3 cosine "
-                     f"to 1e-5, batch 4, loss = MSE(E/atom) + 10 MSE(F); {args.minutes} min wall-clock "
-                     f"training per model and element on a shared CPU (epochs from timed steps); "
-                     f"best epoch by validation force MAE"),
+        "protocol": ("published mlearn train/test split; 90/10 train/validation; Adam lr 2e-3 "
+                     "cosine to 1e-5, batch 4, loss = MSE(E/atom) + 10 MSE(F); " + budget
+                     + "; best epoch by validation force MAE"),
         "published_source": "benchmarks/mlearn.py PUBLISHED_FORCE_MAE" if PUBLISHED_FORCE_MAE else None,
     }
     write_results(args.out, payload, table(rows) + f"\n\n{payload['protocol']}.")

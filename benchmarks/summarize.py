@@ -9,7 +9,7 @@ import os
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ORDER = ["speed", "peers", "mlearn", "committee", "ammonia_committee", "adversarial_ammonia",
-         "photoanode", "xanes", "crystal", "mlearn_painn"]
+         "photoanode", "xanes", "xanes_curve", "crystal", "mlearn_painn_equal", "mlearn_painn"]
 
 HEADER = """# Benchmarks
 
@@ -26,8 +26,8 @@ is a shared 2-core VM: its load average is recorded in every JSON file.
 | `committee.py`, `ammonia_committee.py` | vmapped committees: cost vs size, accuracy and calibration |
 | `adversarial_ammonia.py` | adversarial active learning on NH3 with GFN2-xTB |
 | `photoanode.py` | composition + Raman CNN accuracy, gradient fidelity, interpretation time |
-| `xanes.py` | structure → K-edge XANES peak metrics |
-| `crystal.py`, `mlearn_painn.py` | ALIGNN-style / PaiNN on JARVIS samples and mlearn |
+| `xanes.py`, `xanes_curve.py` | structure → K-edge XANES peak metrics; their learning curve |
+| `crystal.py`, `mlearn_painn.py` | ALIGNN-style / PaiNN on JARVIS samples and mlearn (`--epochs 20 --schnet --out mlearn_painn_equal`: equal training beside SchNet) |
 """
 
 

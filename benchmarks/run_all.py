@@ -1,0 +1,57 @@
+"""Run the benchmark scripts one after another (each writes results/<name>.json/.md), then
+rebuild benchmarks/README.md.  Hours on a 2-core CPU; pick some with ``--only``.
+
+    python benchmarks/run_all.py [--only speed xanes ...] [--list]
+
+The torch peer comparison (peers/) needs its own environment and is not run here.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+RUNS = {  # name: script arguments
+    "speed": ["speed.py"],
+    "ammonia": ["ammonia.py"],
+    "committee": ["committee.py"],
+    "ammonia_committee": ["ammonia_committee.py"],
+    "photoanode": ["photoanode.py"],
+    "xanes": ["xanes.py"],
+    "xanes_curve": ["xanes_curve.py"],
+    "crystal": ["crystal.py"],
+    "mlearn": ["mlearn.py"],
+    "mlearn_painn_equal": ["mlearn_painn.py", "--schnet", "--epochs", "20",
+                           "--out", "mlearn_painn_equal"],
+    "adversarial_ammonia": ["adversarial_ammonia.py"],
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", nargs="*", choices=sorted(RUNS), default=None)
+    ap.add_argument("--list", action="store_true", help="print the benchmark names and exit")
+    args = ap.parse_args()
+    if args.list:
+        print("\n".join(RUNS))
+        return
+    failed = []
+    for name in args.only or list(RUNS):
+        cmd = [sys.executable, os.path.join(HERE, RUNS[name][0]), *RUNS[name][1:]]
+        print(f"== {name}: {' '.join(cmd[1:])}", flush=True)
+        t = time.perf_counter()
+        rc = subprocess.call(cmd)
+        print(f"== {name}: exit {rc} after {time.perf_counter() - t:.0f} s", flush=True)
+        if rc:
+            failed.append(name)
+    subprocess.call([sys.executable, os.path.join(HERE, "summarize.py")])
+    if failed:
+        sys.exit(f"failed: {', '.join(failed)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -50,3 +50,21 @@ def write_results(name: str, payload: dict, table_md: str) -> None:
     with open(os.path.join(RESULTS, f"{name}.md"), "w") as f:
         f.write(f"Device: {dev.get('device_kind', '?')} ({dev.get('cpu', '?')}, {dev.get('cores', '?')} cores), "
                 f"jax {dev.get('jax', '?')}\n\n{table_md}\n")
+
+
+def mlearn_split(element: str, cutoff: float, seed: int = 0):
+    """mlearn records of ``element``: the published training set split 90/10 into train and
+    validation, the untouched published test set, per-element reference energies (eV) and
+    the training force RMS (eV/Å).  Returns ``(train, val, test, refs, f_rms)``."""
+    import numpy as np
+
+    from jaxmat import data, graph, potential
+
+    tr_all = graph.records_from_atoms(data.load_mlearn(element, "train"), cutoff)
+    te = graph.records_from_atoms(data.load_mlearn(element, "test"), cutoff)
+    tr_idx, va_idx = data.split_indices(len(tr_all), (0.9, 0.1), seed=seed)
+    tr = [tr_all[k] for k in tr_idx]
+    va = [tr_all[k] for k in va_idx]
+    refs, _ = potential.fit_energy_stats([r.numbers for r in tr], [r.targets["energy"] for r in tr])
+    f_rms = float(np.sqrt(np.mean(np.concatenate([r.node_targets["forces"] for r in tr]) ** 2)))
+    return tr, va, te, refs, f_rms

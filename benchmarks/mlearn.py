@@ -19,7 +19,7 @@ import jax
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import device_info, write_results  # noqa: E402
+from common import device_info, mlearn_split, write_results  # noqa: E402
 
 from jaxmat import data, graph, potential, train  # noqa: E402
 from jaxmat.demo import predict  # noqa: E402
@@ -34,13 +34,7 @@ PUBLISHED_FORCE_MAE = {  # eV/Å, mlearn test split (JARVIS leaderboard)
 
 
 def run_element(el: str, minutes: float, features: int, cutoff: float, seed: int = 0) -> dict:
-    tr_all = graph.records_from_atoms(data.load_mlearn(el, "train"), cutoff)
-    te = graph.records_from_atoms(data.load_mlearn(el, "test"), cutoff)
-    tr_idx, va_idx = data.split_indices(len(tr_all), (0.9, 0.1), seed=seed)
-    tr = [tr_all[k] for k in tr_idx]
-    va = [tr_all[k] for k in va_idx]
-    refs, _ = potential.fit_energy_stats([r.numbers for r in tr], [r.targets["energy"] for r in tr])
-    f_rms = float(np.sqrt(np.mean(np.concatenate([r.node_targets["forces"] for r in tr]) ** 2)))
+    tr, va, te, refs, f_rms = mlearn_split(el, cutoff, seed)
     cfg = SchNetConfig(n_features=features, n_interactions=3, n_rbf=50, cutoff=cutoff)
     cfg = cfg.with_stats(refs, scale=f_rms)
     model = potential.potential(schnet(cfg), stress=False)

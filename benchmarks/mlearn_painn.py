@@ -23,7 +23,7 @@ import jax
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import device_info, write_results  # noqa: E402
+from common import device_info, mlearn_split, write_results  # noqa: E402
 
 from jaxmat import data, graph, potential, train  # noqa: E402
 from jaxmat.models import PaiNNConfig, SchNetConfig, painn, schnet  # noqa: E402
@@ -100,13 +100,7 @@ def run(name, energy_model, tr, va, te, minutes, seed, epochs=None) -> dict:
 
 
 def run_element(el, minutes, features, cutoff, with_schnet, seed=0, epochs=None) -> list[dict]:
-    tr_all = graph.records_from_atoms(data.load_mlearn(el, "train"), cutoff)
-    te = graph.records_from_atoms(data.load_mlearn(el, "test"), cutoff)
-    tr_idx, va_idx = data.split_indices(len(tr_all), (0.9, 0.1), seed=seed)
-    tr = [tr_all[k] for k in tr_idx]
-    va = [tr_all[k] for k in va_idx]
-    refs, _ = potential.fit_energy_stats([r.numbers for r in tr], [r.targets["energy"] for r in tr])
-    f_rms = float(np.sqrt(np.mean(np.concatenate([r.node_targets["forces"] for r in tr]) ** 2)))
+    tr, va, te, refs, f_rms = mlearn_split(el, cutoff, seed)
     models = [("PaiNN", painn(PaiNNConfig(n_features=features, n_interactions=3, n_rbf=20,
                                           cutoff=cutoff).with_stats(refs, f_rms)))]
     if with_schnet:

@@ -29,22 +29,6 @@ from jaxmat.protocol import Model, Params
 STD_KEYS = ("energy_std", "forces_std", "forces_std_atom", "energy_members")
 
 
-def _is_committee(model: Model, params: Params, example: graph.Batch) -> bool:
-    """True if every leaf of ``params`` has one more (leading) axis than ``model.init`` gives."""
-    single = jax.eval_shape(model.init, jax.random.key(0), example)
-    got = [tuple(jnp.shape(x)) for x in jax.tree_util.tree_leaves(params)]
-    ref = [tuple(x.shape) for x in jax.tree_util.tree_leaves(single)]
-    if len(got) != len(ref):
-        raise ValueError(f"params have {len(got)} arrays but the model expects {len(ref)}")
-    if got == ref:
-        return False
-    if all(g[1:] == r for g, r in zip(got, ref)):
-        ensemble.size(params)
-        return True
-    raise ValueError("params match neither the model's shapes nor a committee of them "
-                     "(a leading member axis)")
-
-
 class JaxmatCalculator(Calculator):
     """ASE calculator from a potential ``model`` (outputs ``energy`` and ``forces``, e.g.
     :func:`jaxmat.potential.potential`) and its ``params`` or committee params.
@@ -125,7 +109,7 @@ class JaxmatCalculator(Calculator):
                                 name=atoms.get_chemical_formula())
         batch = graph.batch([rec], self._fit_budget(rec), dtype=self.dtype)
         if self.committee is None:
-            self.committee = _is_committee(self.model, self.params, batch)
+            self.committee = ensemble.is_committee(self.model, self.params, batch)
             self._fn = jax.jit(self._predict)
         out = jax.device_get(self._fn(self.params, batch))
         if "forces" not in out:

@@ -35,6 +35,23 @@ def size(params: Params) -> int:
     return sizes.pop()
 
 
+def is_committee(model: Model, params: Params, example) -> bool:
+    """True if every leaf of ``params`` has one more (leading) axis than ``model.init`` gives
+    on ``example`` (a committee of ``model``), False if they match it; ValueError otherwise."""
+    single = jax.eval_shape(model.init, jax.random.key(0), example)
+    got = [tuple(jnp.shape(x)) for x in jax.tree_util.tree_leaves(params)]
+    ref = [tuple(x.shape) for x in jax.tree_util.tree_leaves(single)]
+    if len(got) != len(ref):
+        raise ValueError(f"params have {len(got)} arrays but the model expects {len(ref)}")
+    if got == ref:
+        return False
+    if all(g[1:] == r for g, r in zip(got, ref)):
+        size(params)
+        return True
+    raise ValueError("params match neither the model's shapes nor a committee of them "
+                     "(a leading member axis)")
+
+
 def init(model: Model, key: jax.Array, example_batch, n_members: int) -> Params:
     """``n_members`` independent initialisations (one key each), stacked on axis 0."""
     if n_members < 1:

@@ -212,6 +212,18 @@ def test_fit_on_fixed_batches_with_user_module(records):
     assert "val_committee_energy_mae" in res.history[0]
 
 
+def test_is_committee_tells_members_from_a_single_model(pair_pot, records):
+    b = graph.batch(records[:4])
+    single = pair_pot.init(jax.random.key(0), b)
+    committee = ensemble.init(pair_pot, jax.random.key(0), b, 3)
+    assert ensemble.is_committee(pair_pot, committee, b) is True
+    assert ensemble.is_committee(pair_pot, single, b) is False
+    with pytest.raises(ValueError, match="neither"):  # one axis too many on every leaf
+        ensemble.is_committee(pair_pot, jax.tree_util.tree_map(lambda x: x[None], committee), b)
+    with pytest.raises(ValueError, match="arrays"):
+        ensemble.is_committee(pair_pot, {"w": jnp.zeros(3)}, b)
+
+
 def test_bad_input(pair_pot, records, val):
     b = next(iter(val))
     with pytest.raises(ValueError, match="committee size"):

@@ -16,7 +16,6 @@ from jaxmat.models.spectral import schnet_site_spectral, spectrum_loss
 from jaxmat.protocol import Model
 
 P = 24
-RNG = np.random.default_rng(0)
 
 
 def _molecule(numbers, seed):
@@ -33,7 +32,7 @@ def _records(perm=None):
     for k, numbers in enumerate([[8, 6, 6, 1, 1, 8], [7, 6, 8, 1], [8, 1, 1]]):
         z, pos = _molecule(numbers, k)
         sites = [a for a in range(len(z)) if z[a] == 8]
-        spec = RNG.random((len(sites), P))
+        spec = np.random.default_rng([7, k]).random((len(sites), P))  # same on every call
         if perm is not None and k == 0:
             inv = np.argsort(perm)
             z, pos = z[perm], pos[perm]
@@ -119,7 +118,7 @@ def test_spectrum_loss_zero_at_targets_and_training_reduces_it():
     params = model.init(jax.random.key(0), b)
     res = fit(model, params, [b], loss=loss,
               config=FitConfig(epochs=40, lr=5e-3, progress=False))
-    # the loss plateaus near 0.55x of its start on this three-molecule batch
+    # the loss plateaus near 0.53x of its start on this three-molecule batch
     assert res.history[-1]["train_loss"] < 0.65 * res.history[0]["train_loss"]
 
 

@@ -51,13 +51,6 @@ def train_spectra(model: Model, train: Sequence[graph.Record], val: Sequence[gra
     return res.params, res
 
 
-def _is_committee(model: Model, params: Params, batch) -> bool:
-    """True when ``params`` carry a leading member axis (a committee of ``model``)."""
-    single = jax.eval_shape(model.init, jax.random.key(0), batch)
-    ls, lp = jax.tree_util.tree_leaves(single), jax.tree_util.tree_leaves(params)
-    return len(ls) == len(lp) and any(jnp.ndim(p) == len(s.shape) + 1 for s, p in zip(ls, lp))
-
-
 def predict_spectra(model: Model, params: Params, records: Sequence[graph.Record],
                     batch_size: int = 64, key: str = "xanes") -> np.ndarray:
     """Molecule spectra ``(len(records), P)`` in record order (the committee mean when
@@ -66,7 +59,7 @@ def predict_spectra(model: Model, params: Params, records: Sequence[graph.Record
         raise ValueError("no records to predict")
     loader = graph.GraphLoader(records, batch_size, shuffle=False)
     batches = list(loader.epoch(0))
-    if _is_committee(model, params, batches[0]):
+    if ensemble.is_committee(model, params, batches[0]):
         apply = jax.jit(lambda p, b: jnp.mean(ensemble.apply(model, p, b)[key], axis=0))
     else:
         apply = jax.jit(lambda p, b: model.apply(p, b)[key])

@@ -16,14 +16,17 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 
 import jax
 import numpy as np
-import optax
 
 from jaxmat import data, graph, potential, train
 from jaxmat.models import SchNetConfig, schnet
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import cpu_model  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMPILES: list[float] = []
@@ -35,17 +38,6 @@ def _on_event(event: str, duration: float, **kwargs) -> None:
 
 
 jax.monitoring.register_event_duration_secs_listener(_on_event)
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def run_case(name: str, records: list, batch_size: int, layout: str, stress: float,

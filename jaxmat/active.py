@@ -35,7 +35,7 @@ from jaxmat.attack import AttackConfig, Boltzmann, attack
 from jaxmat.checkpoint import Checkpointer
 from jaxmat.oracle import Oracle
 from jaxmat.protocol import Model, Params
-from jaxmat.select import SelectConfig, committee_predict, select, variance_threshold
+from jaxmat.select import SelectConfig, committee_predict, select, too_close, variance_threshold
 from jaxmat.store import Store
 
 STRATEGIES = ("adversarial", "random", "md")
@@ -55,6 +55,8 @@ class ActiveConfig:
     ``kT`` (``per_atom`` energies optional), moving along Cartesian ``axes``. Selection: committee force variance above the
     ``percentile`` of the training set's, RMSD dedup at ``rmsd`` (after alignment unless
     ``align`` is False; also against the training set with ``dedup_against_train``), at most ``max_per_generation`` (``fill`` tops up).
+    Candidates with two atoms closer than ``min_distance`` (Å) are never labelled; stored
+    labels that close (from older runs) are kept out of training.
     Random baseline: ``n_starts`` training geometries displaced by N(0, ``random_sigma``²),
     the first ``max_per_generation`` labelled. MD baseline: ``md_starts`` Langevin runs of
     ``md_steps`` steps at ``md_temperature`` with the committee, a frame every
@@ -104,6 +106,7 @@ class ActiveConfig:
     max_per_generation: int = 20
     fill: bool = False
     dedup_against_train: bool = True
+    min_distance: float = 0.5
     # baselines
     random_sigma: float = 0.1
     md_temperature: float = 1000.0
@@ -120,6 +123,8 @@ class ActiveConfig:
             raise ValueError(f"kT must be positive (eV), got {self.kT}")
         if self.generations < 0 or self.n_members < 1 or self.epochs < 1:
             raise ValueError("need generations >= 0, n_members >= 1 and epochs >= 1")
+        if not self.min_distance >= 0:
+            raise ValueError(f"min_distance must be >= 0 Å, got {self.min_distance}")
         if self.n_starts < 1 or self.max_per_generation < 0:
             raise ValueError("need n_starts >= 1 and max_per_generation >= 0")
         self.axes = tuple(int(a) for a in self.axes)
@@ -240,6 +245,12 @@ class _Loop:
     def training_atoms(self, generation: int) -> list:
         """Labelled structures of generations < ``generation`` (below ``max_energy``)."""
         atoms = self.store.labelled(max_generation=generation - 1)
+        bad = too_close(atoms, self.cfg.min_distance) if atoms else np.zeros(0, bool)
+        if bad.any():
+            self.log(f"  kept {int(bad.sum())} stored structure(s) with atoms closer than "
+                     f"{self.cfg.min_distance} Å out of training (rows "
+                     f"{[int(a.info['row_id']) for a, b in zip(atoms, bad) if b]})")
+            atoms = [a for a, b in zip(atoms, bad) if not b]
         if self.cfg.max_energy is None or not atoms:
             return atoms
         e = np.array([a.get_potential_energy() for a in atoms])
@@ -322,7 +333,9 @@ class _Loop:
             boltz = Boltzmann.from_structures(train_atoms, cfg.kT, cfg.per_atom)
             res = attack(self.model, params, starts, boltz, self.cutoff,
                          cfg.attack_config(generation))
-            cands, fvar, score = res.atoms, res.force_var, res.objective
+            cands, fvar, score = res.atoms, np.array(res.force_var, dtype=np.float64), res.objective
+            close = too_close(cands, cfg.min_distance)
+            fvar[close] = np.nan  # never selected
             stats.update(attack_seconds=res.seconds, n_rebuilds=res.n_rebuilds,
                          objective_gain_median=float(np.median(
                              res.objective / np.maximum(res.objective_start, 1e-30))))
@@ -337,7 +350,8 @@ class _Loop:
                 b.positions = a.positions + rng.normal(0.0, cfg.random_sigma, a.positions.shape) \
                     * np.isin(np.arange(3), cfg.axes)
                 cands.append(b)
-            idx = list(range(min(cfg.max_per_generation, len(cands))))
+            close = too_close(cands, cfg.min_distance)
+            idx = [int(k) for k in np.flatnonzero(~close)[:cfg.max_per_generation]]
             pred = committee_predict(self.model, params, [cands[k] for k in idx], self.cutoff) \
                 if idx else {"force_var": np.zeros(0)}
             fvar = np.zeros(len(cands))
@@ -346,11 +360,17 @@ class _Loop:
             origin = "random"
         else:
             cands = self._md_frames(params, [train_atoms[k] for k in pick(cfg.md_starts)], rng)
-            pred = committee_predict(self.model, params, cands, self.cutoff)
-            fvar, score = pred["force_var"], pred["force_var"]
+            close = too_close(cands, cfg.min_distance)
+            fvar = np.full(len(cands), np.nan)  # too close: never selected
+            keep = np.flatnonzero(~close)
+            if len(keep):
+                fvar[keep] = committee_predict(self.model, params, [cands[k] for k in keep],
+                                               self.cutoff)["force_var"]
+            score = fvar
             idx = select(cands, fvar, tr["force_var"], cfg.select_config(), score, ref)
             origin = "md"
         stats.update(n_candidates=len(cands), n_above=int(np.sum(np.asarray(fvar) > thr)),
+                     n_too_close=int(close.sum()),
                      n_selected=len(idx), propose_seconds=time.perf_counter() - t0)
         chosen = [cands[k] for k in idx]
         for a in chosen:

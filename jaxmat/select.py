@@ -82,6 +82,22 @@ def _predict_fn(model: Model):
     return _PREDICT[model]
 
 
+def too_close(structures: Sequence[Any], min_distance: float) -> np.ndarray:
+    """(N,) bool: structures with two atoms (periodic images included) closer than
+    ``min_distance`` Å, or with non-finite positions. Attacks and MD can squeeze atoms
+    together; such geometries are unphysical and are not sent to the oracle."""
+    out = np.zeros(len(structures), dtype=bool)
+    for k, s in enumerate(structures):
+        try:
+            _, pos, cell, pbc = as_structure(s, f"structure {k}")
+        except ValueError:  # non-finite positions
+            out[k] = True
+            continue
+        d = graph.neighbor_list(pos, cell, pbc, min_distance)[3]
+        out[k] = bool(len(d) and d.min() < min_distance)
+    return out
+
+
 def variance_threshold(train_force_var: Any, percentile: float) -> float:
     """The ``percentile`` (0–100) of the training set's force variances (eV²/Å²)."""
     v = np.asarray(train_force_var, dtype=np.float64).reshape(-1)

@@ -249,3 +249,25 @@ def test_repeated_kills_at_random_moments(tmp_path):
     assert len(calls) - len(stored) <= kills  # at most the call in flight at each kill
     for g in (1, 2, 3):
         assert 0 < st.count(generation=g) <= 5
+
+
+def test_stored_overlapping_labels_stay_out_of_training(tmp_path):
+    """A label with atoms squeezed together (stored by an older run) must not crash
+    retraining: it stays in the store but out of the training set."""
+    from ase import Atoms
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    def labelled(pos):
+        a = Atoms("NH3", positions=pos)
+        a.calc = SinglePointCalculator(a, energy=-1.0, forces=np.zeros((4, 3)))
+        return a
+
+    good = np.array([[0.0, 0.0, 0.38], [0.94, 0.0, 0.0], [-0.47, 0.81, 0.0], [-0.47, -0.81, 0.0]])
+    bad = good.copy()
+    bad[3] = bad[2] + [0.03, 0.0, 0.0]  # two H atoms 0.03 Å apart
+    cfg = active.ActiveConfig(workdir=str(tmp_path), progress=False)
+    loop = active._Loop(cfg, None, None, [], 1.0, None, None)
+    loop.store.add_labelled([labelled(good), labelled(bad), labelled(good + 0.1)], 0, "seed")
+    kept = loop.training_atoms(1)
+    assert [a.info["row_id"] for a in kept] == [1, 3]
+    assert loop.store.count(status="done") == 3  # nothing deleted

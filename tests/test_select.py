@@ -4,7 +4,7 @@ import pytest
 from ase import Atoms
 from scipy.spatial.transform import Rotation
 
-from jaxmat.select import SelectConfig, deduplicate, rmsd, select, variance_threshold
+from jaxmat.select import SelectConfig, deduplicate, rmsd, select, too_close, variance_threshold
 
 # a distorted ammonia, so that no relabelling of the H atoms is a symmetry
 NH3 = np.array([[0.0, 0.0, 0.38], [1.2, 0.0, 0.0], [-0.3, 0.9, 0.1], [-0.6, -1.0, -0.1]])
@@ -106,3 +106,18 @@ def test_threshold_and_select():
     assert select(cands, fvar, [8.5], strict) == [1, 3, 4]
     with pytest.raises(ValueError, match="force variances"):
         select(cands, fvar[:3], [1.0], cfg)
+
+
+def test_too_close_flags_overlaps_images_and_nan():
+    ok = _nh3()
+    squeezed = NH3.copy()
+    squeezed[1] = squeezed[0] + [0.3, 0.0, 0.0]  # H 0.3 Å from N
+    cell = np.eye(3) * 4.0
+    image = Atoms("Cu2", positions=[[0.05, 1, 1], [3.9, 1, 1]], cell=cell, pbc=True)  # 0.15 Å apart
+    apart = Atoms("Cu2", positions=[[0.05, 1, 1], [2.0, 1, 1]], cell=cell, pbc=True)
+    nan = NH3.copy()
+    nan[2, 1] = np.nan
+    flags = too_close([ok, _nh3(squeezed), image, apart, _nh3(nan)], 0.5)
+    assert flags.tolist() == [False, True, True, False, True]
+    assert too_close([_nh3(squeezed)], 0.25).tolist() == [False]  # 0.3 Å passes a 0.25 Å floor
+    assert too_close([], 0.5).shape == (0,)

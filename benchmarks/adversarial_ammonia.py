@@ -175,6 +175,9 @@ def main() -> None:
     ap.add_argument("--strategies", nargs="+",
                     default=["adversarial", "adversarial@0.129", "random", "md"])
     ap.add_argument("--workdir", default="runs/adversarial_ammonia")
+    ap.add_argument("--out", default="adversarial_ammonia",
+                    help="results name; another name keeps its runs in <workdir>/<out>/ "
+                         "(oracle reference, seeds and test set stay shared)")
     ap.add_argument("--throughput-only", action="store_true")
     ap.add_argument("--no-throughput", action="store_true")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0],
@@ -185,12 +188,13 @@ def main() -> None:
         args.starts, args.per_generation = 32, 8
     t_start = time.perf_counter()
     previous = {}
-    old = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "adversarial_ammonia.json")
+    old = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", f"{args.out}.json")
     if os.path.exists(old):
         with open(old) as f:
             previous = json.load(f)
     orc = oracle.xtb("GFN2-xTB")
     workdir = os.path.abspath(args.workdir)
+    runs_dir = workdir if args.out == "adversarial_ammonia" else os.path.join(workdir, args.out)
     os.makedirs(workdir, exist_ok=True)
     ref_path = os.path.join(workdir, "reference.json")
     seeds_path = os.path.join(workdir, "seeds.extxyz")
@@ -232,7 +236,7 @@ def main() -> None:
             kind, _, kT = strat.partition("@")
             name = strat if seed == 0 else f"{strat}/seed{seed}"
             cfg = active.ActiveConfig(
-                workdir=os.path.join(workdir, name.replace("/", "_")), strategy=kind,
+                workdir=os.path.join(runs_dir, name.replace("/", "_")), strategy=kind,
                 generations=args.generations, seed=seed, n_members=args.members, epochs=args.epochs, lr=2e-3, batch_size=32,
                 energy_weight=1.0, forces_weight=10.0, kT=float(kT) if kT else 20 * KCAL_MOL,
                 n_starts=args.starts,
@@ -360,7 +364,7 @@ def _write(results: dict, args) -> None:
                      f"{results.get('throughput_device', results['device'])['loadavg'][0]:.1f} on "
                      f"{results.get('throughput_device', results['device'])['cores']} cores: a shared "
                      "machine, so this is a lower bound). No GPU was available for this run.")
-    write_results("adversarial_ammonia", results, "\n".join(lines))
+    write_results(args.out, results, "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -26,7 +26,9 @@ RUNS = {  # name: script arguments
     "mlearn": ["mlearn.py"],
     "mlearn_painn_equal": ["mlearn_painn.py", "--schnet", "--epochs", "20",
                            "--out", "mlearn_painn_equal"],
-    "adversarial_ammonia": ["adversarial_ammonia.py"],
+    "adversarial_ammonia": ["adversarial_ammonia.py", "--seeds", "0", "1", "--strategies",
+                            "adversarial", "random", "adversarial@0.3", "md", "adversarial@0.129"],
+    "adversarial_data": ["adversarial_data.py"],  # reads adversarial_ammonia's runs
 }
 
 

@@ -8,7 +8,8 @@ import glob
 import os
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ORDER = ["speed", "peers", "mlearn", "committee", "ammonia_committee", "adversarial_ammonia",
+ORDER = ["speed", "peers", "mlearn", "committee", "ammonia_committee", "adversarial_ammonia", "adversarial_data",
+         "adversarial_data_large",
          "photoanode", "xanes", "xanes_curve", "crystal", "mlearn_painn_equal", "mlearn_painn"]
 
 HEADER = """# Benchmarks
@@ -25,6 +26,7 @@ is a shared 2-core VM: its load average is recorded in every JSON file.
 | `mlearn.py` | SchNet test MAE on the six mlearn elements beside published figures |
 | `committee.py`, `ammonia_committee.py` | vmapped committees: cost vs size, accuracy and calibration |
 | `adversarial_ammonia.py` | adversarial active learning on NH3 with GFN2-xTB |
+| `adversarial_data.py` | the same label sets (and test-distribution MD labels) retrained from scratch |
 | `photoanode.py` | composition + Raman CNN accuracy, gradient fidelity, interpretation time |
 | `xanes.py`, `xanes_curve.py` | structure → K-edge XANES peak metrics; their learning curve |
 | `crystal.py`, `mlearn_painn.py` | ALIGNN-style / PaiNN on JARVIS samples and mlearn (`--epochs 20 --schnet --out mlearn_painn_equal`: equal training beside SchNet) |

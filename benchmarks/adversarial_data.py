@@ -31,7 +31,7 @@ import numpy as np  # noqa: E402
 from ase.io import read, write  # noqa: E402
 
 from jaxmat import ensemble, graph, oracle, train  # noqa: E402
-from jaxmat.select import committee_predict  # noqa: E402
+from jaxmat.select import committee_predict, too_close  # noqa: E402
 from jaxmat.store import Store  # noqa: E402
 
 
@@ -71,14 +71,17 @@ def main() -> None:
     with open(os.path.join(workdir, "reference.json")) as f:
         path = json.load(f)
     extra: dict[str, list] = {}
+    n_calls: dict[str, int] = {}
     for s in args.strategies:
         db = os.path.join(workdir, args.runs, s.replace("/", "_"), "labels.db")
         if not os.path.exists(db):
             print(f"skipping {s}: no {db} (run adversarial_ammonia.py --strategies {s} first)")
             continue
         store = Store(db)
-        new = [a for a in store.labelled() if a.info["generation"] > 0]
-        extra[s] = new[: args.n_extra]
+        new = [a for a in store.labelled() if a.info["generation"] > 0][: args.n_extra]
+        # the first n_extra oracle calls; labels the loop keeps out of training stay out here
+        extra[s] = [a for a, bad in zip(new, too_close(new, 0.5)) if not bad]
+        n_calls[s] = len(new)
     md_path = os.path.join(workdir, "oracle_md_train.extxyz")
     if not os.path.exists(md_path):
         orc = oracle.xtb("GFN2-xTB")
@@ -86,6 +89,7 @@ def main() -> None:
         frames = md_test_set(orc, start, n_traj=5, n_steps=400, every=20, seed=456)
         write(md_path, frames)
     extra["oracle-md"] = read(md_path, ":")[: args.n_extra]
+    n_calls["oracle-md"] = len(extra["oracle-md"])
     model = make_model(seeds, args.features, args.interactions, args.cutoff)
     results = {"device": device_info(), "settings": vars(args), "sets": {}}
     old = os.path.join(RESULTS, f"{args.out}.json")
@@ -100,7 +104,7 @@ def main() -> None:
             continue
         runs = [fit_and_score(model, seeds + new, test, args.cutoff, args.members, args.epochs, sd)
                 for sd in args.seeds]
-        results["sets"][name] = {"n_extra": len(new),
+        results["sets"][name] = {"n_extra": len(new), "oracle_calls": n_calls[name],
                                  "test_force_mae": [r["test_force_mae"] for r in runs],
                                  "seconds": [r["seconds"] for r in runs]}
         print(name, results["sets"][name], flush=True)
@@ -113,13 +117,17 @@ def _write(results: dict, out: str) -> None:
     lines = [f"Committees of {st['members']} SchNet members ({st['features']} features, "
              f"{st['interactions']} interactions) trained from scratch for {st['epochs']} epochs on the 138 seeds plus each set's extra "
              "labels; force MAE of the committee mean on the 160-frame 1500 K GFN2-xTB MD test set, "
-             f"mean over training seeds {st['seeds']}.\n",
-             "| extra labels | n | test force MAE (eV/Å) | random / this |", "|---|---|---|---|"]
+             f"mean over training seeds {st['seeds']}. The strategies' label sets are the new "
+             f"labels of seed-0 loop runs in `{os.path.join(os.path.basename(st['workdir']), st['runs'])}`"
+             "; oracle-md: 5 independent 1500 K GFN2-xTB trajectories, a frame every 20 steps.\n",
+             "| extra labels | oracle calls | trained on | test force MAE (eV/Å) | random / this |",
+             "|---|---|---|---|---|"]
     for name, s in sets.items():
         m = float(np.mean(s["test_force_mae"]))
         ratio = f"{base / m:.2f}" if base else "–"
         per = ", ".join(f"{x:.4f}" for x in s["test_force_mae"])
-        lines.append(f"| {name} | {s['n_extra']} | {m:.4f} ({per}) | {ratio} |")
+        lines.append(f"| {name} | {s.get('oracle_calls', s['n_extra'])} | {s['n_extra']} | "
+                     f"{m:.4f} ({per}) | {ratio} |")
     write_results(out, results, "\n".join(lines))
 
 

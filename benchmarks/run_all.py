@@ -29,6 +29,17 @@ RUNS = {  # name: script arguments
     "adversarial_ammonia": ["adversarial_ammonia.py", "--seeds", "0", "1", "--strategies",
                             "adversarial", "random", "adversarial@0.3", "md", "adversarial@0.129"],
     "adversarial_data": ["adversarial_data.py"],  # reads adversarial_ammonia's runs
+    "adversarial_ammonia_large": ["adversarial_ammonia.py", "--features", "64", "--interactions",
+                                  "3", "--epochs", "300", "--out", "adversarial_ammonia_large",
+                                  "--strategies", "random", "md", "adversarial",
+                                  "adversarial@0.3", "--no-throughput"],
+    "adversarial_data_large": ["adversarial_data.py", "--features", "64", "--interactions", "3",
+                               "--epochs", "1500", "--seeds", "0", "--out",
+                               "adversarial_data_large"],
+    "adversarial_data_large_55": ["adversarial_data.py", "--runs", "adversarial_ammonia_large",
+                                  "--features", "64", "--interactions", "3", "--epochs", "1500",
+                                  "--seeds", "0", "--n-extra", "55", "--strategies", "random",
+                                  "adversarial@0.3", "md", "--out", "adversarial_data_large_55"],
 }
 
 

@@ -30,7 +30,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from ase.io import read, write  # noqa: E402
 
-from jaxmat import ensemble, graph, oracle, train  # noqa: E402
+from jaxmat import active, ensemble, graph, oracle, train  # noqa: E402
 from jaxmat.select import committee_predict, too_close  # noqa: E402
 from jaxmat.store import Store  # noqa: E402
 
@@ -80,7 +80,7 @@ def main() -> None:
         store = Store(db)
         new = [a for a in store.labelled() if a.info["generation"] > 0][: args.n_extra]
         # the first n_extra oracle calls; labels the loop keeps out of training stay out here
-        extra[s] = [a for a, bad in zip(new, too_close(new, 0.5)) if not bad]
+        extra[s] = [a for a, bad in zip(new, too_close(new, active.ActiveConfig().min_distance)) if not bad]
         n_calls[s] = len(new)
     md_path = os.path.join(workdir, "oracle_md_train.extxyz")
     if not os.path.exists(md_path):

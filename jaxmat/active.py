@@ -245,7 +245,7 @@ class _Loop:
     def training_atoms(self, generation: int) -> list:
         """Labelled structures of generations < ``generation`` (below ``max_energy``)."""
         atoms = self.store.labelled(max_generation=generation - 1)
-        bad = too_close(atoms, self.cfg.min_distance) if atoms else np.zeros(0, bool)
+        bad = too_close(atoms, self.cfg.min_distance)
         if bad.any():
             self.log(f"  kept {int(bad.sum())} stored structure(s) with atoms closer than "
                      f"{self.cfg.min_distance} Å out of training (rows "

@@ -80,7 +80,8 @@ def main() -> None:
         store = Store(db)
         new = [a for a in store.labelled() if a.info["generation"] > 0][: args.n_extra]
         # the first n_extra oracle calls; labels the loop keeps out of training stay out here
-        extra[s] = [a for a, bad in zip(new, too_close(new, active.ActiveConfig().min_distance)) if not bad]
+        bad = too_close(new, active.ActiveConfig().min_distance)
+        extra[s] = [a for a, b in zip(new, bad) if not b]
         n_calls[s] = len(new)
     md_path = os.path.join(workdir, "oracle_md_train.extxyz")
     if not os.path.exists(md_path):

@@ -35,7 +35,7 @@ from jaxmat.data.xanes import load_xanes, xanes_meta
 meta = xanes_meta()
 print(meta["description"])
 print("molecules:", meta["n_molecules"], "| with O spectra:", meta["counts"]["O"]["molecules"],
-      "| with N spectra:", meta["counts"]["N"]["molecules"], "| failed SCF:", meta["n_failed"])
+      "| with N spectra:", meta["counts"]["N"]["molecules"], "| failed (geometry or SCF):", meta["n_failed"])
 print("split sizes:", meta["split_sizes"])
 print("method:", {k: meta["settings"][k] for k in ("mode", "basis_absorber", "basis_other", "hole")})
 print("shifts (eV):", {el: round(meta["calibration"][el]["shift"], 2) for el in ("O", "N")})"""),

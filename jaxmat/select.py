@@ -88,11 +88,11 @@ def too_close(structures: Sequence[Any], min_distance: float) -> np.ndarray:
     together; such geometries are unphysical and are not sent to the oracle."""
     out = np.zeros(len(structures), dtype=bool)
     for k, s in enumerate(structures):
-        try:
-            _, pos, cell, pbc = as_structure(s, f"structure {k}")
-        except ValueError:  # non-finite positions
+        raw = np.asarray(getattr(s, "positions", np.zeros((0, 3))), dtype=np.float64)
+        if not np.isfinite(raw).all():
             out[k] = True
             continue
+        _, pos, cell, pbc = as_structure(s, f"structure {k}")  # other bad input raises
         d = graph.neighbor_list(pos, cell, pbc, min_distance)[3]
         out[k] = bool(len(d) and d.min() < min_distance)
     return out

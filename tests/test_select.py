@@ -121,3 +121,5 @@ def test_too_close_flags_overlaps_images_and_nan():
     assert flags.tolist() == [False, True, True, False, True]
     assert too_close([_nh3(squeezed)], 0.25).tolist() == [False]  # 0.3 Å passes a 0.25 Å floor
     assert too_close([], 0.5).shape == (0,)
+    with pytest.raises(ValueError, match="unknown element"):  # bad input is not "too close"
+        too_close([Atoms(numbers=[0, 1], positions=[[0, 0, 0], [1, 0, 0]])], 0.5)

@@ -10,7 +10,7 @@ import os
 HERE = os.path.dirname(os.path.abspath(__file__))
 ORDER = ["speed", "peers", "mlearn", "committee", "ammonia_committee", "adversarial_ammonia", "adversarial_data",
          "adversarial_ammonia_large", "adversarial_data_large", "adversarial_data_large_55",
-         "photoanode", "xanes", "xanes_curve", "crystal", "mlearn_painn_equal", "mlearn_painn"]
+         "photoanode", "xanes", "xanes_committee", "xanes_committee_painn", "xanes_curve", "crystal", "mlearn_painn_equal", "mlearn_painn"]
 
 HEADER = """# Benchmarks
 
@@ -29,6 +29,7 @@ is a shared 2-core VM: its load average is recorded in every JSON file.
 | `adversarial_data.py` | the same label sets (and test-distribution MD labels) retrained from scratch |
 | `photoanode.py` | composition + Raman CNN accuracy, gradient fidelity, interpretation time |
 | `xanes.py`, `xanes_curve.py` | structure → K-edge XANES peak metrics; their learning curve |
+| `xanes_committee.py` | XANES committee size and backbone (SchNet/PaiNN), chosen on the validation split |
 | `crystal.py`, `mlearn_painn.py` | ALIGNN-style / PaiNN on JARVIS samples and mlearn (`--epochs 20 --schnet --out mlearn_painn_equal`: equal training beside SchNet) |
 """
 

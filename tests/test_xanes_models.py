@@ -12,7 +12,8 @@ from jaxmat import graph, spectra
 from jaxmat.data.xanes import FEFF_GRIDS, feff_grid, load_feff_pickle, parse_xmu, site_records
 from jaxmat.models.mpnn import MPNNConfig, mpnn
 from jaxmat.models.schnet import SchNetConfig
-from jaxmat.models.spectral import schnet_site_spectral, spectrum_loss
+from jaxmat.models.painn import PaiNNConfig
+from jaxmat.models.spectral import painn_site_spectral, schnet_site_spectral, spectrum_loss
 from jaxmat.protocol import Model
 
 P = 24
@@ -27,10 +28,12 @@ def _molecule(numbers, seed):
     return np.array(numbers), pos
 
 
-def _records(perm=None):
+def _records(perm=None, rotation=None):
     recs = []
     for k, numbers in enumerate([[8, 6, 6, 1, 1, 8], [7, 6, 8, 1], [8, 1, 1]]):
         z, pos = _molecule(numbers, k)
+        if rotation is not None:  # rotate and translate the molecule
+            pos = pos @ rotation.T + np.array([1.0, -2.0, 0.5])
         sites = [a for a in range(len(z)) if z[a] == 8]
         spec = np.random.default_rng([7, k]).random((len(sites), P))  # same on every call
         if perm is not None and k == 0:
@@ -45,10 +48,12 @@ def _models() -> list[Model]:
     return [mpnn(MPNNConfig(n_out=P, n_features=8, n_steps=2, n_set2set=2, n_rbf=8,
                             edge_hidden=16, readout_hidden=16)),
             schnet_site_spectral(SchNetConfig(n_features=16, n_interactions=2, n_rbf=8,
-                                              max_z=10), z=8, n_out=P, hidden=16)]
+                                              max_z=10), z=8, n_out=P, hidden=16),
+            painn_site_spectral(PaiNNConfig(n_features=16, n_interactions=2, n_rbf=8, cutoff=4.0,
+                                            max_z=10), z=8, n_out=P, hidden=16)]
 
 
-@pytest.mark.parametrize("k", [0, 1])
+@pytest.mark.parametrize("k", [0, 1, 2])
 def test_permutation_invariance(k):
     model = _models()[k]
     base = graph.batch(_records())
@@ -65,6 +70,18 @@ def test_permutation_invariance(k):
     if "xanes_site" in a:  # site outputs follow their atoms
         np.testing.assert_allclose(np.asarray(a["xanes_site"])[perm],
                                    np.asarray(b["xanes_site"])[:6], rtol=2e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_site_spectra_invariant_under_rotation_and_translation(k):
+    model = _models()[k]
+    q, _ = np.linalg.qr(np.random.default_rng(4).normal(size=(3, 3)))
+    a, b = graph.batch(_records()), graph.batch(_records(rotation=q))
+    assert a.n_edge.sum() == b.n_edge.sum()
+    params = model.init(jax.random.key(5), a)
+    np.testing.assert_allclose(model.apply(params, b)["xanes_site"][:10],
+                               model.apply(params, a)["xanes_site"][:10], rtol=1e-4, atol=1e-6)
+    assert float(np.abs(np.asarray(model.apply(params, a)["xanes"])).max()) > 0
 
 
 def test_site_head_mean_equals_molecule_output():

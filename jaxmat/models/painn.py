@@ -82,8 +82,10 @@ class Update(nnx.Module):
                 v + a_vv[:, None, :] * uv)
 
 
-class PaiNN(nnx.Module):
-    """``PaiNN(cfg, rngs)(batch) -> {"energy": (G,) eV, "atomic_energies": (N,) eV}``."""
+class PaiNNFeatures(nnx.Module):
+    """Embedding + message/update blocks: ``(batch) -> {"scalar_features": (N, F),
+    "vector_features": (N, 3, F)}`` (the backbone of :class:`PaiNN` and of the
+    site-resolved spectral head)."""
 
     def __init__(self, cfg: PaiNNConfig, rngs: nnx.Rngs):
         self.cfg = cfg
@@ -91,8 +93,6 @@ class PaiNN(nnx.Module):
         self.embedding = nnx.Embed(cfg.max_z + 1, F, rngs=rngs)
         self.messages = nnx.List([Message(F, cfg.n_rbf, rngs) for _ in range(cfg.n_interactions)])
         self.updates = nnx.List([Update(F, cfg.norm_eps, rngs) for _ in range(cfg.n_interactions)])
-        self.head = AtomicEnergyHead(F, cfg.max_z, cfg.atom_refs, cfg.scale, cfg.shift,
-                                     jax.nn.silu, rngs)
 
     def __call__(self, batch: graph.Batch) -> dict[str, jax.Array]:
         cfg = self.cfg
@@ -101,17 +101,30 @@ class PaiNN(nnx.Module):
         unit = vec / jnp.where(d > 0, d, 1.0)[:, None]
         fcut = cosine_cutoff(d, cfg.cutoff) * batch.edges["mask"]
         rbf = bessel_rbf(d, cfg.n_rbf, cfg.cutoff)
-        z = batch.nodes["species"]
-        s = self.embedding(z)
+        s = self.embedding(batch.nodes["species"])
         v = jnp.zeros((s.shape[0], 3, s.shape[1]), s.dtype)
         for msg, upd in zip(self.messages, self.updates):
             s, v = msg(s, v, rbf, fcut, unit, batch.senders, batch.receivers)
             s, v = upd(s, v)
-        e_atom = self.head(s, z, batch.nodes["mask"])
+        return {"scalar_features": s, "vector_features": v}
+
+
+class PaiNN(nnx.Module):
+    """``PaiNN(cfg, rngs)(batch) -> {"energy": (G,) eV, "atomic_energies": (N,) eV}``."""
+
+    def __init__(self, cfg: PaiNNConfig, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.features = PaiNNFeatures(cfg, rngs)
+        self.head = AtomicEnergyHead(cfg.n_features, cfg.max_z, cfg.atom_refs, cfg.scale,
+                                     cfg.shift, jax.nn.silu, rngs)
+
+    def __call__(self, batch: graph.Batch) -> dict[str, jax.Array]:
+        feats = self.features(batch)
+        z = batch.nodes["species"]
+        e_atom = self.head(feats["scalar_features"], z, batch.nodes["mask"])
         out = {"energy": graph.graph_sum(e_atom, batch), "atomic_energies": e_atom}
-        if cfg.return_features:
-            out["scalar_features"] = s
-            out["vector_features"] = v
+        if self.cfg.return_features:
+            out.update(feats)
         return out
 
 

@@ -6,7 +6,7 @@ of the graph, as a measured K-edge is the average over the element's sites.
 
 The backbone is any NNX module ``backbone(batch) -> dict`` holding per-atom features
 (N, F) under ``feature_key``: :class:`SchNetFeatures` (SchNet's interaction blocks) or
-PaiNN with ``return_features=True`` (``feature_key="scalar_features"``).
+:class:`PaiNNFeatures` (PaiNN's invariant ``scalar_features``).
 
 Outputs: ``{key: (G, P), key + "_site": (N, P)}`` (zero rows for non-absorbing atoms).
 """
@@ -22,6 +22,7 @@ import numpy as np
 from flax import nnx
 
 from jaxmat import graph
+from jaxmat.models.painn import PaiNNConfig, PaiNNFeatures
 from jaxmat.models.schnet import SchNetConfig, SchNetFeatures
 from jaxmat.protocol import Model, from_nnx
 
@@ -92,6 +93,17 @@ def schnet_site_spectral(schnet_cfg: SchNetConfig | None = None,
     scfg = schnet_cfg or SchNetConfig(n_features=64, n_interactions=3, max_z=10)
     return site_spectral(lambda rngs: SchNetFeatures(scfg, rngs), scfg.n_features, cfg,
                          name="SchNetSiteSpectra", **kwargs)
+
+
+def painn_site_spectral(painn_cfg: PaiNNConfig | None = None,
+                        cfg: SiteHeadConfig | None = None, **kwargs: Any) -> Model:
+    """Site-resolved spectral head on PaiNN's invariant (scalar) atom features; the vector
+    features let the embedding see bond angles that SchNet's distance filters do not."""
+    pcfg = painn_cfg or PaiNNConfig(n_features=64, n_interactions=3, max_z=10)
+    cfg = cfg or SiteHeadConfig(**kwargs)
+    cfg = dataclasses.replace(cfg, feature_key="scalar_features")
+    return site_spectral(lambda rngs: PaiNNFeatures(pcfg, rngs), pcfg.n_features, cfg,
+                         name="PaiNNSiteSpectra")
 
 
 def spectrum_loss(key: str = "xanes", site_weight: float = 1.0, slope_weight: float = 0.0):

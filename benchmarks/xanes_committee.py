@@ -68,7 +68,7 @@ def main() -> None:
         ys = {s: np.array([r.targets["xanes"] for r in d.records])
               for s, d in (("val", va), ("test", te))}
         for k in range(1, args.members + 1):
-            sub = jax.tree_util.tree_map(lambda x: x[:k], params)
+            sub = params if args.members == 1 else jax.tree_util.tree_map(lambda x: x[:k], params)
             row = {"element": el, "backbone": args.backbone, "members": k, "fit_s": fit_s,
                    "n_train": len(tr), "best_epochs": np.asarray(res.best_epoch).tolist()}
             for s, d in (("val", va), ("test", te)):

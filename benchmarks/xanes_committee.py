@@ -26,25 +26,10 @@ import numpy as np  # noqa: E402
 
 from jaxmat import spectra  # noqa: E402
 from jaxmat.data.xanes import load_xanes  # noqa: E402
-from jaxmat.models.painn import PaiNNConfig  # noqa: E402
-from jaxmat.models.schnet import SchNetConfig  # noqa: E402
-from jaxmat.models.spectral import painn_site_spectral, schnet_site_spectral  # noqa: E402
 from jaxmat.xanes.learn import predict_spectra, train_spectra  # noqa: E402
+from xanes import site_head  # noqa: E402
 
-Z = {"O": 8, "N": 7}
 KEYS = ("pred_peaks_within_tol", "peaks_within_tol", "n_pred_peaks", "n_peaks", "mae", "cosine")
-
-
-def site_model(backbone: str, el: str, n_out: int, features: int, cutoff: float):
-    if backbone == "schnet":
-        return schnet_site_spectral(SchNetConfig(n_features=features, n_interactions=3, n_rbf=32,
-                                                 cutoff=cutoff, max_z=10),
-                                    z=Z[el], n_out=n_out, hidden=128)
-    if backbone == "painn":
-        return painn_site_spectral(PaiNNConfig(n_features=features, n_interactions=3, n_rbf=20,
-                                               cutoff=cutoff, max_z=10),
-                                   z=Z[el], n_out=n_out, hidden=128)
-    raise ValueError(f"unknown backbone {backbone!r}")
 
 
 def main() -> None:
@@ -60,7 +45,7 @@ def main() -> None:
     rows, chosen = [], {}
     for el in args.elements:
         tr, va, te = (load_xanes(el, s, cutoff=args.cutoff) for s in ("train", "val", "test"))
-        model = site_model(args.backbone, el, len(tr.grid), args.features, args.cutoff)
+        model = site_head(args.backbone, el, len(tr.grid), args.features, args.cutoff)
         t = time.perf_counter()
         params, res = train_spectra(model, tr.records, va.records, epochs=args.epochs,
                                     seed=args.seed, n_members=args.members)

@@ -53,7 +53,9 @@ def is_committee(model: Model, params: Params, example) -> bool:
 
 
 def init(model: Model, key: jax.Array, example_batch, n_members: int) -> Params:
-    """``n_members`` independent initialisations (one key each), stacked on axis 0."""
+    """``n_members`` independent initialisations (one key each), stacked on axis 0. Member
+    m's key does not depend on ``n_members``, so the first k members of a committee (and,
+    after :func:`fit`, their training) are those of a committee of k."""
     if n_members < 1:
         raise ValueError(f"committee size must be >= 1, got {n_members}")
     keys = jax.random.split(key, n_members)

@@ -184,6 +184,22 @@ def test_fit_data_order_separates_members_and_resume(pair_pot, records, val, tmp
     assert os.path.exists(tmp_path / "ck" / "metrics.csv")
 
 
+def test_first_members_of_a_larger_committee_are_the_smaller_committee(pair_pot, records, val):
+    """Member m's init key, data order and per-step keys depend on m only, so a committee of
+    k trained alone equals the first k members of a committee of n (a size curve needs one
+    run)."""
+    loss = train.energy_force_loss(1.0, 10.0)
+    cfg = ensemble.CommitteeConfig(epochs=2, lr=5e-3, batch_size=10, progress=False)
+    ex = graph.batch(records[:2])
+    big = ensemble.fit(pair_pot, ensemble.init(pair_pot, jax.random.key(3), ex, 3),
+                       records[:30], val, loss, cfg)
+    small = ensemble.fit(pair_pot, ensemble.init(pair_pot, jax.random.key(3), ex, 2),
+                         records[:30], val, loss, cfg)
+    for x, y in zip(_leaves(big.params), _leaves(small.params)):
+        np.testing.assert_allclose(x[:2], y, rtol=1e-5, atol=1e-6)
+    assert max(np.abs(x[2] - x[0]).max() for x in _leaves(big.params)) > 1e-4
+
+
 def test_early_stopping_freezes_members(pair_pot, records, val):
     loss = train.energy_force_loss(1.0, 10.0)
     p0 = ensemble.init(pair_pot, jax.random.key(2), graph.batch(records[:2]), 2)

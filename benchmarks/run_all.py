@@ -21,6 +21,8 @@ RUNS = {  # name: script arguments
     "ammonia_committee": ["ammonia_committee.py"],
     "photoanode": ["photoanode.py"],
     "xanes_committee": ["xanes_committee.py", "--elements", "O", "--members", "8"],
+    "xanes_committee_N": ["xanes_committee.py", "--elements", "N", "--members", "8",
+                          "--out", "xanes_committee_N"],
     "xanes_committee_painn": ["xanes_committee.py", "--elements", "O", "--members", "1",
                               "--backbone", "painn"],
     "xanes": ["xanes.py"],

@@ -10,7 +10,7 @@ import os
 HERE = os.path.dirname(os.path.abspath(__file__))
 ORDER = ["speed", "peers", "mlearn", "committee", "ammonia_committee", "adversarial_ammonia", "adversarial_data",
          "adversarial_ammonia_large", "adversarial_data_large", "adversarial_data_large_55",
-         "photoanode", "xanes", "xanes_committee", "xanes_committee_painn", "xanes_curve", "crystal", "mlearn_painn_equal", "mlearn_painn"]
+         "photoanode", "xanes", "xanes_committee", "xanes_committee_N", "xanes_committee_painn", "xanes_curve", "crystal", "mlearn_painn_equal", "mlearn_painn"]
 
 HEADER = """# Benchmarks
 

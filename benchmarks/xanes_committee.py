@@ -8,8 +8,9 @@ spectral MAE, cosine. The test split is scored too, but only so that the selecti
 checked afterwards; benchmarks/xanes.py then reports the chosen committee on test.
 
     python benchmarks/xanes_committee.py [--members 8] [--backbone schnet|painn] [--elements O N]
+                                         [--out NAME]
 
-Writes benchmarks/results/xanes_committee[_painn].json/.md.
+Writes benchmarks/results/<NAME>.json/.md (default xanes_committee[_painn]).
 """
 from __future__ import annotations
 
@@ -41,6 +42,7 @@ def main() -> None:
     ap.add_argument("--features", type=int, default=64)
     ap.add_argument("--cutoff", type=float, default=4.0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=None, help="results name (default xanes_committee[_painn])")
     args = ap.parse_args()
     rows, chosen = [], {}
     for el in args.elements:
@@ -80,7 +82,7 @@ def main() -> None:
             f"{args.cutoff} Å), {args.epochs} epochs; one committee of {args.members} trained "
             f"once, row k scores the mean of its first k members. Chosen per edge: largest "
             f"validation fraction of predicted peaks within 1 eV (smaller k on ties).")
-    name = "xanes_committee" + ("" if args.backbone == "schnet" else f"_{args.backbone}")
+    name = args.out or "xanes_committee" + ("" if args.backbone == "schnet" else f"_{args.backbone}")
     write_results(name, {"device": device_info(), "settings": vars(args), "chosen": chosen,
                          "rows": rows}, "\n".join(lines) + "\n" + note)
     print("\n".join(lines) + note)

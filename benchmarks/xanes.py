@@ -93,9 +93,9 @@ def run_element(el: str, args) -> dict:
         "SchNet site head": (schnet_head, 1),
         "PaiNN site head": (site_head("painn", el, P, 2 * args.features, args.cutoff), 1),
     }
-    members = args.members or MEMBERS[el]
-    if members > 1:
-        models[f"SchNet site head x{members}"] = (schnet_head, members)
+    n_committee = args.members or MEMBERS[el]
+    if n_committee > 1:
+        models[f"SchNet site head x{n_committee}"] = (schnet_head, n_committee)
     for name, (model, members) in models.items():
         t = time.perf_counter()
         params, res = train_spectra(model, tr.records, va.records, epochs=args.epochs,

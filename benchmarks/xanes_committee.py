@@ -22,10 +22,9 @@ import time
 sys.path.insert(0, os.path.dirname(__file__))
 from common import device_info, write_results  # noqa: E402
 
-import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from jaxmat import spectra  # noqa: E402
+from jaxmat import ensemble, spectra  # noqa: E402
 from jaxmat.data.xanes import load_xanes  # noqa: E402
 from jaxmat.xanes.learn import predict_spectra, train_spectra  # noqa: E402
 from xanes import site_head  # noqa: E402
@@ -52,14 +51,18 @@ def main() -> None:
         params, res = train_spectra(model, tr.records, va.records, epochs=args.epochs,
                                     seed=args.seed, n_members=args.members)
         fit_s = time.perf_counter() - t
-        ys = {s: np.array([r.targets["xanes"] for r in d.records])
-              for s, d in (("val", va), ("test", te))}
+        if args.members == 1:
+            params = ensemble.stack([params])
+        ys, cum = {}, {}  # targets; running sum of member spectra per split
+        for s, d in (("val", va), ("test", te)):
+            ys[s] = np.array([r.targets["xanes"] for r in d.records])
+            cum[s] = np.zeros_like(ys[s])
         for k in range(1, args.members + 1):
-            sub = params if args.members == 1 else jax.tree_util.tree_map(lambda x: x[:k], params)
             row = {"element": el, "backbone": args.backbone, "members": k, "fit_s": fit_s,
                    "n_train": len(tr), "best_epochs": np.asarray(res.best_epoch).tolist()}
-            for s, d in (("val", va), ("test", te)):
-                ev = spectra.evaluate_spectra(tr.grid, ys[s], predict_spectra(model, sub, d.records))
+            for s, d in (("val", va), ("test", te)):  # committee of k = mean of first k members
+                cum[s] += predict_spectra(model, ensemble.member(params, k - 1), d.records)
+                ev = spectra.evaluate_spectra(tr.grid, ys[s], cum[s] / k)
                 row[s] = {key: ev[key] for key in KEYS}
             rows.append(row)
             print(el, k, row["val"]["pred_peaks_within_tol"], row["test"]["pred_peaks_within_tol"],

@@ -363,24 +363,44 @@ class Budget:
 
 
 def estimate_budget(records: Sequence[Record], batch_size: int, multiple: int = 64) -> Budget:
-    """Budget for ``batch_size`` graphs per batch, from the data's size statistics.
+    """Budget for ``batch_size`` graphs per batch, from the data's size statistics
+    (:func:`fixed_budget` for ``min(batch_size, len(records))`` graphs)."""
+    if not records:
+        raise ValueError("cannot estimate a padding budget from an empty dataset")
+    return fixed_budget(records, min(batch_size, len(records)), multiple=multiple)
 
-    Nodes/edges (and line-graph triplets, if the records have them): the mean per graph
-    times the batch size plus the largest graph, rounded up to ``multiple``; every single
-    structure always fits.
+
+def fixed_budget(records: Sequence[Record], batch_size: int, layout: str = "sparse",
+                 multiple: int = 64, edge_margin: float = 1.0) -> Budget:
+    """A budget for ``batch_size`` graphs per batch that does not depend on how many
+    records there are (only on their sizes), so calls on more or fewer structures of the
+    same kind reuse one compiled program; every single record fits.
+
+    Sparse: ``batch_size + 1`` graphs; nodes, edges (times ``edge_margin``, head-room for
+    neighbour lists that grow) and line-graph triplets are the mean per record times
+    ``batch_size`` plus the largest record, rounded up to ``multiple``. Dense:
+    ``batch_size`` graphs of ``n_max`` atom slots (the largest record).
     """
     if not records:
         raise ValueError("cannot estimate a padding budget from an empty dataset")
-    nn = np.array([r.n_node for r in records], dtype=float)
-    ne = np.array([r.n_edge for r in records], dtype=float)
-    b = min(batch_size, len(records))
-    n_node = _round_up(b * nn.mean() + nn.max() + 1, multiple)
-    n_edge = _round_up(b * ne.mean() + ne.max(), multiple)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if layout == "dense":
+        _check_dense(records)
+        n_max = max(r.n_node for r in records)
+        return Budget(batch_size * n_max, batch_size * n_max * (n_max // 2), batch_size)
+    if layout != "sparse":
+        raise ValueError(f"fixed_budget needs layout 'sparse' or 'dense', got {layout!r}")
+
+    def size(counts, margin=1.0, extra=0):
+        c = np.asarray(counts, dtype=float)
+        return _round_up(margin * batch_size * c.mean() + c.max() + extra, multiple)
+
     n_triplet = 0
     if any(r.line_senders is not None for r in records):
-        nt = np.array([r.n_triplet for r in records], dtype=float)
-        n_triplet = _round_up(b * nt.mean() + nt.max(), multiple)
-    return Budget(n_node, n_edge, b + 1, n_triplet)
+        n_triplet = size([r.n_triplet for r in records])
+    return Budget(size([r.n_node for r in records], extra=1),
+                  size([r.n_edge for r in records], edge_margin), batch_size + 1, n_triplet)
 
 
 LAYOUTS = ("sparse", "dense", "auto")

@@ -12,7 +12,12 @@ Conventions (every model and tool relies on them):
 * A batch is a :class:`jraph.GraphsTuple` padded to a fixed :class:`Budget`.
   The last graph is a padding graph that owns every padding node and edge;
   ``nodes["mask"]``, ``edges["mask"]`` and ``globals["mask"]`` are ``True`` for
-  real entries. Padding edges join the last (padding) node to itself.
+  real entries. Padding edges join the last (padding) node to its own periodic image
+  :data:`PAD_DISTANCE` away (shift (1, 0, 0) in the padding graph's cell of
+  ``PAD_DISTANCE`` · I), so no edge has zero length and a plain ``jnp.linalg.norm``
+  of :func:`edge_vectors` has a finite gradient; padding atom slots of the dense layout
+  sit ``PAD_DISTANCE`` apart on the x axis for the same reason. The padding graph's
+  ``pbc`` is False, so it has no stress.
 * ``nodes``: ``positions`` (N, 3) Å, ``species`` (N,) atomic numbers (0 for
   padding), ``graph`` (N,) graph index, ``mask``; optional ``forces`` (eV/Å).
   ``edges``: ``shifts`` (E, 3), ``mask``. ``globals``: ``cell`` (G, 3, 3) Å,
@@ -61,6 +66,7 @@ import jraph
 import numpy as np
 
 MIN_DISTANCE = 0.1  # Å; closer atoms are rejected as overlapping
+PAD_DISTANCE = 100.0  # Å; length of padding edges, beyond any cutoff
 MAX_Z = 118
 
 Batch = jraph.GraphsTuple
@@ -299,25 +305,83 @@ def _formula(atoms: Any) -> str:
         return "structure"
 
 
-def atoms_to_record(atoms: Any, cutoff: float, name: str | None = None,
-                    max_neighbors: int | None = None) -> Record:
-    """ASE ``Atoms`` (with an attached calculator for labels, if any) -> :class:`Record`.
+# label names tried in order when no key is given: ASE calculator results first, then the
+# common extxyz conventions of potential-training codes (``atoms.info`` / ``atoms.arrays``)
+LABEL_KEYS = {
+    "energy": ("energy", "REF_energy", "dft_energy", "DFT_energy", "total_energy", "Energy"),
+    "forces": ("forces", "REF_forces", "dft_forces", "DFT_forces", "force", "Forces"),
+    "stress": ("stress", "REF_stress", "dft_stress", "DFT_stress", "Stress"),
+}
 
-    Graph labels are read from the calculator and from ``atoms.info`` keys ``target_<name>``.
-    """
-    targets, node_targets = {}, {}
+
+def _label_sources(atoms: Any) -> list[tuple[str, dict]]:
     calc = getattr(atoms, "calc", None)
-    if calc is not None and getattr(calc, "results", None):
-        res = calc.results
-        if "energy" in res:
-            targets["energy"] = float(res["energy"])
-        if "forces" in res:
-            node_targets["forces"] = np.asarray(res["forces"])
-        if "stress" in res:
-            from ase.stress import voigt_6_to_full_3x3_stress
+    res = getattr(calc, "results", None) or {}
+    return [("calculator", dict(res)), ("info", atoms.info), ("arrays", atoms.arrays)]
 
-            s = np.asarray(res["stress"])
-            targets["stress"] = voigt_6_to_full_3x3_stress(s) if s.shape == (6,) else s
+
+def label_keys_found(atoms: Any) -> list[str]:
+    """Every label-like key a structure carries (calculator results, info, arrays)."""
+    skip = {"numbers", "positions"}
+    return sorted({k for _, src in _label_sources(atoms) for k in src if k not in skip})
+
+
+def read_label(atoms: Any, kind: str, key: str | None = None,
+               name: str = "structure") -> np.ndarray | None:
+    """The ``kind`` label (``energy`` eV, ``forces`` eV/Å, ``stress`` eV/Å³ as (3, 3)) of a
+    structure, from ``key`` when given (``ValueError`` naming the keys found if absent), else
+    from the first of :data:`LABEL_KEYS` present; None when none is."""
+    if kind not in LABEL_KEYS:
+        raise ValueError(f"unknown label kind {kind!r}; choose from {sorted(LABEL_KEYS)}")
+    keys = (key,) if key else LABEL_KEYS[kind]
+    for k in keys:
+        for where, src in _label_sources(atoms):
+            if where == "calculator" and k != kind:
+                continue  # calculator results use ASE's own names only
+            if k in src and src[k] is not None:
+                return _as_label(kind, src[k], k, name)
+    if key:
+        raise ValueError(f"{name}: no {kind} label under the key {key!r}; keys found: "
+                         f"{label_keys_found(atoms)}")
+    return None
+
+
+def _as_label(kind: str, value: Any, key: str, name: str) -> np.ndarray:
+    v = np.asarray(value, dtype=np.float64)
+    if kind == "energy" and v.size != 1:
+        raise ValueError(f"{name}: energy label {key!r} has shape {v.shape}, expected a scalar")
+    if kind == "stress":
+        from ase.stress import voigt_6_to_full_3x3_stress
+
+        if v.shape == (6,):
+            v = voigt_6_to_full_3x3_stress(v)
+        elif v.shape == (9,):
+            v = v.reshape(3, 3)
+        if v.shape != (3, 3):
+            raise ValueError(f"{name}: stress label {key!r} has shape {v.shape}, "
+                             "expected 6 (Voigt), 9 or (3, 3)")
+    if not np.all(np.isfinite(v)):
+        raise ValueError(f"{name}: non-finite values in the {kind} label {key!r}")
+    return v.reshape(()) if kind == "energy" else v
+
+
+def atoms_to_record(atoms: Any, cutoff: float, name: str | None = None,
+                    max_neighbors: int | None = None, energy_key: str | None = None,
+                    forces_key: str | None = None, stress_key: str | None = None) -> Record:
+    """ASE ``Atoms`` -> :class:`Record` with its labels.
+
+    Energy (eV), forces (eV/Å) and stress (eV/Å³) are read by :func:`read_label`: from the
+    given ``*_key`` (an error names the keys found when it is absent), else from the
+    calculator's results or the first of :data:`LABEL_KEYS` in ``atoms.info``/``atoms.arrays``
+    (``REF_energy``, ``dft_forces``, ...). Other graph labels come from ``atoms.info`` keys
+    ``target_<name>``.
+    """
+    name = name or _formula(atoms)
+    targets, node_targets = {}, {}
+    for kind, key in (("energy", energy_key), ("forces", forces_key), ("stress", stress_key)):
+        value = read_label(atoms, kind, key, name)
+        if value is not None:
+            (node_targets if kind == "forces" else targets)[kind] = value
     for key, value in atoms.info.items():
         if key.startswith("target_"):
             targets[key[len("target_"):]] = np.asarray(value, dtype=np.float64)
@@ -329,16 +393,20 @@ def atoms_to_record(atoms: Any, cutoff: float, name: str | None = None,
         pbc=atoms.pbc,
         targets=targets,
         node_targets=node_targets,
-        name=name or _formula(atoms),
+        name=name,
         max_neighbors=max_neighbors,
     )
 
 
 def records_from_atoms(atoms_list: Sequence[Any], cutoff: float,
-                       max_neighbors: int | None = None) -> list[Record]:
-    """Convert many ASE structures; errors name the structure's index."""
+                       max_neighbors: int | None = None, energy_key: str | None = None,
+                       forces_key: str | None = None,
+                       stress_key: str | None = None) -> list[Record]:
+    """Convert many ASE structures (labels as in :func:`atoms_to_record`); errors name the
+    structure's index."""
     return [atoms_to_record(a, cutoff, name=f"structure {k} ({_formula(a)})",
-                            max_neighbors=max_neighbors)
+                            max_neighbors=max_neighbors, energy_key=energy_key,
+                            forces_key=forces_key, stress_key=stress_key)
             for k, a in enumerate(atoms_list)]
 
 
@@ -435,10 +503,15 @@ def dense_shape(budget: Budget) -> tuple[int, int, int]:
     return g, n_max, n_max // 2
 
 
-def choose_layout(records: Sequence[Record], batch_size: int = 32) -> str:
-    """``"dense"`` when every structure is a non-periodic molecule and the dense pair
+def choose_layout(records: Sequence[Record], batch_size: int = 32,
+                  layouts: Sequence[str] = ("sparse",)) -> str:
+    """Among the model's ``layouts`` (its ``model.graph.layouts``; default sparse only):
+    ``"dense"`` when allowed, every structure is a non-periodic molecule and the dense pair
     slots cost at most 1.5x the neighbour list's unordered pairs, else ``"sparse"``."""
-    if not records or any(np.any(r.pbc) for r in records):
+    if "dense" not in layouts or not records or any(np.any(r.pbc) for r in records):
+        if "sparse" not in layouts:
+            raise ValueError(f"no layout of {list(layouts)} fits these structures "
+                             "(the dense layout is for non-periodic molecules)")
         return "sparse"
     n_max = max(r.n_node for r in records)
     pairs = sum(r.n_edge for r in records) / 2
@@ -487,7 +560,8 @@ def batch(records: Sequence[Record], budget: Budget | None = None, dtype=np.floa
     Without a budget, a sparse batch is padded by one node, one graph and no extra
     edges; a dense one has one graph per record and ``n_max`` = the largest record.
     Targets present on only some records are zero-filled with a ``<name>_mask``.
-    ``layout`` is ``"sparse"``, ``"dense"`` or ``"auto"`` (see the module docstring).
+    ``layout`` is ``"sparse"``, ``"dense"`` or ``"auto"`` (see the module docstring; here
+    ``"auto"`` is always sparse: :class:`GraphLoader` with ``model=`` can choose dense).
     Records with line graphs give ``edges["line"]`` (all records must have one).
     """
     if not records:
@@ -534,8 +608,10 @@ def batch(records: Sequence[Record], budget: Budget | None = None, dtype=np.floa
     receivers[:n_real_edges] = np.concatenate([r.receivers + o for r, o in zip(records, offsets)])
     shifts = np.zeros((E, 3), dtype)
     shifts[:n_real_edges] = np.concatenate([r.shifts for r in records])
+    shifts[n_real_edges:, 0] = 1.0  # padding edges: PAD_DISTANCE long (module docstring)
     cell = np.zeros((G, 3, 3), dtype)
     cell[:g] = [r.cell for r in records]
+    cell[g:] = PAD_DISTANCE * np.eye(3)
     pbc = np.zeros((G, 3), bool)
     pbc[:g] = [r.pbc for r in records]
 
@@ -616,6 +692,7 @@ def _batch_dense(records: Sequence[Record], budget: Budget | None, dtype) -> Bat
     sizes[:g] = [r.n_node for r in records]
     offsets = np.arange(g) * n
     positions = np.zeros((G, n, 3), dtype)
+    positions[..., 0] = PAD_DISTANCE * np.arange(1, n + 1)  # padding slots, far apart
     species = np.zeros((G, n), np.int32)
     adj = np.zeros((G, n, n), bool)  # adj[g, i, j]: j is a neighbour of i
     for a, r in enumerate(records):
@@ -689,7 +766,9 @@ class GraphLoader:
     ``loader.epoch(k)`` yields the batches of epoch ``k`` (order from ``seed`` and ``k``).
     A target that only some records carry is in every batch, with its ``<name>_mask``.
     ``layout`` is ``"sparse"``, ``"dense"`` (small molecules) or ``"auto"``
-    (:func:`choose_layout`); every batch of a loader has the same shapes.
+    (:func:`choose_layout` among the layouts ``model.graph`` declares; sparse without a
+    ``model``); every batch of a loader has the same shapes. With ``model`` an explicit
+    layout the model does not declare raises here, before any batch is built.
     """
 
     def __init__(
@@ -700,6 +779,7 @@ class GraphLoader:
         shuffle: bool = True,
         seed: int = 0,
         layout: str = "sparse",
+        model: Any = None,
     ):
         if not records:
             raise ValueError("GraphLoader needs at least one structure")
@@ -707,7 +787,13 @@ class GraphLoader:
             raise ValueError(f"unknown layout {layout!r}; choose from {LAYOUTS}")
         self.records = list(records)
         self.batch_size = batch_size
-        self.layout = choose_layout(self.records, batch_size) if layout == "auto" else layout
+        allowed = model.graph.layouts if model is not None else ("sparse",)
+        if layout == "auto":
+            layout = choose_layout(self.records, batch_size, allowed)
+        elif model is not None and layout not in allowed:
+            raise ValueError(f"{model.name} supports the batch layouts {list(allowed)}, "
+                             f"not {layout!r}")
+        self.layout = layout
         if self.layout == "dense":
             self.budget = budget or dense_budget(self.records, batch_size)
         else:

@@ -88,7 +88,8 @@ def potential(energy_model: Model, stress: bool = True,
         return out
 
     apply_train = apply if energy_model.apply_train is not None else None
-    return Model(energy_model.init, apply, apply_train, energy_model.name)
+    return Model(energy_model.init, apply, apply_train, energy_model.name, energy_model.graph,
+                 {"builder": "potential", "model": energy_model, "stress": stress})
 
 
 def fit_energy_stats(

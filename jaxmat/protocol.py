@@ -6,10 +6,16 @@ Models with stochastic layers (dropout) may also give
 
 Any Flax NNX or Linen module plugs in through :func:`from_nnx` / :func:`from_linen`;
 nothing downstream (training, ensembles, gradients, attacks) sees a module class.
+
+A model knows its graph (:class:`GraphSpec`): cutoff, neighbour kind, line graphs and the
+batch layouts it supports. ``apply`` refuses a graph batch in a layout the model does not
+declare (``ValueError`` naming model and layout), so a model written for the sparse edge
+list is never silently fed the dense layout.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -21,14 +27,88 @@ Batch = Any
 Outputs = dict[str, jax.Array]
 
 
+LAYOUTS = ("sparse", "dense")
+
+
+@dataclasses.dataclass(frozen=True)
+class GraphSpec:
+    """The graph a model reads. ``cutoff`` (Å) of the neighbour list (None: the model reads
+    no graph, e.g. a spectrum CNN); ``max_neighbors``: keep only the k nearest neighbours
+    within the cutoff (k-NN graph); ``line_graph``: batches need bond graphs (ALIGNN);
+    ``layouts``: the batch layouts (:mod:`jaxmat.graph`) on which the model gives correct
+    outputs. The default, sparse only, is right for any model that indexes
+    ``senders``/``receivers`` itself."""
+
+    cutoff: float | None = None
+    max_neighbors: int | None = None
+    line_graph: bool = False
+    layouts: tuple[str, ...] = ("sparse",)
+
+    def __post_init__(self):
+        bad = [x for x in self.layouts if x not in LAYOUTS]
+        if bad or not self.layouts:
+            raise ValueError(f"GraphSpec layouts must be a non-empty subset of {LAYOUTS}, "
+                             f"got {self.layouts}")
+        if self.cutoff is not None and not self.cutoff > 0:
+            raise ValueError(f"GraphSpec cutoff must be positive (Å), got {self.cutoff}")
+        if self.line_graph and "dense" in self.layouts:
+            raise ValueError("line graphs exist only in the sparse layout")
+        object.__setattr__(self, "layouts", tuple(self.layouts))
+
+    def to_dict(self) -> dict:
+        return {**dataclasses.asdict(self), "layouts": list(self.layouts)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "GraphSpec":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown graph spec keys {unknown}; expected {sorted(known)}")
+        return cls(**{**d, "layouts": tuple(d.get("layouts", ("sparse",)))})
+
+
+def batch_layout(batch: Any) -> str | None:
+    """``"dense"``, ``"sparse"`` for graph batches (a static property), None otherwise."""
+    glob = getattr(batch, "globals", None)
+    if not hasattr(batch, "n_node") or not isinstance(glob, dict):
+        return None
+    return "dense" if "dense" in glob else "sparse"
+
+
+def check_batch(spec: GraphSpec, batch: Any, name: str = "model") -> None:
+    """Raise ``ValueError`` when a graph batch is in a layout ``spec`` does not declare, or
+    lacks the line graph the model needs. Non-graph batches pass."""
+    layout = batch_layout(batch)
+    if layout is None:
+        return
+    if layout not in spec.layouts:
+        raise ValueError(f"{name} supports the batch layouts {list(spec.layouts)}, got a "
+                         f"{layout!r} batch; build batches with layout="
+                         f"{spec.layouts[0]!r} (or let GraphLoader(model=...) choose)")
+    if spec.line_graph and "line" not in batch.edges:
+        raise ValueError(f"{name} needs batches with line graphs (jaxmat.linegraph)")
+
+
 @dataclasses.dataclass(frozen=True)
 class Model:
-    """An ``init``/``apply`` pair (hashable, so it can be a static jit argument)."""
+    """An ``init``/``apply`` pair (hashable, so it can be a static jit argument).
+
+    ``graph`` declares the graph the model reads (:class:`GraphSpec`); ``config`` is a
+    JSON-able description of how to rebuild the model (set by built-in constructors and
+    read by :mod:`jaxmat.bundle`; None for a user's own model)."""
 
     init: Callable[[jax.Array, Batch], Params]
     apply: Callable[[Params, Batch], Outputs]
     apply_train: Callable[[Params, Batch, jax.Array], Outputs] | None = None
     name: str = "model"
+    graph: GraphSpec = GraphSpec()
+    config: Any = dataclasses.field(default=None, compare=False)
+
+    def __post_init__(self):
+        for field in ("apply", "apply_train"):
+            fn = getattr(self, field)
+            if fn is not None:
+                object.__setattr__(self, field, _checked(fn, self.graph, self.name))
 
     def train_apply(self, params: Params, batch: Batch, key: jax.Array) -> Outputs:
         """Training-mode forward pass (dropout on when the model has any)."""
@@ -37,19 +117,33 @@ class Model:
         return self.apply_train(params, batch, key)
 
 
+def _checked(fn: Callable, spec: GraphSpec, name: str) -> Callable:
+    """``fn`` with the layout check of ``spec`` in front (re-wrapping keeps one check)."""
+    fn = getattr(fn, "__wrapped__", fn)
+
+    @functools.wraps(fn)
+    def checked(params, batch, *args, **kwargs):
+        check_batch(spec, batch, name)
+        return fn(params, batch, *args, **kwargs)
+
+    return checked
+
+
 def _as_dict(out: Any) -> Outputs:
     if isinstance(out, dict):
         return out
     return {"output": out}
 
 
-def from_nnx(factory: Callable[[Any], Any], name: str | None = None) -> Model:
+def from_nnx(factory: Callable[[Any], Any], name: str | None = None,
+             graph: GraphSpec | None = None, config: Any = None) -> Model:
     """Wrap an NNX module: ``factory(rngs) -> module`` with ``module(batch) -> dict | Array``.
 
     Params are the module's ``nnx.Param`` variables as a plain nested dict; any other
     state (rng streams, constants) is fixed at wrap time. A module with ``nnx.Dropout``
     gets an ``apply_train`` that reseeds its rng streams from the given key.
-    A bare array output is returned under the key ``"output"``.
+    A bare array output is returned under the key ``"output"``. ``graph`` declares the
+    graph the module reads (default: sparse layout only).
     """
     from flax import nnx
 
@@ -78,10 +172,12 @@ def from_nnx(factory: Callable[[Any], Any], name: str | None = None) -> Model:
         nnx.reseed(module, **{t: key for t in rng_tags})
         return _as_dict(module(batch))
 
-    return Model(init, apply, apply_train if rng_tags else None, name or type(module0).__name__)
+    return Model(init, apply, apply_train if rng_tags else None, name or type(module0).__name__,
+                 graph or GraphSpec(), config)
 
 
-def from_linen(module: Any, name: str | None = None, dropout: bool = False) -> Model:
+def from_linen(module: Any, name: str | None = None, dropout: bool = False,
+               graph: GraphSpec | None = None, config: Any = None) -> Model:
     """Wrap a Linen module whose ``__call__(batch, deterministic=True)`` returns a dict or array.
 
     With ``dropout=True`` training calls pass ``deterministic=False`` and a ``dropout`` rng.
@@ -98,7 +194,8 @@ def from_linen(module: Any, name: str | None = None, dropout: bool = False) -> M
         return _as_dict(module.apply({"params": params}, batch, deterministic=False,
                                      rngs={"dropout": key}))
 
-    return Model(init, apply, apply_train if dropout else None, name or type(module).__name__)
+    return Model(init, apply, apply_train if dropout else None, name or type(module).__name__,
+                 graph or GraphSpec(), config)
 
 
 def count_params(params: Params) -> int:

@@ -184,7 +184,9 @@ def test_dense_loader_one_shape():
     # auto: dense for compact molecules (every pair a neighbour), sparse for crystals
     compact = [graph.make_record([7, 1, 1, 1], [[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]],
                                  CUTOFF)] * 3
-    assert graph.GraphLoader(compact, 2, layout="auto").layout == "dense"
+    model = schnet(SchNetConfig(n_features=8, n_interactions=1, cutoff=CUTOFF))
+    assert graph.GraphLoader(compact, 2, layout="auto", model=model).layout == "dense"
+    assert graph.GraphLoader(compact, 2, layout="auto").layout == "sparse"  # no model: safe
     crystal = graph.make_record([14, 14], [[0, 0, 0], [1.3, 1.3, 1.3]], 3.0,
                                 cell=np.eye(3) * 5.4, pbc=True)
     assert graph.choose_layout([crystal]) == "sparse"

@@ -23,7 +23,7 @@ from flax import nnx
 
 from jaxmat import graph, linegraph
 from jaxmat.models.layers import gaussian_rbf
-from jaxmat.protocol import Model, from_nnx
+from jaxmat.protocol import GraphSpec, Model, from_nnx
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +39,7 @@ class ALIGNNConfig:
     n_bond_rbf: int = 80
     n_angle_rbf: int = 40
     cutoff: float = 8.0
+    max_neighbors: int | None = 12
     max_z: int = 118
     n_outputs: int = 1
     output_key: str = "target"
@@ -147,4 +148,5 @@ class ALIGNN(nnx.Module):
 def alignn(cfg: ALIGNNConfig | None = None, **kwargs) -> Model:
     """ALIGNN-style model through the protocol; ``apply`` gives ``{cfg.output_key: ...}``."""
     cfg = cfg or ALIGNNConfig(**kwargs)
-    return from_nnx(lambda rngs: ALIGNN(cfg, rngs), name="ALIGNN")
+    return from_nnx(lambda rngs: ALIGNN(cfg, rngs), name="ALIGNN", config=cfg,
+                    graph=GraphSpec(cfg.cutoff, cfg.max_neighbors, line_graph=True))

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxmat import graph
-from jaxmat.protocol import Model, from_nnx
+from jaxmat.protocol import GraphSpec, Model, from_nnx
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,4 +50,5 @@ def coordinate_mlp(cfg: CoordinateMLPConfig | None = None, **kwargs) -> Model:
     """Coordinate MLP energy model through the protocol (wrap with
     :func:`jaxmat.potential.potential` for forces)."""
     cfg = cfg or CoordinateMLPConfig(**kwargs)
-    return from_nnx(lambda rngs: CoordinateMLP(cfg, rngs), name="CoordinateMLP")
+    return from_nnx(lambda rngs: CoordinateMLP(cfg, rngs), name="CoordinateMLP", config=cfg,
+                    graph=GraphSpec(layouts=("sparse", "dense")))

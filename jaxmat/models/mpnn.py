@@ -21,7 +21,7 @@ from flax import nnx
 from jaxmat import graph
 from jaxmat.models.layers import cosine_cutoff, gaussian_rbf
 from jaxmat.models.spectral import gaussian_smoother
-from jaxmat.protocol import Model, from_nnx
+from jaxmat.protocol import GraphSpec, Model, from_nnx
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,4 +115,5 @@ class MPNN(nnx.Module):
 def mpnn(cfg: MPNNConfig | None = None, **kwargs) -> Model:
     """Gilmer MPNN spectrum model through the protocol."""
     cfg = cfg or MPNNConfig(**kwargs)
-    return from_nnx(lambda rngs: MPNN(cfg, rngs), name="MPNN")
+    return from_nnx(lambda rngs: MPNN(cfg, rngs), name="MPNN", config=cfg,
+                    graph=GraphSpec(cfg.cutoff, layouts=("sparse",)))

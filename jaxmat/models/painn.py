@@ -19,7 +19,7 @@ from flax import nnx
 
 from jaxmat import graph
 from jaxmat.models.layers import AtomicEnergyHead, bessel_rbf, cosine_cutoff
-from jaxmat.protocol import Model, from_nnx
+from jaxmat.protocol import GraphSpec, Model, from_nnx
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,4 +132,5 @@ def painn(cfg: PaiNNConfig | None = None, **kwargs) -> Model:
     """PaiNN energy model through the protocol (``apply`` gives energies; wrap it with
     :func:`jaxmat.potential.potential` for forces and stress)."""
     cfg = cfg or PaiNNConfig(**kwargs)
-    return from_nnx(lambda rngs: PaiNN(cfg, rngs), name="PaiNN")
+    return from_nnx(lambda rngs: PaiNN(cfg, rngs), name="PaiNN", config=cfg,
+                    graph=GraphSpec(cfg.cutoff, layouts=("sparse",)))

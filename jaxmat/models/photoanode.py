@@ -190,7 +190,7 @@ def restrict(model: Model, params: Params, trainable: Sequence[str],
         return _out(model.train_apply({**frozen, **p}, batch, key))
 
     return Model(init, apply, apply_train if model.apply_train is not None else None,
-                 f"{model.name}[{','.join(trainable)}]")
+                 f"{model.name}[{','.join(trainable)}]", model.graph)
 
 
 def fit_staged(model: Model, params: Params, train_data: Any, val_data: Any = None,

@@ -29,4 +29,6 @@ def graph_target(model: Model, key: str = "target", source: str = "energy",
     def apply_train(params: Params, batch, rng) -> Outputs:
         return target(model.apply_train(params, batch, rng), batch)
 
-    return Model(model.init, apply, apply_train if model.apply_train else None, model.name)
+    return Model(model.init, apply, apply_train if model.apply_train else None, model.name,
+                 model.graph, {"builder": "graph_target", "model": model, "key": key,
+                               "source": source, "per_atom": per_atom})

@@ -15,7 +15,7 @@ from flax import nnx
 
 from jaxmat import graph
 from jaxmat.models.layers import AtomicEnergyHead, cosine_cutoff, gaussian_rbf, shifted_softplus
-from jaxmat.protocol import Model, from_nnx
+from jaxmat.protocol import GraphSpec, Model, from_nnx
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,4 +95,5 @@ def schnet(cfg: SchNetConfig | None = None, **kwargs) -> Model:
     """SchNet energy model through the protocol (``apply`` gives energies; wrap it with
     :func:`jaxmat.potential.potential` for forces and stress)."""
     cfg = cfg or SchNetConfig(**kwargs)
-    return from_nnx(lambda rngs: SchNet(cfg, rngs), name="SchNet")
+    return from_nnx(lambda rngs: SchNet(cfg, rngs), name="SchNet", config=cfg,
+                    graph=GraphSpec(cfg.cutoff, layouts=("sparse", "dense")))

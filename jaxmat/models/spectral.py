@@ -24,7 +24,7 @@ from flax import nnx
 from jaxmat import graph
 from jaxmat.models.painn import PaiNNConfig, PaiNNFeatures
 from jaxmat.models.schnet import SchNetConfig, SchNetFeatures
-from jaxmat.protocol import Model, from_nnx
+from jaxmat.protocol import GraphSpec, Model, from_nnx
 
 
 def gaussian_smoother(n: int, sigma: float) -> np.ndarray:
@@ -80,19 +80,25 @@ class SiteSpectra(nnx.Module):
 
 def site_spectral(backbone: Callable[[nnx.Rngs], nnx.Module], n_features: int,
                   cfg: SiteHeadConfig | None = None, name: str = "SiteSpectra",
+                  graph_spec: GraphSpec | None = None, config: Any = None,
                   **kwargs: Any) -> Model:
     """Protocol model: ``backbone(rngs)`` (an NNX module giving per-atom features of width
-    ``n_features`` under ``cfg.feature_key``) + the site-resolved spectral head."""
+    ``n_features`` under ``cfg.feature_key``) + the site-resolved spectral head.
+    ``graph_spec``: the backbone's graph (default: sparse layout, no cutoff declared)."""
     cfg = cfg or SiteHeadConfig(**kwargs)
-    return from_nnx(lambda rngs: SiteSpectra(backbone(rngs), n_features, cfg, rngs), name=name)
+    return from_nnx(lambda rngs: SiteSpectra(backbone(rngs), n_features, cfg, rngs), name=name,
+                    graph=graph_spec, config=config)
 
 
 def schnet_site_spectral(schnet_cfg: SchNetConfig | None = None,
                          cfg: SiteHeadConfig | None = None, **kwargs: Any) -> Model:
     """Site-resolved spectral head on SchNet atom embeddings."""
     scfg = schnet_cfg or SchNetConfig(n_features=64, n_interactions=3, max_z=10)
+    cfg = cfg or SiteHeadConfig(**kwargs)
     return site_spectral(lambda rngs: SchNetFeatures(scfg, rngs), scfg.n_features, cfg,
-                         name="SchNetSiteSpectra", **kwargs)
+                         name="SchNetSiteSpectra",
+                         graph_spec=GraphSpec(scfg.cutoff, layouts=("sparse", "dense")),
+                         config=(scfg, cfg))
 
 
 def painn_site_spectral(painn_cfg: PaiNNConfig | None = None,
@@ -103,7 +109,8 @@ def painn_site_spectral(painn_cfg: PaiNNConfig | None = None,
     cfg = cfg or SiteHeadConfig(**kwargs)
     cfg = dataclasses.replace(cfg, feature_key="scalar_features")
     return site_spectral(lambda rngs: PaiNNFeatures(pcfg, rngs), pcfg.n_features, cfg,
-                         name="PaiNNSiteSpectra")
+                         name="PaiNNSiteSpectra", graph_spec=GraphSpec(pcfg.cutoff),
+                         config=(pcfg, cfg))
 
 
 def spectrum_loss(key: str = "xanes", site_weight: float = 1.0, slope_weight: float = 0.0):

@@ -129,6 +129,12 @@ def _checked(fn: Callable, spec: GraphSpec, name: str) -> Callable:
     return checked
 
 
+_STATEFUL = (
+    "{name} has layers with running state ({found}), e.g. BatchNorm: the model protocol "
+    "trains pure functions of params, so running statistics would be silently frozen. Use "
+    "a stateless normalisation (LayerNorm, RMSNorm, GroupNorm) instead.")
+
+
 def _as_dict(out: Any) -> Outputs:
     if isinstance(out, dict):
         return out
@@ -140,7 +146,8 @@ def from_nnx(factory: Callable[[Any], Any], name: str | None = None,
     """Wrap an NNX module: ``factory(rngs) -> module`` with ``module(batch) -> dict | Array``.
 
     Params are the module's ``nnx.Param`` variables as a plain nested dict; any other
-    state (rng streams, constants) is fixed at wrap time. A module with ``nnx.Dropout``
+    state (rng streams, constants) is fixed at wrap time. Running state (``nnx.BatchStat``,
+    i.e. BatchNorm) raises ``ValueError`` rather than being frozen. A module with ``nnx.Dropout``
     gets an ``apply_train`` that reseeds its rng streams from the given key.
     A bare array output is returned under the key ``"output"``. ``graph`` declares the
     graph the module reads (default: sparse layout only).
@@ -148,6 +155,11 @@ def from_nnx(factory: Callable[[Any], Any], name: str | None = None,
     from flax import nnx
 
     module0 = factory(nnx.Rngs(0))
+    stats = [".".join(map(str, path)) for path, _ in
+             nnx.to_flat_state(nnx.state(module0, nnx.BatchStat))]
+    if stats:
+        raise ValueError(_STATEFUL.format(name=name or type(module0).__name__,
+                                          found=f"nnx.BatchStat variables {stats[:4]}"))
     graphdef, _, rest = nnx.split(module0, nnx.Param, ...)
     abstract = nnx.split(nnx.eval_shape(lambda: factory(nnx.Rngs(0))), nnx.Param, ...)[1]
     rng_tags = sorted({v.tag for _, v in nnx.to_flat_state(rest) if isinstance(v, nnx.RngKey)})
@@ -181,10 +193,17 @@ def from_linen(module: Any, name: str | None = None, dropout: bool = False,
     """Wrap a Linen module whose ``__call__(batch, deterministic=True)`` returns a dict or array.
 
     With ``dropout=True`` training calls pass ``deterministic=False`` and a ``dropout`` rng.
+    ``init`` raises ``ValueError`` for modules with collections besides ``params`` (e.g.
+    BatchNorm's ``batch_stats``).
     """
 
     def init(key: jax.Array, example_batch: Batch) -> Params:
-        return module.init({"params": key, "dropout": key}, example_batch)["params"]
+        variables = module.init({"params": key, "dropout": key}, example_batch)
+        extra = sorted(set(variables) - {"params"})
+        if extra:
+            raise ValueError(_STATEFUL.format(name=name or type(module).__name__,
+                                              found=f"Linen collections {extra}"))
+        return variables["params"]
 
     def apply(params: Params, batch: Batch) -> Outputs:
         kw = {"deterministic": True} if dropout else {}

@@ -5,6 +5,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 from jaxmat import data, graph, potential, train
@@ -195,3 +196,41 @@ def test_linen_dropout():
 def test_count_params():
     assert count_params({"a": np.zeros((3, 4)), "b": [np.zeros(5), np.zeros(())]}) == 18
     assert count_params({}) == 0
+
+
+# --------------------------------------------------------------------------- running state
+def test_batchnorm_raises_clearly_under_both_adapters():
+    """BatchNorm's running statistics cannot live in a pure params pytree: both adapters
+    refuse such modules with an error that names the state, instead of freezing it (NNX)
+    or failing deep inside Linen with ScopeCollectionNotFound."""
+    import flax.linen as nn
+    from flax import nnx
+
+    from jaxmat.protocol import from_linen, from_nnx
+
+    class NNXNorm(nnx.Module):
+        def __init__(self, rngs):
+            self.lin = nnx.Linear(3, 4, rngs=rngs)
+            self.bn = nnx.BatchNorm(4, rngs=rngs)
+
+        def __call__(self, x):
+            return self.bn(self.lin(x))
+
+    class LinenNorm(nn.Module):
+        @nn.compact
+        def __call__(self, x, deterministic=True):
+            return nn.BatchNorm(use_running_average=deterministic)(nn.Dense(4)(x))
+
+    with pytest.raises(ValueError, match="NNXNorm has layers with running state.*BatchStat"):
+        from_nnx(NNXNorm)
+    model = from_linen(LinenNorm())
+    with pytest.raises(ValueError, match="LinenNorm has layers with running state.*batch_stats"):
+        model.init(jax.random.key(0), jnp.ones((2, 3)))
+
+    class LinenLayerNorm(nn.Module):  # stateless normalisation works
+        @nn.compact
+        def __call__(self, x):
+            return nn.LayerNorm()(nn.Dense(4)(x))
+
+    m = from_linen(LinenLayerNorm())
+    assert m.apply(m.init(jax.random.key(0), jnp.ones((2, 3))), jnp.ones((2, 3)))["output"].shape == (2, 4)

@@ -102,9 +102,7 @@ def md_test_set(orc: oracle.Oracle, start: Atoms, temperature_K: float = 1500.0,
 def make_model(seeds: list, features: int, interactions: int, cutoff: float):
     """SchNet potential with atom references and scale fitted on the seed labels."""
     recs = graph.records_from_atoms(seeds, cutoff)
-    refs, _ = potential.fit_energy_stats([r.numbers for r in recs],
-                                         [r.targets["energy"] for r in recs])
-    frms = float(np.sqrt(np.mean(np.concatenate([r.node_targets["forces"] for r in recs]) ** 2)))
+    refs, frms = potential.energy_stats(recs)
     cfg = SchNetConfig(n_features=features, n_interactions=interactions, n_rbf=20,
                        cutoff=cutoff).with_stats(refs, frms)
     return potential.potential(schnet(cfg), stress=False)

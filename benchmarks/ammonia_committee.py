@@ -61,8 +61,7 @@ def main() -> None:
     val_idx, train_idx = fit_idx[:20], fit_idx[20:]
     tr, va, te = ([records[k] for k in idx] for idx in (train_idx, val_idx, test_idx))
 
-    refs, _ = potential.fit_energy_stats([r.numbers for r in tr], [r.targets["energy"] for r in tr])
-    f_rms = float(np.sqrt(np.mean(np.concatenate([r.node_targets["forces"] for r in tr]) ** 2)))
+    refs, f_rms = potential.energy_stats(tr)
     cfg = SchNetConfig(n_features=args.features, n_interactions=3, n_rbf=20, cutoff=5.0)
     model = potential.potential(schnet(cfg.with_stats(refs, scale=f_rms)), stress=False)
     loss = train.energy_force_loss(1.0, 10.0)

@@ -63,8 +63,6 @@ def mlearn_split(element: str, cutoff: float, seed: int = 0):
     """mlearn records of ``element``: the published training set split 90/10 into train and
     validation, the untouched published test set, per-element reference energies (eV) and
     the training force RMS (eV/Å).  Returns ``(train, val, test, refs, f_rms)``."""
-    import numpy as np
-
     from jaxmat import data, graph, potential
 
     tr_all = graph.records_from_atoms(data.load_mlearn(element, "train"), cutoff)
@@ -72,6 +70,5 @@ def mlearn_split(element: str, cutoff: float, seed: int = 0):
     tr_idx, va_idx = data.split_indices(len(tr_all), (0.9, 0.1), seed=seed)
     tr = [tr_all[k] for k in tr_idx]
     va = [tr_all[k] for k in va_idx]
-    refs, _ = potential.fit_energy_stats([r.numbers for r in tr], [r.targets["energy"] for r in tr])
-    f_rms = float(np.sqrt(np.mean(np.concatenate([r.node_targets["forces"] for r in tr]) ** 2)))
+    refs, f_rms = potential.energy_stats(tr)
     return tr, va, te, refs, f_rms

@@ -126,7 +126,7 @@ def speed(repeats: int) -> list[dict]:
     efs = train.energy_force_loss(1.0, 10.0, stress=1.0)
     rows = []
     for label, cfg in [("PaiNN (64 features)", PaiNNConfig(n_features=64)),
-                       ("PaiNN (published: 128 features)", PaiNNConfig())]:
+                       ("PaiNN (published: 128 features)", PaiNNConfig(n_features=128))]:
         pot = potential.potential(painn(cfg.with_stats(refs, 1.0)), stress=False)
         rows.append(speed_row(label, "mlearn-Si (E, F)", pot, ef, si_pot, repeats))
         rows.append(speed_row(label, "JARVIS ff sample (E, F, stress)",

@@ -110,3 +110,24 @@ def fit_energy_stats(
     resid = (e - counts @ refs) / counts.sum(1)
     scale = float(np.std(resid)) if len(e) > 1 else 1.0
     return refs, max(scale, 1e-3)
+
+
+def energy_stats(records: Sequence[graph.Record], max_z: int = 118) -> tuple[np.ndarray, float]:
+    """The one recipe for a potential's output statistics from its *training* records:
+    per-element reference energies (eV, least squares on composition,
+    :func:`fit_energy_stats`) and the scale of the atomic energies: the force RMS (eV/Å,
+    the typical size of an atomic energy's gradient) when the records carry forces, else
+    the per-atom residual energy spread (eV/atom). Use as ``cfg.with_stats(*energy_stats(train))``."""
+    if not records:
+        raise ValueError("cannot fit energy statistics on an empty training set")
+    missing = [k for k, r in enumerate(records) if "energy" not in r.targets]
+    if missing:
+        raise ValueError(f"records {missing[:5]} carry no 'energy' label; keys found: "
+                         f"{sorted(records[missing[0]].targets)}")
+    refs, resid_scale = fit_energy_stats([r.numbers for r in records],
+                                         [r.targets["energy"] for r in records], max_z)
+    forces = [r.node_targets["forces"] for r in records if "forces" in r.node_targets]
+    if not forces:
+        return refs, resid_scale
+    return refs, max(float(np.sqrt(np.mean(np.concatenate(forces) ** 2))), 1e-3)
+

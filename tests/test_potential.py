@@ -1,6 +1,8 @@
 """Forces and stress from jax.grad: finite differences, symmetries, extensivity, padding (x64)."""
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -199,3 +201,26 @@ def test_fit_energy_stats_recovers_planted_references():
     assert 0.003 < scale < 0.03  # ~ the planted per-atom noise (0.01 eV/atom)
     with pytest.raises(ValueError, match="empty"):
         potential.fit_energy_stats([], [])
+
+
+def test_energy_stats_is_the_one_scale_convention():
+    """References reproduce energies linear in composition exactly; the scale is the
+    training force RMS when forces exist, else the per-atom residual spread."""
+    rng = np.random.default_rng(0)
+    refs_true = {1: -13.6, 8: -432.0}
+    recs = []
+    for n_h, n_o in [(2, 1), (1, 1), (4, 2), (0, 2), (2, 2)]:
+        z = [1] * n_h + [8] * n_o
+        pos = np.arange(len(z))[:, None] * np.array([[1.2, 0.0, 0.0]])
+        e = n_h * refs_true[1] + n_o * refs_true[8]
+        f = rng.normal(scale=0.7, size=(len(z), 3))
+        recs.append(graph.make_record(z, pos, 3.0, targets={"energy": e},
+                                      node_targets={"forces": f}))
+    refs, scale = potential.energy_stats(recs)
+    assert refs[1] == pytest.approx(-13.6) and refs[8] == pytest.approx(-432.0)
+    f_all = np.concatenate([r.node_targets["forces"] for r in recs])
+    assert scale == pytest.approx(float(np.sqrt(np.mean(f_all**2))))
+    no_forces = [dataclasses.replace(r, node_targets={}) for r in recs]
+    assert potential.energy_stats(no_forces)[1] == pytest.approx(1e-3)  # exact fit: floor
+    with pytest.raises(ValueError, match="no 'energy' label"):
+        potential.energy_stats([dataclasses.replace(recs[0], targets={})])

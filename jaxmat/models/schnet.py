@@ -20,12 +20,13 @@ from jaxmat.protocol import GraphSpec, Model, from_nnx
 
 @dataclasses.dataclass(frozen=True)
 class SchNetConfig:
-    """Hyper-parameters; ``atom_refs`` (eV per element, index = Z) and ``scale``/``shift``
-    (eV per atom) are usually fitted on the training set (:func:`jaxmat.potential.fit_energy_stats`)."""
+    """Hyper-parameters (defaults: the demo's and the ammonia benchmarks' CPU recipe);
+    ``atom_refs`` (eV per element, index = Z) and ``scale``/``shift`` (eV per atom) are
+    fitted on the training set: ``cfg.with_stats(*jaxmat.potential.energy_stats(train))``."""
 
     n_features: int = 64
     n_interactions: int = 3
-    n_rbf: int = 50
+    n_rbf: int = 20
     cutoff: float = 5.0
     max_z: int = 118
     atom_refs: tuple[float, ...] | None = None

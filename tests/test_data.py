@@ -138,3 +138,32 @@ def test_split_indices():
     assert all(np.array_equal(p, q) for p, q in zip(parts, again))
     with pytest.raises(ValueError, match="empty"):
         data.split_indices(0)
+
+
+def test_read_structures_maps_label_keys(tmp_path):
+    """extxyz files of other potential codes keep labels under REF_*/custom keys: the
+    reader puts them on the calculator under ASE's names, or names what it found."""
+    import ase
+    import ase.io
+
+    frames = []
+    for k in range(3):
+        a = ase.Atoms("Si2", positions=[[0, 0, 0], [1.3, 1.4, 1.2]], cell=np.eye(3) * 5.4,
+                      pbc=True)
+        a.info["REF_energy"] = -10.0 - k
+        s = np.arange(9, dtype=float).reshape(3, 3)
+        a.info["REF_stress"] = ((s + s.T) * 0.01 * (k + 1)).ravel()  # symmetric, 9 values
+        a.arrays["REF_forces"] = np.full((2, 3), 0.1 * k)
+        a.info["dft_energy"] = 1.0 + k
+        frames.append(a)
+    path = tmp_path / "ref.xyz"
+    ase.io.write(path, frames, format="extxyz")
+    back = data.read_structures(path)
+    assert [a.get_potential_energy() for a in back] == pytest.approx([-10.0, -11.0, -12.0])
+    np.testing.assert_allclose(back[2].get_forces(), np.full((2, 3), 0.2))
+    np.testing.assert_allclose(back[1].get_stress(voigt=False),
+                               (s + s.T) * 0.02, atol=1e-12)
+    chosen = data.read_structures(path, energy_key="dft_energy")
+    assert chosen[1].get_potential_energy() == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="no energy label under the key 'energy_dft'.*REF_energy"):
+        data.read_structures(path, energy_key="energy_dft")

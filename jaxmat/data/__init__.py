@@ -96,14 +96,41 @@ def load_mlearn(element: str, split: str = "train") -> list:
     return out
 
 
-def read_structures(path: str | os.PathLike, index: Any = ":") -> list:
-    """Any ASE-readable file (extxyz, POSCAR, CIF, ...) -> list of ``Atoms`` with labels."""
+def read_structures(path: str | os.PathLike, index: Any = ":", energy_key: str | None = None,
+                    forces_key: str | None = None, stress_key: str | None = None) -> list:
+    """Any ASE-readable file (extxyz, ASE db, POSCAR, CIF, ...) -> list of ``Atoms`` whose
+    labels sit on a single-point calculator under ASE's names (energy eV, forces eV/Å,
+    stress eV/Å³).
+
+    Labels are taken from the given ``*_key`` (a structure without it raises, naming the
+    keys it has), else from the calculator or the first conventional key found
+    (:data:`jaxmat.graph.LABEL_KEYS`: ``REF_energy``, ``dft_forces``, ...).
+    """
     if not os.path.exists(path):
         raise FileNotFoundError(f"structure file not found: {path}")
     from ase.io import read
 
+    from jaxmat.graph import read_label
+
     out = read(path, index=index)
-    return out if isinstance(out, list) else [out]
+    out = out if isinstance(out, list) else [out]
+    keys = {"energy": energy_key, "forces": forces_key, "stress": stress_key}
+    for k, atoms in enumerate(out):
+        name = f"{os.fspath(path)} structure {k}"
+        labels = {kind: read_label(atoms, kind, key, name) for kind, key in keys.items()}
+        if labels["stress"] is not None:
+            from ase.stress import full_3x3_to_voigt_6_stress
+
+            labels["stress"] = full_3x3_to_voigt_6_stress(labels["stress"])
+        if any(v is not None for v in labels.values()):
+            info = dict(atoms.info)
+            out[k] = labelled_atoms(atoms.numbers, atoms.positions, labels["energy"],
+                                    labels["forces"], labels["stress"], cell=atoms.cell,
+                                    pbc=atoms.pbc, info=info)
+            for name_, arr in atoms.arrays.items():
+                if name_ not in out[k].arrays:
+                    out[k].arrays[name_] = arr
+    return out
 
 
 def split_indices(n: int, fractions: Sequence[float] = (0.8, 0.2), seed: int = 0) -> list[np.ndarray]:

@@ -5,11 +5,13 @@ graphs and padded batches live in :mod:`jaxmat.graph`; forces and stress come fr
 ``jax.grad`` in :mod:`jaxmat.potential`; training in :mod:`jaxmat.train`; committees
 in :mod:`jaxmat.ensemble` and their uncertainty calibration in :mod:`jaxmat.calibrate`;
 input gradients, simplex directions and attributions in :mod:`jaxmat.interpret`;
-the ASE calculator in :mod:`jaxmat.ase` (imported on demand).
+the ASE calculator in :mod:`jaxmat.ase` (imported on demand); trained models are saved
+as bundles (:mod:`jaxmat.bundle`) and read back with :func:`jaxmat.load`.
 """
-from jaxmat import calibrate, ensemble, graph, interpret, potential, protocol, train
+from jaxmat import bundle, calibrate, ensemble, graph, interpret, potential, protocol, train
+from jaxmat.bundle import load
 from jaxmat.protocol import Model, from_linen, from_nnx
 
 __version__ = "0.1.0"
-__all__ = ["Model", "calibrate", "ensemble", "from_linen", "from_nnx", "graph", "interpret",
-           "potential", "protocol", "train"]
+__all__ = ["Model", "bundle", "calibrate", "ensemble", "from_linen", "from_nnx", "graph", "interpret",
+           "load", "potential", "protocol", "train"]

@@ -1,6 +1,6 @@
 """ASE calculator for any jaxmat potential or committee of potentials.
 
-``JaxmatCalculator(model, params, cutoff)`` gives ``energy`` (eV), ``free_energy``,
+``JaxmatCalculator(model, params)`` gives ``energy`` (eV), ``free_energy``,
 ``forces`` (eV/Å), ``stress`` (eV/Å³, Voigt order, periodic cells only) and, when the model
 gives them, per-atom ``energies`` (eV). With committee params (leading member axis, see
 :mod:`jaxmat.ensemble`) the results are the members' mean, plus the committee spread:
@@ -8,7 +8,10 @@ gives them, per-atom ``energies`` (eV). With committee params (leading member ax
 xyz-summed variance), ``energy_members`` (M,) eV — scaled by an optional recalibration
 factor (:func:`jaxmat.calibrate.fit_scale`).
 
-The neighbour list is rebuilt on the host at every call (:func:`jaxmat.graph.make_record`);
+The graph (cutoff, k nearest neighbours, line graph) is the model's own ``model.graph``;
+``JaxmatCalculator.from_bundle(path)`` reads model and params from a bundle
+(:mod:`jaxmat.bundle`). The neighbour list is rebuilt on the host at every call
+(:func:`jaxmat.graph.make_record`);
 the padded shapes are kept across calls and grown (with a margin) only when the structure
 outgrows them, so an MD run or a relaxation compiles once (``calc.n_compiles``).
 """
@@ -23,7 +26,7 @@ import numpy as np
 from ase.calculators.calculator import Calculator, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
-from jaxmat import ensemble, graph
+from jaxmat import ensemble, graph, linegraph
 from jaxmat.protocol import Model, Params
 
 STD_KEYS = ("energy_std", "forces_std", "forces_std_atom", "energy_members")
@@ -33,7 +36,8 @@ class JaxmatCalculator(Calculator):
     """ASE calculator from a potential ``model`` (outputs ``energy`` and ``forces``, e.g.
     :func:`jaxmat.potential.potential`) and its ``params`` or committee params.
 
-    ``cutoff`` (Å) must be the model's graph cutoff. ``committee=None`` detects a leading
+    The neighbour list follows ``model.graph``; ``cutoff`` (Å) is needed only for a model
+    that declares no cutoff, and must otherwise equal it. ``committee=None`` detects a leading
     member axis. ``sigma_scale`` multiplies the committee standard deviations (a float, or a
     dict ``{"energy": s_E, "forces": s_F}``). ``margin`` is the relative head-room on edges
     (and ``multiple`` the rounding) when the padding budget is (re)allocated; ``dtype`` is the
@@ -43,16 +47,20 @@ class JaxmatCalculator(Calculator):
     implemented_properties = ["energy", "free_energy", "forces", "stress", "energies",
                               *STD_KEYS]
 
-    def __init__(self, model: Model, params: Params, cutoff: float,
+    def __init__(self, model: Model, params: Params, cutoff: float | None = None,
                  committee: bool | None = None, sigma_scale: float | dict[str, float] = 1.0,
                  margin: float = 1.25, multiple: int = 16, dtype: Any = np.float32,
                  **kwargs: Any):
         super().__init__(**kwargs)
-        if not cutoff > 0:
-            raise ValueError(f"cutoff must be positive (Å), got {cutoff}")
         if margin < 1.0:
             raise ValueError(f"margin must be >= 1, got {margin}")
-        self.model, self.cutoff, self.margin, self.multiple = model, float(cutoff), margin, multiple
+        spec = model.graph
+        if "sparse" not in spec.layouts:
+            raise ValueError(f"model {model.name!r} supports only the layouts "
+                             f"{list(spec.layouts)}; the calculator builds sparse batches")
+        self.model, self.margin, self.multiple = model, margin, multiple
+        self.cutoff = _graph_cutoff(model, cutoff)
+        self.max_neighbors, self.line_graph = spec.max_neighbors, spec.line_graph
         self.params = jax.device_put(params)
         self.committee = committee
         self.dtype = dtype
@@ -66,6 +74,15 @@ class JaxmatCalculator(Calculator):
         self.budget: graph.Budget | None = None
         self.n_repads = 0
         self._fn = jax.jit(self._predict)
+
+    @classmethod
+    def from_bundle(cls, path: str, **kwargs: Any) -> "JaxmatCalculator":
+        """Calculator of the model and params in the bundle at ``path``
+        (:func:`jaxmat.bundle.load`); ``kwargs`` as for the constructor."""
+        from jaxmat import bundle
+
+        b = bundle.load(path)
+        return cls(b.model, b.params, **kwargs)
 
     # ------------------------------------------------------------------ device side
     def _predict(self, params: Params, batch: graph.Batch) -> dict[str, jax.Array]:
@@ -91,13 +108,16 @@ class JaxmatCalculator(Calculator):
     # ------------------------------------------------------------------ host side
     def _fit_budget(self, rec: graph.Record) -> graph.Budget:
         b = self.budget
-        if b is None or not b.fits(rec.n_node, rec.n_edge, 1):
+        if b is None or not b.fits(rec.n_node, rec.n_edge, 1, rec.n_triplet):
+            def grow(n: int, old: int) -> int:
+                return graph._round_up(max(math.ceil(n * self.margin), old), self.multiple)
+
             n_node = graph._round_up(max(rec.n_node + 1, b.n_node if b else 0), self.multiple)
-            n_edge = graph._round_up(max(math.ceil(rec.n_edge * self.margin),
-                                         b.n_edge if b else 0), self.multiple)
+            n_edge = grow(rec.n_edge, b.n_edge if b else 0)
+            n_triplet = grow(rec.n_triplet, b.n_triplet if b else 0) if self.line_graph else 0
             if b is not None:
                 self.n_repads += 1
-            self.budget = graph.Budget(n_node, n_edge, 2)
+            self.budget = graph.Budget(n_node, n_edge, 2, n_triplet)
         return self.budget
 
     def calculate(self, atoms: Any = None, properties: Any = ("energy",),
@@ -106,7 +126,10 @@ class JaxmatCalculator(Calculator):
         atoms = self.atoms
         rec = graph.make_record(atoms.numbers, atoms.positions, self.cutoff,
                                 cell=np.asarray(atoms.cell), pbc=atoms.pbc,
-                                name=atoms.get_chemical_formula())
+                                name=atoms.get_chemical_formula(),
+                                max_neighbors=self.max_neighbors)
+        if self.line_graph:
+            rec = linegraph.add_line_graph(rec)
         batch = graph.batch([rec], self._fit_budget(rec), dtype=self.dtype)
         if self.committee is None:
             self.committee = ensemble.is_committee(self.model, self.params, batch)
@@ -136,3 +159,19 @@ class JaxmatCalculator(Calculator):
                 res["forces_std_atom"] = sf * np.asarray(out["forces_std_atom"][:n],
                                                          dtype=np.float64)
         self.results = res
+
+
+def _graph_cutoff(model: Model, cutoff: float | None) -> float:
+    """The neighbour-list cutoff (Å): the model's, or ``cutoff`` for a model without one."""
+    own = model.graph.cutoff
+    if cutoff is not None and not cutoff > 0:
+        raise ValueError(f"cutoff must be positive (Å), got {cutoff}")
+    if own is None:
+        if cutoff is None:
+            raise ValueError(f"model {model.name!r} declares no graph cutoff (model.graph."
+                             "cutoff is None); pass cutoff= in Å")
+        return float(cutoff)
+    if cutoff is not None and not math.isclose(cutoff, own, rel_tol=1e-9, abs_tol=0.0):
+        raise ValueError(f"cutoff {cutoff} Å differs from the graph cutoff {own} Å of model "
+                         f"{model.name!r}; leave cutoff out to use the model's")
+    return float(own)

@@ -1,8 +1,8 @@
-"""k-fold cross-validation of graph-target models with one compiled training step.
+"""k-fold cross-validation of graph-target models on the training engine.
 
-:func:`cross_val_predict` trains a fresh model per fold (Adam + cosine schedule from
-:mod:`jaxmat.train`) and returns out-of-fold predictions. All folds share one padding
-budget and one jitted step, so the whole run compiles once. Targets are standardised
+:func:`cross_val_predict` trains a fresh model per fold with :func:`jaxmat.train.fit` (Adam +
+cosine schedule) and returns out-of-fold predictions. All folds share one padding budget
+and the engine's cached step, so the whole run compiles once. Targets are standardised
 with the training fold's statistics (no information from the held-out fold): the mean
 per component (for a vector target such as a spectrum, the mean spectrum) and one overall
 spread, so an untrained model starts near the mean predictor.
@@ -57,10 +57,6 @@ def cross_val_predict(
         raise ValueError(f"records {missing[:5]} have no target '{key}'")
     folds = kfold(len(records), k, seed)
     budget = budget or graph.estimate_budget(records, batch_size)
-    n_train = len(records) - min(len(f) for f in folds)
-    steps_per_epoch = -(-n_train // batch_size) + 1
-    opt = train.make_optimizer(lr, epochs * steps_per_epoch, lr_end=lr * 1e-2)
-    step = jax.jit(train.make_step(model, train.target_loss(key), opt))
     apply = jax.jit(model.apply)
     y = np.stack([np.asarray(r.targets[key], np.float64) for r in records])
     pred = np.zeros_like(y)
@@ -72,13 +68,10 @@ def cross_val_predict(
         std = float(np.sqrt(np.mean((y[tr] - mean) ** 2))) or 1.0
         loader = graph.GraphLoader(_scaled([records[i] for i in tr], key, mean, std),
                                    batch_size, budget, seed=seed + f)
-        params = model.init(jax.random.key(seed + f), next(iter(loader)))
-        opt_state = opt.init(params)
-        rng = jax.random.key(seed + 1000 + f)
-        for e in range(epochs):
-            for s, b in enumerate(loader.epoch(e)):
-                params, opt_state, _, _ = step(params, opt_state, b,
-                                               jax.random.fold_in(rng, e * 1000 + s))
+        cfg = train.FitConfig(epochs=epochs, lr=lr, lr_end=lr * 1e-2, seed=seed + 1000 + f,
+                              progress=False)
+        params = train.fit(model, model.init(jax.random.key(seed + f), next(iter(loader))),
+                           loader, None, train.target_loss(key), cfg).last_params
         test_recs = [records[i] for i in test]
         for grp in graph.pack(test_recs, budget):
             out = apply(params, graph.batch([test_recs[g] for g in grp], budget))

@@ -113,40 +113,52 @@ def painn_site_spectral(painn_cfg: PaiNNConfig | None = None,
                          config=(pcfg, cfg))
 
 
-def spectrum_loss(key: str = "xanes", site_weight: float = 1.0, slope_weight: float = 0.0):
+@dataclasses.dataclass(frozen=True)
+class SpectrumLoss:
     """MSE of the molecule spectrum ``globals[key]`` (G, P) plus ``site_weight`` x the MSE
     of per-site spectra ``nodes[key + "_site"]`` over atoms flagged in
-    ``nodes[key + "_absorber"]`` when the batch and the outputs have them.
+    ``nodes[key + "_absorber"]`` when the batch and the outputs have them (the site term is
+    optional; the molecule spectrum is a required target).
 
     ``slope_weight`` adds that many times the MSE of the first differences along the grid
     (the spectrum's slope per grid step) to each term: a prediction whose peak sits one
     step off costs more than under the plain MSE, which favours sharp, well-placed peaks.
-
-    Stats: ``<key>_mae`` (molecule spectra, per grid point) and ``<key>_site_mae``.
+    Masks apply with ``jnp.where``. Stats: ``<key>_mae`` (per grid point), ``<key>_site_mae``.
     """
 
-    def sq(err: jax.Array) -> jax.Array:  # per-row squared error, (rows,)
-        s = jnp.sum(err**2, axis=-1)
-        if slope_weight:
-            d = jnp.diff(err, axis=-1)
-            s = s + slope_weight * jnp.sum(d**2, axis=-1) * err.shape[-1] / d.shape[-1]
-        return s
+    key: str = "xanes"
+    site_weight: float = 1.0
+    slope_weight: float = 0.0
 
-    def loss(out: dict, batch: Any) -> tuple[jax.Array, dict]:
-        g = batch.globals
-        m = g["mask"].astype(jnp.float32) * g.get(f"{key}_mask", 1.0)
-        err = out[key] - g[key]
-        cnt = jnp.maximum(m.sum() * err.shape[-1], 1.0)
-        total = jnp.sum(m * sq(err)) / cnt
-        stats = {f"{key}_mae": (jnp.sum(m[:, None] * jnp.abs(err)), m.sum() * err.shape[-1])}
-        site_key = f"{key}_site"
-        if site_weight and site_key in out and site_key in batch.nodes:
-            a = (batch.nodes[f"{key}_absorber"] * batch.nodes["mask"]).astype(jnp.float32)
-            a = a * batch.nodes.get(f"{site_key}_mask", 1.0)
-            e = out[site_key] - batch.nodes[site_key]
-            n = jnp.maximum(a.sum() * e.shape[-1], 1.0)
-            total = total + site_weight * jnp.sum(a * sq(e)) / n
-            stats[f"{site_key}_mae"] = (jnp.sum(a[:, None] * jnp.abs(e)), a.sum() * e.shape[-1])
+    @property
+    def targets(self) -> tuple[str, ...]:
+        return (self.key,)
+
+    def _term(self, err: jax.Array, rows: jax.Array) -> tuple[jax.Array, tuple]:
+        err = jnp.where(rows[:, None], err, 0.0)
+        s = jnp.sum(err**2, axis=-1)
+        if self.slope_weight:
+            d = jnp.diff(err, axis=-1)
+            s = s + self.slope_weight * jnp.sum(d**2, axis=-1) * err.shape[-1] / d.shape[-1]
+        count = (rows.sum() * err.shape[-1]).astype(jnp.float32)
+        return jnp.sum(s) / jnp.maximum(count, 1.0), (jnp.sum(jnp.abs(err)), count)
+
+    def __call__(self, out: dict, batch: Any) -> tuple[jax.Array, dict]:
+        key, g, site = self.key, batch.globals, f"{self.key}_site"
+        rows = jnp.asarray(g["mask"], bool) & jnp.asarray(g.get(f"{key}_mask", True), bool)
+        stats = {}
+        total, stats[f"{key}_mae"] = self._term(out[key] - g[key], rows)
+        if self.site_weight and site in out and site in batch.nodes:
+            n = batch.nodes
+            atoms = (jnp.asarray(n[f"{key}_absorber"], bool) & jnp.asarray(n["mask"], bool)
+                     & jnp.asarray(n.get(f"{site}_mask", True), bool))
+            value, stats[f"{site}_mae"] = self._term(out[site] - n[site], atoms)
+            total = total + self.site_weight * value
         return total, stats
 
-    return loss
+
+def spectrum_loss(key: str = "xanes", site_weight: float = 1.0,
+                  slope_weight: float = 0.0) -> SpectrumLoss:
+    """The :class:`SpectrumLoss` with these settings (a hashable value: equal settings give
+    equal losses, so training reuses one compiled step)."""
+    return SpectrumLoss(key, site_weight, slope_weight)

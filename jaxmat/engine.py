@@ -1,0 +1,657 @@
+"""The training engine: one loop trains a committee of 1..N members (a leading member axis
+on params), one vmapped step per batch, compiled once per (model, loss, clip, EMA, shapes).
+
+A *loss* is ``loss(outputs, batch) -> (scalar, stats)`` where ``stats`` maps a metric name
+to ``(sum, count)``; ``sum / count`` over an epoch gives the metric (e.g. a MAE). Built-in
+losses are frozen dataclasses (equal when their settings are, so they key the step cache),
+declare the batch entries they need in ``targets`` and apply padding masks with
+``jnp.where``, so NaN/inf in padded entries reach neither the loss nor its gradient.
+
+The learning rate is an argument of the compiled step, computed on the host from each
+member's step count (Adam, linear warm-up, cosine decay over ``epochs``), so runs of any
+length share one compiled step. :mod:`jaxmat.train` (one model) and :mod:`jaxmat.ensemble`
+(committees) are thin fronts of :func:`run`.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import functools
+import math
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxmat.checkpoint import Checkpointer
+from jaxmat.protocol import Model, Params
+
+Stats = dict[str, tuple[jax.Array, jax.Array]]
+Loss = Callable[[dict, Any], tuple[jax.Array, Stats]]
+BOOKKEEPING = frozenset({"mask", "positions", "species", "graph", "cell", "pbc", "n_atoms",
+                         "dense"})
+
+
+# --------------------------------------------------------------------------- losses
+def penalty(err: jax.Array, kind: str = "mse", delta: float = 1.0) -> jax.Array:
+    """Per-component penalty: ``err²`` (``"mse"``) or Huber (``"huber"``): ``err²`` for
+    ``|err| <= delta``, ``2·delta·|err| - delta²`` beyond (2x optax's Huber, so both kinds
+    agree on small errors); ``delta`` in the units of ``err``."""
+    if kind == "huber":
+        a = jnp.abs(err)
+        return jnp.where(a <= delta, err**2, 2.0 * delta * a - delta**2)
+    return err**2
+
+
+def masked_error(err: jax.Array, mask: jax.Array, kind: str = "mse",
+                 delta: float = 1.0) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    """Mean :func:`penalty` over the entries where ``mask`` (bool, leading axes of ``err``)
+    is True, and the ``(sum |err|, count)`` MAE stat; other entries are replaced with
+    ``jnp.where``, so NaN/inf there cannot reach the value or its gradient."""
+    m = jnp.broadcast_to(jnp.reshape(mask, mask.shape + (1,) * (err.ndim - mask.ndim)), err.shape)
+    err = jnp.where(m, err, 0.0)
+    count = jnp.sum(m).astype(jnp.float32)
+    value = jnp.sum(jnp.where(m, penalty(err, kind, delta), 0.0)) / jnp.maximum(count, 1.0)
+    return value, (jnp.sum(jnp.abs(err)), count)
+
+
+def label_mask(store: dict, name: str) -> jax.Array:
+    """Bool mask of real entries of ``store`` that carry label ``name`` (``<name>_mask``)."""
+    return jnp.asarray(store["mask"], bool) & jnp.asarray(store.get(f"{name}_mask", True), bool)
+
+
+def _check_kind(kind: str, delta: float) -> None:
+    if kind not in ("mse", "huber"):
+        raise ValueError(f"loss kind must be 'mse' or 'huber', got {kind!r}")
+    if not delta > 0:
+        raise ValueError(f"Huber delta must be positive, got {delta}")
+
+
+@dataclasses.dataclass(frozen=True)
+class EnergyForceLoss:
+    """Weighted loss on energy per atom (eV/atom), forces (eV/Å per component) and stress
+    (eV/Å³): MSE, or Huber with ``delta`` in each target's units (``kind="huber"``).
+
+    Stats: ``energy_mae``, ``forces_mae``, ``stress_mae``. Labels with a ``<name>_mask``
+    (e.g. stress on some structures) count only where True. A target with weight 0 is
+    neither needed nor used."""
+
+    energy: float = 1.0
+    forces: float = 10.0
+    stress: float = 0.0
+    kind: str = "mse"
+    delta: float = 0.01
+
+    def __post_init__(self):
+        _check_kind(self.kind, self.delta)
+        if not self.targets:
+            raise ValueError("energy_force_loss needs a non-zero weight on energy, forces "
+                             "or stress")
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        return tuple(k for k in ("energy", "forces", "stress") if getattr(self, k))
+
+    def __call__(self, out: dict, batch: Any) -> tuple[jax.Array, Stats]:
+        total, stats = 0.0, {}
+        for name in self.targets:
+            store = batch.nodes if name == "forces" else batch.globals
+            err = out[name] - store[name]
+            if name == "energy":
+                err = err / jnp.maximum(batch.globals["n_atoms"], 1.0)
+            value, stats[f"{name}_mae"] = masked_error(err, label_mask(store, name), self.kind,
+                                                       self.delta)
+            total = total + getattr(self, name) * value
+        return total, stats
+
+
+@dataclasses.dataclass(frozen=True)
+class TargetLoss:
+    """MSE (or Huber) of ``outputs[key]`` vs a graph-level target ``globals[key]`` (scalar
+    or vector; divided by ``n_atoms`` with ``per_atom``). Works for graph batches and plain
+    dict batches with a ``mask`` entry. Stats: ``<key>_mae`` (per component)."""
+
+    key: str = "target"
+    per_atom: bool = False
+    kind: str = "mse"
+    delta: float = 1.0
+
+    def __post_init__(self):
+        _check_kind(self.kind, self.delta)
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        return (self.key,)
+
+    def __call__(self, out: dict, batch: Any) -> tuple[jax.Array, Stats]:
+        g = batch.globals if hasattr(batch, "globals") else batch
+        err = out[self.key] - g[self.key]
+        if self.per_atom:
+            err = err / jnp.maximum(g["n_atoms"], 1.0).reshape((-1,) + (1,) * (err.ndim - 1))
+        value, stat = masked_error(err, label_mask(g, self.key), self.kind, self.delta)
+        return value, {f"{self.key}_mae": stat}
+
+
+energy_force_loss = EnergyForceLoss
+target_loss = TargetLoss
+
+
+def check_targets(loss: Loss, batch: Any, data: str = "training") -> None:
+    """Raise ``ValueError`` when ``batch`` lacks a target named in ``loss.targets``, naming
+    it and the target keys the batch does carry (``globals`` and ``nodes``)."""
+    glob, nodes = (batch.globals, batch.nodes) if hasattr(batch, "globals") else (batch, {})
+    missing = [k for k in getattr(loss, "targets", ()) if k not in glob and k not in nodes]
+    if missing:
+        found = sorted(k for k in {*glob, *nodes}
+                       if k not in BOOKKEEPING and not k.endswith("_mask"))
+        raise ValueError(f"the loss needs target(s) {missing} but the {data} data carry "
+                         f"{found or 'no targets'}")
+
+
+# --------------------------------------------------------------------------- steps
+def schedule(lr: float, total_steps: int, lr_end: float = 1e-5,
+             warmup_steps: int = 0) -> optax.Schedule:
+    """Linear warm-up to ``lr`` over ``warmup_steps``, cosine decay to ``lr_end``."""
+    return optax.warmup_cosine_decay_schedule(
+        0.0 if warmup_steps else lr, lr, max(warmup_steps, 1), max(total_steps, warmup_steps + 1),
+        end_value=lr_end)
+
+
+def make_optimizer(lr: float = 1e-3, total_steps: int = 1000, lr_end: float = 1e-5,
+                   warmup_steps: int = 0, clip: float | None = 10.0) -> optax.GradientTransformation:
+    """Adam on :func:`schedule`, gradients clipped to global norm ``clip``."""
+    return optax.chain(*_clip(clip), optax.adam(schedule(lr, total_steps, lr_end, warmup_steps)))
+
+
+def _clip(clip: float | None) -> list:
+    return [optax.clip_by_global_norm(clip)] if clip else []
+
+
+def loss_and_grads(model: Model, loss: Loss, params: Params, batch: Any, key: jax.Array):
+    """``((loss, stats), grads)`` of the training-mode forward pass."""
+    return jax.value_and_grad(lambda p: loss(model.train_apply(p, batch, key), batch),
+                              has_aux=True)(params)
+
+
+def make_step(model: Model, loss: Loss, optimizer: optax.GradientTransformation):
+    """Pure step ``(params, opt_state, batch, key) -> (params, opt_state, loss, stats)`` of one
+    model with an optimizer that carries its own schedule (not jitted, so it can be vmapped)."""
+
+    def step(params, opt_state, batch, key):
+        (value, stats), grads = loss_and_grads(model, loss, params, batch, key)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, value, stats
+
+    return step
+
+
+def make_eval(model: Model, loss: Loss):
+    """Pure evaluation ``(params, batch) -> (loss, stats)`` of one model (dropout off)."""
+    return lambda params, batch: loss(model.apply(params, batch), batch)
+
+
+def where_members(active: jax.Array, new: Any, old: Any) -> Any:
+    """``new`` for members with ``active`` (N,) True, ``old`` for the others."""
+    return jax.tree_util.tree_map(
+        lambda a, b: jnp.where(jnp.reshape(active, (-1,) + (1,) * (jnp.ndim(a) - 1)), a, b),
+        new, old)
+
+
+@functools.lru_cache(maxsize=64)
+def compiled_step(model: Model, loss: Loss, clip: float | None, ema_decay: float | None):
+    """The jitted committee step, cached per (model, loss, clip, ema_decay):
+
+    ``(params, opt_state, ema, batches, keys, active, lr) -> (params, opt_state, ema, loss,
+    stats)``; every argument has a leading member axis (``ema`` is None without EMA).
+    Members with ``active`` False keep params, optimizer state and EMA."""
+    tx = optax.chain(*_clip(clip), optax.scale_by_adam())
+
+    def member(params, opt_state, ema, batch, key, active, lr):
+        (value, stats), grads = loss_and_grads(model, loss, params, batch, key)
+        updates, new_state = tx.update(grads, opt_state, params)
+        new = optax.apply_updates(params, jax.tree_util.tree_map(lambda u: -lr * u, updates))
+        keep = functools.partial(jax.tree_util.tree_map, lambda a, b: jnp.where(active, a, b))
+        if ema_decay is not None:
+            ema = keep(jax.tree_util.tree_map(lambda e, p: ema_decay * e + (1 - ema_decay) * p,
+                                              ema, new), ema)
+        return keep(new, params), keep(new_state, opt_state), ema, value, stats
+
+    return jax.jit(jax.vmap(member), donate_argnums=(0, 1, 2))
+
+
+def init_opt_state(params: Params, clip: float | None) -> Any:
+    """Optimizer state of :func:`compiled_step` for committee ``params``."""
+    return jax.vmap(optax.chain(*_clip(clip), optax.scale_by_adam()).init)(params)
+
+
+@functools.lru_cache(maxsize=64)
+def compiled_eval(model: Model, loss: Loss):
+    """Jitted ``(params, batch) -> (loss (N,), stats, mean_loss, mean_stats)``, cached per
+    (model, loss): every member on one shared batch, and the committee-mean outputs."""
+
+    def evaluate(params, batch):
+        leaves = jax.tree_util.tree_leaves(params)  # none for a model without parameters
+        outs = jax.vmap(model.apply, in_axes=(0, None),
+                        axis_size=len(leaves[0]) if leaves else 1)(params, batch)
+        value, stats = jax.vmap(loss, in_axes=(0, None))(outs, batch)
+        mean_value, mean_stats = loss(jax.tree_util.tree_map(lambda x: jnp.mean(x, 0), outs),
+                                      batch)
+        return value, stats, mean_value, mean_stats
+
+    return jax.jit(evaluate)
+
+
+# --------------------------------------------------------------------------- metrics
+def reduce_stats(stats_list: list[dict]) -> dict[str, float]:
+    """Pool ``(sum, count)`` stats over batches: ``{name: sum / count}``."""
+    out: dict[str, float] = {}
+    for name in stats_list[0] if stats_list else ():
+        s = sum(float(st[name][0]) for st in stats_list)
+        c = sum(float(st[name][1]) for st in stats_list)
+        out[name] = s / c if c else float("nan")
+    return out
+
+
+def n_real(batch: Any) -> float:
+    """Number of real (unpadded) entries of a batch: graphs of a GraphsTuple, rows of a
+    dict batch with a ``"mask"``; 1 when the batch carries no mask."""
+    g = getattr(batch, "globals", None)
+    mask = g.get("mask") if isinstance(g, dict) else None
+    if mask is None and isinstance(batch, dict):
+        mask = batch.get("mask")
+    return float(np.sum(np.asarray(mask))) if mask is not None else 1.0
+
+
+def batches(data: Any, epoch: int = 0) -> Iterable:
+    """The batches of ``epoch`` of a loader (``.epoch(k)``) or a fixed list of batches."""
+    return data.epoch(epoch) if hasattr(data, "epoch") else data
+
+
+def _split_members(stats_list: list[dict], n: int) -> list[list[dict]]:
+    host = jax.device_get(stats_list)
+    return [[{k: (v[0][m], v[1][m]) for k, v in st.items()} for st in host] for m in range(n)]
+
+
+def evaluate(model: Model, params: Params, data: Iterable, loss: Loss) -> dict[str, Any]:
+    """Metrics of committee ``params`` over shared batches: ``{name: np.ndarray (N,)}`` for
+    ``loss`` and each stat, and ``committee_<name>`` (float) for the committee-mean outputs.
+    Stats pool their sums and counts; losses are averaged with the number of real entries
+    of each batch as weight (a half-empty last batch counts half)."""
+    fn = compiled_eval(model, loss)
+    stats, mstats, losses, mlosses, weights = [], [], [], [], []
+    for b in data:
+        value, st, mvalue, mst = fn(params, b)
+        stats.append(st)
+        mstats.append(mst)
+        losses.append(np.asarray(value))
+        mlosses.append(float(mvalue))
+        weights.append(n_real(b))
+    if not losses:
+        raise ValueError("evaluation data yields no batches")
+    per = [reduce_stats(s) for s in _split_members(stats, len(losses[0]))]
+    out: dict[str, Any] = {k: np.array([p[k] for p in per]) for k in per[0]}
+    w = np.asarray(weights) / max(float(np.sum(weights)), 1e-300)
+    out["loss"] = np.tensordot(w, np.asarray(losses), axes=1)
+    out.update({f"committee_{k}": v for k, v in reduce_stats(mstats).items()})
+    out["committee_loss"] = float(w @ np.asarray(mlosses))
+    return out
+
+
+# --------------------------------------------------------------------------- config, results
+@dataclasses.dataclass
+class FitConfig:
+    """Settings of a fit. ``epochs`` fixes the LR schedule (Adam, ``warmup_epochs`` of linear
+    warm-up, cosine decay from ``lr`` to ``lr_end``); ``max_minutes`` is a wall-clock budget
+    checked after each epoch: the run stops there, the schedule still follows ``epochs``
+    (a run cut short ends before the LR has decayed; resuming from a checkpoint continues
+    it). ``patience`` (epochs without a better ``monitor``, per member) stops early;
+    ``ema_decay`` keeps an exponential moving average of the weights, which is then what is
+    validated and returned; ``checkpoint_dir`` enables save/resume; ``log_path`` (default
+    ``<checkpoint_dir>/metrics.csv``) gets one CSV row per epoch."""
+
+    epochs: int = 100
+    lr: float = 1e-3
+    lr_end: float = 1e-5
+    warmup_epochs: int = 0
+    clip: float | None = 10.0
+    patience: int | None = None
+    monitor: str = "loss"
+    seed: int = 0
+    checkpoint_dir: str | None = None
+    checkpoint_every: int = 10
+    keep: int = 2
+    log_path: str | None = None
+    progress: bool = True
+    max_minutes: float | None = None
+    ema_decay: float | None = None
+
+
+@dataclasses.dataclass
+class FitResult:
+    params: Params  # best parameters (by the monitored validation metric)
+    last_params: Params
+    history: list[dict]
+    best_epoch: int
+    best_metric: float
+    stopped_early: bool
+    seconds: float
+    timed_out: bool = False  # stopped by ``max_minutes``
+
+
+@dataclasses.dataclass
+class CommitteeFitResult:
+    params: Params  # per-member best parameters, stacked (N, ...)
+    last_params: Params
+    history: list[dict]  # per epoch; per-member metrics are lists of length N
+    best_epoch: list[int]
+    best_metric: list[float]
+    stopped_early: list[bool]
+    seconds: float
+    timed_out: bool = False
+
+
+# --------------------------------------------------------------------------- the run
+@dataclasses.dataclass
+class Run:
+    """Mutable state of one fit, handed to callbacks. ``state`` holds the arrays (params,
+    opt_state, best_params, ema; leading member axis), the rest lives on the host.
+    ``single``: a one-member run shown without its member axis (checkpoints, history)."""
+
+    config: FitConfig
+    state: dict
+    n: int
+    single: bool
+    stop_epoch: int
+    epoch: int = 0
+    history: list = dataclasses.field(default_factory=list)
+    stop: bool = False  # set by a callback (or the time budget): end after this epoch
+    timed_out: bool = False
+    seconds: float = 0.0
+
+    def __post_init__(self):
+        self.best = np.full(self.n, math.inf)
+        self.best_epoch = np.full(self.n, -1)
+        self.bad = np.zeros(self.n, int)
+        self.steps = np.zeros(self.n, int)
+        self.stopped = np.zeros(self.n, bool)
+
+    @property
+    def done(self) -> bool:
+        return self.epoch >= self.stop_epoch or self.stop or bool(self.stopped.all())
+
+    def meta(self) -> dict:
+        meta = {"epoch": self.epoch, "history": self.history,
+                "best_metric": [float(x) if math.isfinite(x) else None for x in self.best],
+                "best_epoch": self.best_epoch.tolist(), "bad_epochs": self.bad.tolist(),
+                "steps": self.steps.tolist(), "stopped": self.stopped.tolist()}
+        return {k: v[0] if self.single and k not in ("epoch", "history") else v
+                for k, v in meta.items()}
+
+    def load_meta(self, meta: dict) -> None:
+        n = len(np.atleast_1d(meta["best_epoch"]))
+        if n != self.n:
+            raise ValueError(f"the checkpoint holds {n} members, params have {self.n}")
+        self.epoch, self.history = int(meta["epoch"]), list(meta["history"])
+        self.best = np.array([math.inf if b is None else b
+                              for b in np.atleast_1d(np.asarray(meta["best_metric"], object))])
+        self.best_epoch = np.atleast_1d(meta["best_epoch"]).astype(int)
+        self.bad = np.atleast_1d(meta["bad_epochs"]).astype(int)
+        self.steps = np.atleast_1d(meta["steps"]).astype(int)
+        self.stopped = np.atleast_1d(meta["stopped"]).astype(bool)
+
+    def end_epoch(self, row: dict, metric: np.ndarray) -> None:
+        """Record one epoch: best params/metric per member, bad-epoch counters, history."""
+        bad_members = np.flatnonzero(~np.isfinite(metric) & ~self.stopped)
+        if len(bad_members):
+            raise FloatingPointError(f"non-finite {self.config.monitor} at epoch "
+                                     f"{self.epoch + 1} for member(s) {bad_members.tolist()}")
+        improved = (metric < self.best) & ~self.stopped
+        if improved.any():
+            self.state["best_params"] = where_members(jnp.asarray(improved), self.evaluated,
+                                                      self.state["best_params"])
+        self.best = np.where(improved, metric, self.best)
+        self.best_epoch = np.where(improved, self.epoch + 1, self.best_epoch)
+        self.bad = np.where(improved | self.stopped, np.where(improved, 0, self.bad), self.bad + 1)
+        self.epoch += 1
+        self.history.append(_squeeze_row(row) if self.single else row)
+
+    @property
+    def evaluated(self) -> Params:
+        """The params that are validated and returned: the EMA ones when kept."""
+        return self.state.get("ema", self.state["params"])
+
+
+def _squeeze_row(row: dict) -> dict:
+    return {k: v[0] if isinstance(v, list) else v for k, v in row.items()
+            if k != "active" and not k.startswith("val_committee_")}
+
+
+# --------------------------------------------------------------------------- callbacks
+class Callback:
+    """Hooks of :func:`run`: ``on_start`` (before the first epoch), ``on_epoch_end`` (after
+    the epoch is recorded in ``run.history``; ``run.done`` tells whether it is the last)
+    and ``on_end`` (always, also after an error). Set ``run.stop = True`` to end early."""
+
+    def on_start(self, run: Run) -> None:
+        pass
+
+    def on_epoch_end(self, run: Run, row: dict) -> None:
+        pass
+
+    def on_end(self, run: Run) -> None:
+        pass
+
+
+@dataclasses.dataclass
+class EarlyStopping(Callback):
+    """Freeze each member after ``patience`` epochs without a better monitored metric."""
+
+    patience: int
+
+    def on_epoch_end(self, run: Run, row: dict) -> None:
+        run.stopped |= run.bad >= self.patience
+
+
+class Checkpoint(Callback):
+    """Orbax checkpoints in ``directory`` every ``every`` epochs and at the last one;
+    ``on_start`` resumes from the latest (exactly: arrays, counters, history)."""
+
+    def __init__(self, directory: str, every: int = 10, keep: int = 2):
+        self.ckpt, self.every = Checkpointer(directory, keep), every
+
+    def on_start(self, run: Run) -> None:
+        if self.ckpt.latest_step() is not None:
+            _, state, meta = self.ckpt.restore(_strip(run.state, run.single))
+            run.load_meta(meta)
+            run.state = _unstrip(state, run.single)
+
+    def on_epoch_end(self, run: Run, row: dict) -> None:
+        if run.epoch % self.every == 0 or run.done:
+            self.ckpt.save(run.epoch, _strip(run.state, run.single), run.meta())
+
+    def on_end(self, run: Run) -> None:
+        self.ckpt.close()
+
+
+def _strip(tree: Any, single: bool) -> Any:
+    return jax.tree_util.tree_map(lambda x: x[0], tree) if single else tree
+
+
+def _unstrip(tree: Any, single: bool) -> Any:
+    return jax.tree_util.tree_map(lambda x: jnp.asarray(x)[None], tree) if single else tree
+
+
+@dataclasses.dataclass
+class CSVLog(Callback):
+    """Append one row per epoch to ``path`` (header from the first row written;
+    per-member values as ``<name>_m<k>`` columns)."""
+
+    path: str
+
+    def on_epoch_end(self, run: Run, row: dict) -> None:
+        flat = {}
+        for k, v in run.history[-1].items():
+            flat.update({f"{k}_m{m}": x for m, x in enumerate(v)} if isinstance(v, list)
+                        else {k: v})
+        new = not os.path.exists(self.path)
+        fields = list(flat)
+        if not new:
+            with open(self.path) as f:
+                fields = f.readline().strip().split(",")
+        with open(self.path, "a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore", restval="")
+            if new:
+                w.writeheader()
+            w.writerow(flat)
+
+
+class Progress(Callback):
+    """A tqdm bar over the epochs of this call, showing the monitored metric."""
+
+    bar = None
+
+    def on_epoch_end(self, run: Run, row: dict) -> None:
+        if self.bar is None:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=run.stop_epoch - run.epoch + 1, unit="epoch", leave=False,
+                            desc="fit" if run.single else f"fit x{run.n}", mininterval=2.0)
+        self.bar.update(1)
+        self.bar.set_postfix({run.config.monitor: " ".join(
+            f"{x:.3g}" for x in np.atleast_1d(row.get(f"val_{run.config.monitor}",
+                                                      row["train_loss"])))})
+
+    def on_end(self, run: Run) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def default_callbacks(cfg: FitConfig) -> list[Callback]:
+    """Early stopping, checkpoints, CSV log and progress bar as ``cfg`` asks (in this order:
+    a checkpoint sees whether early stopping ended the run)."""
+    cbs: list[Callback] = [EarlyStopping(cfg.patience)] if cfg.patience is not None else []
+    if cfg.checkpoint_dir:
+        cbs.append(Checkpoint(cfg.checkpoint_dir, cfg.checkpoint_every, cfg.keep))
+    log = cfg.log_path or (os.path.join(os.path.abspath(cfg.checkpoint_dir), "metrics.csv")
+                           if cfg.checkpoint_dir else None)
+    cbs += [CSVLog(log)] if log else []
+    return cbs + ([Progress()] if cfg.progress else [])
+
+
+# --------------------------------------------------------------------------- the loop
+class OneMember:
+    """A single model's loader (``.epoch(k)`` or a list of batches) as a committee loader of
+    one member: yields ``(batch with a leading axis of 1, active=[True])``."""
+
+    def __init__(self, data: Any):
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data) if hasattr(self.data, "__len__") else sum(1 for _ in self.epoch(0))
+
+    def epoch(self, epoch: int = 0) -> Iterator[tuple[Any, np.ndarray]]:
+        for b in batches(self.data, epoch):
+            yield jax.tree_util.tree_map(lambda x: x[None], b), np.ones(1, bool)
+
+
+def run(model: Model, params: Params, loader: Any, val_data: Any, loss: Loss, cfg: FitConfig,
+        *, single: bool = False, put: Callable = lambda t: t,
+        callbacks: Iterable[Callback] = (), max_epochs: int | None = None) -> Run:
+    """Train committee ``params`` (leading member axis) on ``loader`` (``.epoch(k)`` yields
+    ``(stacked batch, active (N,))``, ``len`` = steps per epoch) with shared validation
+    batches ``val_data``; ``put`` places member-axis trees (e.g. sharding). Targets named in
+    ``loss.targets`` are checked on the first training and validation batch. ``callbacks``
+    run before :func:`default_callbacks`. Returns the finished :class:`Run`."""
+    n = len(jax.tree_util.tree_leaves(params)[0])
+    spe = len(loader)
+    if spe == 0:
+        raise ValueError("training data yields no batches")
+    check_targets(loss, _unstack(next(iter(loader.epoch(0)))[0]), "training")
+    if val_data is not None:
+        check_targets(loss, next(iter(batches(val_data, 0))), "validation")
+    params = put(jax.tree_util.tree_map(jnp.copy, params))  # the step donates its inputs
+    state = {"params": params, "opt_state": put(init_opt_state(params, cfg.clip)),
+             "best_params": jax.tree_util.tree_map(jnp.copy, params)}
+    if cfg.ema_decay is not None:
+        state["ema"] = jax.tree_util.tree_map(jnp.copy, params)
+    stop = cfg.epochs
+    r = Run(cfg, state, n, single, stop)
+    cbs = [*callbacks, *default_callbacks(cfg)]
+    t0 = time.perf_counter()
+    try:
+        for cb in cbs:
+            cb.on_start(r)
+        r.state = put(r.state)
+        r.stop_epoch = stop if max_epochs is None else min(stop, r.epoch + max_epochs)
+        lrs = np.asarray(jax.vmap(schedule(cfg.lr, cfg.epochs * spe, cfg.lr_end,
+                                           cfg.warmup_epochs * spe))(jnp.arange(cfg.epochs * spe + 1)))
+        while not r.done:
+            te = time.perf_counter()
+            row = _train_epoch(r, model, loss, loader, put, lrs, spe)
+            if val_data is not None:
+                val = evaluate(model, r.evaluated, batches(val_data, 0), loss)
+                row.update({f"val_{k}": v.tolist() if isinstance(v, np.ndarray) else v
+                            for k, v in val.items()})
+                metric = np.asarray(val[cfg.monitor], dtype=float)
+            else:
+                metric = np.asarray(row["train_loss"], dtype=float)
+            row["active"] = [bool(not s) for s in r.stopped]
+            row["time_s"] = time.perf_counter() - te
+            r.end_epoch(row, metric)
+            if cfg.max_minutes is not None and time.perf_counter() - t0 >= 60 * cfg.max_minutes:
+                r.stop = r.timed_out = True
+            for cb in cbs:
+                cb.on_epoch_end(r, row)
+    finally:
+        for cb in cbs:
+            cb.on_end(r)
+    r.seconds = time.perf_counter() - t0
+    return r
+
+
+def _unstack(b: Any) -> Any:
+    return jax.tree_util.tree_map(lambda x: x[0], b)
+
+
+def _train_epoch(r: Run, model: Model, loss: Loss, loader: Any, put: Callable,
+                 lrs: np.ndarray, spe: int) -> dict:
+    """One epoch of committee steps; the row of per-member training metrics."""
+    step = compiled_step(model, loss, r.config.clip, r.config.ema_decay)
+    key0 = jax.random.key(r.config.seed)
+    s = r.state
+    stats, losses, actives = [], [], []
+    for k, (b, act) in enumerate(loader.epoch(r.epoch)):
+        keys = jax.random.split(jax.random.fold_in(key0, r.epoch * spe + k), r.n)
+        act = act & ~r.stopped
+        lr = lrs[np.minimum(r.steps, len(lrs) - 1)]
+        r.steps = r.steps + act
+        s["params"], s["opt_state"], ema, value, st = step(
+            s["params"], s["opt_state"], s.get("ema"), put(b), put(keys), put(jnp.asarray(act)),
+            put(jnp.asarray(lr)))
+        if ema is not None:
+            s["ema"] = ema
+        stats.append(st)
+        losses.append(value)
+        actives.append(act)
+    row: dict[str, Any] = {"epoch": r.epoch + 1, "time_s": 0.0}
+    w = np.asarray(actives, dtype=float)
+    per = [reduce_stats([st for st, a in zip(sl, w[:, m]) if a])
+           for m, sl in enumerate(_split_members(stats, r.n))]
+    for name in sorted(set().union(*per)):
+        row[f"train_{name}"] = [p.get(name, math.nan) for p in per]
+    losses = np.asarray(jax.device_get(losses))
+    row["train_loss"] = [float(x) if c else math.nan for x, c in
+                         zip((w * losses).sum(0) / np.maximum(w.sum(0), 1), w.sum(0))]
+    return row
+
+
+def result(r: Run) -> CommitteeFitResult:
+    """The committee result of a finished run (per-member lists)."""
+    return CommitteeFitResult(r.state["best_params"], r.evaluated, r.history,
+                              r.best_epoch.tolist(), r.best.tolist(), r.stopped.tolist(),
+                              r.seconds, r.timed_out)

@@ -320,9 +320,9 @@ class _Loop:
         rng = np.random.default_rng(_seed(cfg.seed, generation, 3))
         t0 = time.perf_counter()
         tr = committee_predict(self.model, params, self.records(train_atoms), self.cutoff)
-        thr = variance_threshold(tr["force_var"], cfg.percentile)
+        thr = variance_threshold(tr["forces_var_graph"], cfg.percentile)
         stats = {"threshold_sigma": float(np.sqrt(thr)),
-                 "train_sigma_median": float(np.sqrt(np.median(tr["force_var"])))}
+                 "train_sigma_median": float(np.sqrt(np.median(tr["forces_var_graph"])))}
         ref = list(train_atoms) if cfg.dedup_against_train else []
 
         def pick(n):
@@ -331,15 +331,15 @@ class _Loop:
         if cfg.strategy == "adversarial":
             starts = [train_atoms[k] for k in pick(cfg.n_starts)]
             boltz = Boltzmann.from_structures(train_atoms, cfg.kT, cfg.per_atom)
-            res = attack(self.model, params, starts, boltz, self.cutoff,
-                         cfg.attack_config(generation))
-            cands, fvar, score = res.atoms, np.array(res.force_var, dtype=np.float64), res.objective
+            res = attack(self.model, params, starts, boltz, cfg.attack_config(generation),
+                         cutoff=self.cutoff)
+            cands, fvar, score = res.atoms, np.array(res.forces_var_graph, dtype=np.float64), res.objective
             close = too_close(cands, cfg.min_distance)
             fvar[close] = np.nan  # never selected
             stats.update(attack_seconds=res.seconds, n_rebuilds=res.n_rebuilds,
                          objective_gain_median=float(np.median(
                              res.objective / np.maximum(res.objective_start, 1e-30))))
-            idx = select(cands, fvar, tr["force_var"], cfg.select_config(), score, ref)
+            idx = select(cands, fvar, tr["forces_var_graph"], cfg.select_config(), score, ref)
             origin = "attack"
         elif cfg.strategy == "random":
             starts = [train_atoms[k] for k in pick(cfg.n_starts)]
@@ -353,9 +353,9 @@ class _Loop:
             close = too_close(cands, cfg.min_distance)
             idx = [int(k) for k in np.flatnonzero(~close)[:cfg.max_per_generation]]
             pred = committee_predict(self.model, params, [cands[k] for k in idx], self.cutoff) \
-                if idx else {"force_var": np.zeros(0)}
+                if idx else {"forces_var_graph": np.zeros(0)}
             fvar = np.zeros(len(cands))
-            fvar[idx] = pred["force_var"]
+            fvar[idx] = pred["forces_var_graph"]
             score = fvar
             origin = "random"
         else:
@@ -365,9 +365,9 @@ class _Loop:
             keep = np.flatnonzero(~close)
             if len(keep):
                 fvar[keep] = committee_predict(self.model, params, [cands[k] for k in keep],
-                                               self.cutoff)["force_var"]
+                                               self.cutoff)["forces_var_graph"]
             score = fvar
-            idx = select(cands, fvar, tr["force_var"], cfg.select_config(), score, ref)
+            idx = select(cands, fvar, tr["forces_var_graph"], cfg.select_config(), score, ref)
             origin = "md"
         stats.update(n_candidates=len(cands), n_above=int(np.sum(np.asarray(fvar) > thr)),
                      n_too_close=int(close.sum()),

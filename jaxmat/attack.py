@@ -8,18 +8,19 @@ displacement δ (Å) of a structure R is scored by
 
 with ``F_m`` the forces (eV/Å) of committee member ``m``, ``Ē`` the committee-mean
 energy (eV; or eV/atom with ``per_atom``), energies shifted so that the training minimum
-is 0, and kT in eV. A is in eV²/Å². The variance is the population variance over members
-(:func:`jaxmat.ensemble.stats`). δ starts from N(0, σ²), is optimised by ``jax.grad``
+is 0, and kT in eV. A is in eV²/Å². The variance
+term is ``forces_var_graph``, the population variance over members averaged over atoms and
+xyz (:func:`jaxmat.committee.stats`). δ starts from N(0, σ²), is optimised by ``jax.grad``
 through the committee with an optax optimiser, and is optionally clamped per component.
 
 Many starts are attacked at once: they are packed into one padded graph batch, and the
 objective is summed over graphs, so every structure gets its own gradient (and its own
-Adam moments) in one compiled program. Neighbour lists are built on the host with
-``cutoff + skin``; between steps the largest displacement since the last build is
-checked and, when an atom has moved more than ``skin / 2``, the list is rebuilt outside
-``jit`` and the offending steps are redone (the jax-md pattern). Molecules whose graph is
-already complete (every pair an edge) are never rebuilt, so an all-molecule batch runs
-all steps in a single ``lax.scan``.
+Adam moments) in one compiled program. Neighbour lists are built on the host with the
+model's graph cutoff (``model.graph``) plus ``skin``; between steps the largest
+displacement since the last build is checked and, when an atom has moved more than
+``skin / 2``, the list is rebuilt outside ``jit`` and the offending steps are redone (the
+jax-md pattern). Molecules whose graph is already complete (every pair an edge) are never
+rebuilt, so an all-molecule batch runs all steps in a single ``lax.scan``.
 """
 from __future__ import annotations
 
@@ -35,7 +36,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxmat import ensemble, graph
+from jaxmat import committee, ensemble, graph
+from jaxmat.predict import resolve_cutoff
 from jaxmat.protocol import Model, Params
 
 
@@ -125,29 +127,23 @@ class Boltzmann:
 
 
 # --------------------------------------------------------------------------- objective
-def _per_graph_mean_var(forces_var: jax.Array, batch: graph.Batch) -> jax.Array:
-    node_mask = batch.nodes["mask"].astype(forces_var.dtype)
-    s = graph.graph_sum(jnp.sum(forces_var, axis=-1) * node_mask, batch)
-    return s / (3.0 * jnp.maximum(batch.globals["n_atoms"], 1.0))
-
-
 def committee_terms(model: Model, params: Params, batch: graph.Batch, kT: Any, e_min: Any,
                     log_z: Any, per_atom: bool = False) -> dict[str, jax.Array]:
     """Per-graph terms of the objective (padding graphs give 0):
 
-    ``objective`` (eV²/Å²), ``force_var`` mean over atoms and xyz of the committee force
-    variance (eV²/Å²), ``energy_mean`` and ``energy_std`` (eV), ``log_weight``.
+    ``objective`` (eV²/Å²), ``forces_var_graph`` mean over atoms and xyz of the committee
+    force variance (eV²/Å²), ``energy_mean`` and ``energy_std`` (eV), ``log_weight``.
     """
     out = ensemble.apply(model, params, batch)
-    st = ensemble.stats(out, ("energy", "forces"))
-    fvar = _per_graph_mean_var(st["forces_var"], batch)
+    st = committee.stats(out, ("energy", "forces"), batch)
+    fvar = st["forces_var_graph"]
     n_at = batch.globals["n_atoms"]
     e = st["energy_mean"]
     e_ref = e / jnp.maximum(n_at, 1.0) if per_atom else e
     logw = -(e_ref - e_min) / kT - log_z
     gmask = batch.globals["mask"]
     obj = jnp.where(gmask, fvar * jnp.exp(jnp.where(gmask, logw, 0.0)), 0.0)
-    return {"objective": obj, "force_var": jnp.where(gmask, fvar, 0.0),
+    return {"objective": obj, "forces_var_graph": jnp.where(gmask, fvar, 0.0),
             "energy_mean": jnp.where(gmask, e, 0.0),
             "energy_std": jnp.where(gmask, jnp.sqrt(st["energy_var"]), 0.0),
             "log_weight": jnp.where(gmask, logw, 0.0)}
@@ -205,14 +201,15 @@ class AttackResult:
     """Attacked geometries and their committee statistics, one entry per start.
 
     ``atoms``: ASE ``Atoms`` at ``R + δ`` (no calculator; ``info`` holds the numbers below);
-    ``objective``, ``force_var`` (eV²/Å²), ``energy_mean``, ``energy_std`` (eV) at the end;
+    ``objective``, ``forces_var_graph`` (eV²/Å²), ``energy_mean``, ``energy_std`` (eV) at the
+    end;
     ``objective_start`` at ``R + δ₀``; ``history`` (n_steps, n) objective before each step;
     ``delta`` list of (n_atoms, 3) Å; ``n_rebuilds`` neighbour-list rebuilds; ``seconds``.
     """
 
     atoms: list
     objective: np.ndarray
-    force_var: np.ndarray
+    forces_var_graph: np.ndarray
     energy_mean: np.ndarray
     energy_std: np.ndarray
     objective_start: np.ndarray
@@ -261,13 +258,13 @@ def _compiled(model: Model, per_atom: bool, optimizer: Any, clamp: float | None,
 
 
 def _budget(records: list[graph.Record], old: graph.Budget | None = None) -> graph.Budget:
-    n = sum(r.n_node for r in records) + 1
-    e = sum(r.n_edge for r in records)
-    n_node = graph._round_up(n, 8)
-    n_edge = graph._round_up(1.25 * e + 1, 64)
-    if old is not None and old.fits(n - 1, e, len(records)):
+    """All records in one batch, with 25 % head-room on edges for rebuilt lists; ``old`` is
+    kept while the records fit it (the node count never changes between rebuilds)."""
+    n, e = sum(r.n_node for r in records), sum(r.n_edge for r in records)
+    t = sum(r.n_triplet for r in records)
+    if old is not None and old.fits(n, e, len(records), t):
         return old
-    return graph.Budget(n_node, n_edge, len(records) + 1)
+    return graph.fixed_budget(records, len(records), edge_margin=1.25)
 
 
 # --------------------------------------------------------------------------- attack
@@ -276,24 +273,31 @@ def attack(
     params: Params,
     starts: Sequence[Any],
     reference: Boltzmann,
-    cutoff: float,
     config: AttackConfig | None = None,
     optimizer: optax.GradientTransformation | None = None,
+    *,
+    cutoff: float | None = None,
 ) -> AttackResult:
     """Maximise the adversarial objective for every start geometry (ASE Atoms or Records).
 
     ``model`` is a potential (``apply`` gives ``energy`` eV and ``forces`` eV/Å, e.g.
     :func:`jaxmat.potential.potential`), ``params`` a committee (leading member axis),
-    ``reference`` the training-set :class:`Boltzmann` factor, ``cutoff`` the model's cutoff
-    (Å). ``optimizer`` (an optax transformation) overrides ``config.optimizer``/``lr``.
+    ``reference`` the training-set :class:`Boltzmann` factor. Neighbour lists use
+    ``model.graph``; ``cutoff`` (Å) only for a model without one (ValueError if it
+    disagrees). ``optimizer`` (an optax transformation) overrides ``config.optimizer``/``lr``.
     """
     cfg = config or AttackConfig()
+    if not isinstance(cfg, AttackConfig):
+        raise ValueError(f"config must be a jaxmat.attack.AttackConfig, got {cfg!r} (the "
+                         "cutoff is a keyword argument, read from model.graph)")
     if not isinstance(reference, Boltzmann):
         raise ValueError("reference must be a jaxmat.attack.Boltzmann (see Boltzmann.from_structures)")
     if reference.kT <= 0:
         raise ValueError(f"kT must be positive (eV), got {reference.kT}")
-    if cutoff is None or not cutoff > 0:
-        raise ValueError(f"cutoff must be a positive distance in Å, got {cutoff}")
+    cutoff = resolve_cutoff(model, cutoff)
+    if model.graph.max_neighbors is not None:
+        raise ValueError(f"{model.name} reads a k-nearest-neighbour graph (max_neighbors="
+                         f"{model.graph.max_neighbors}); attacks need a plain cutoff graph")
     starts = list(starts)
     if not starts:
         raise ValueError("attack needs at least one start geometry (empty start set)")
@@ -324,13 +328,13 @@ def attack(
     atoms_out = []
     for k, (s, (z, pos, cell, pbc), d) in enumerate(zip(starts, structs, deltas)):
         atoms_out.append(_attacked_atoms(s, z, pos + d, cell, pbc))
-    res = AttackResult(atoms_out, cat("objective"), cat("force_var"), cat("energy_mean"),
+    res = AttackResult(atoms_out, cat("objective"), cat("forces_var_graph"), cat("energy_mean"),
                        cat("energy_std"), cat("objective_start"),
                        np.concatenate([p["history"] for p in pieces], axis=1),
                        deltas, sum(p["n_rebuilds"] for p in pieces), time.perf_counter() - t0)
     for k, a in enumerate(res.atoms):
         a.info.update(start_index=k, attack_objective=float(res.objective[k]),
-                      force_var=float(res.force_var[k]),
+                      forces_var_graph=float(res.forces_var_graph[k]),
                       energy_mean=float(res.energy_mean[k]), energy_std=float(res.energy_std[k]))
     return res
 
@@ -355,6 +359,10 @@ def _attack_batch(model, params, structs, deltas0, ref, cutoff, cfg, opt) -> dic
     def build(cur):
         recs = [graph.make_record(z, p, rc, c, pbc, name=f"attacked structure {k}")
                 for k, ((z, _, c, pbc), p) in enumerate(zip(structs, cur))]
+        if model.graph.line_graph:
+            from jaxmat.linegraph import add_line_graph
+
+            recs = [add_line_graph(r) for r in recs]
         complete = np.array([not pbc.any() and r.n_edge == len(z) * (len(z) - 1)
                              for (z, _, _, pbc), r in zip(structs, recs)])
         return recs, complete
@@ -406,7 +414,7 @@ def _attack_batch(model, params, structs, deltas0, ref, cutoff, cfg, opt) -> dic
     d_host = np.asarray(delta, dtype=np.float64)[:n_real]
     return {
         "objective": np.asarray(end_terms["objective"])[:g],
-        "force_var": np.asarray(end_terms["force_var"])[:g],
+        "forces_var_graph": np.asarray(end_terms["forces_var_graph"])[:g],
         "energy_mean": np.asarray(end_terms["energy_mean"])[:g],
         "energy_std": np.asarray(end_terms["energy_std"])[:g],
         "objective_start": np.asarray(start_terms["objective"])[:g],

@@ -105,6 +105,8 @@ def as_records(model: Model, data: Sequence[Any], cutoff: float | None = None) -
     ``cutoff`` (Å, only for a model without one; see :func:`resolve_cutoff`)."""
     if len(data) == 0:
         raise ValueError("no structures to predict")
+    if cutoff is not None:
+        resolve_cutoff(model, cutoff)
     spec = model.graph
     out = []
     for k, s in enumerate(data):

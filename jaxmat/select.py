@@ -2,8 +2,9 @@
 percentile of the training set's, near-duplicates dropped by RMSD after optimal
 alignment (Kabsch rotation, optional permutation of like atoms), a cap per generation.
 
-Force variances are the mean over atoms and xyz of the committee variance (eV²/Å²),
-the quantity in the adversarial objective (:mod:`jaxmat.attack`); σ = sqrt of it (eV/Å).
+The score is ``forces_var_graph`` (:mod:`jaxmat.committee`): the committee force variance
+averaged over atoms and xyz (eV²/Å²), the quantity in the adversarial objective
+(:mod:`jaxmat.attack`); σ = sqrt of it (eV/Å).
 """
 from __future__ import annotations
 
@@ -13,73 +14,29 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-import jax
 import numpy as np
 
-from jaxmat import ensemble, graph
+from jaxmat import graph
 from jaxmat.attack import as_structure
+from jaxmat.predict import as_records, predict
 from jaxmat.protocol import Model, Params
 
 
 # --------------------------------------------------------------------------- committee statistics
-def committee_predict(model: Model, params: Params, structures: Sequence[Any], cutoff: float,
-                      batch_size: int = 64) -> dict[str, Any]:
-    """Committee statistics per structure (Atoms or Records), in input order:
-
-    ``energy_mean``, ``energy_std`` (eV), ``force_var`` (eV²/Å², mean over atoms and xyz),
-    ``forces_mean`` (list of (n, 3) eV/Å).
+def committee_predict(model: Model, params: Params, structures: Sequence[Any],
+                      cutoff: float | None = None, batch_size: int = 64) -> dict[str, Any]:
+    """Committee predictions per structure (Atoms or Records), in input order, from
+    :func:`jaxmat.predict.predict`: ``energy`` (eV, member mean), ``energy_var`` (eV²),
+    ``forces`` (list of (n, 3) eV/Å), ``forces_var``, ``forces_var_atom`` and
+    ``forces_var_graph`` (eV²/Å², :mod:`jaxmat.committee`). The graph comes from
+    ``model.graph``; ``cutoff`` (Å) only for a model without one (ValueError if it
+    disagrees with the model's).
     """
-    if len(structures) == 0:
-        raise ValueError("no structures to evaluate")
-    recs = []
-    for k, s in enumerate(structures):
-        if isinstance(s, graph.Record):
-            recs.append(s)
-        else:
-            z, p, c, pbc = as_structure(s, f"structure {k}")
-            recs.append(graph.make_record(z, p, cutoff, c, pbc, name=f"structure {k}"))
-    fn = _predict_fn(model)
-    budget = _fixed_budget(recs, batch_size)
-    e_mean, e_std, f_var, f_mean = [], [], [], []
-    for grp in graph.pack(recs, budget):
-        b = graph.batch([recs[k] for k in grp], budget)
-        out = jax.device_get(fn(params, b))
-        g = len(grp)
-        e_mean.append(out["energy_mean"][:g])
-        e_std.append(out["energy_std"][:g])
-        f_var.append(out["force_var"][:g])
-        splits = np.cumsum([recs[k].n_node for k in grp])
-        f_mean.extend(np.split(np.asarray(out["forces_mean"], np.float64)[:splits[-1]], splits[:-1]))
-    return {"energy_mean": np.concatenate(e_mean).astype(np.float64),
-            "energy_std": np.concatenate(e_std).astype(np.float64),
-            "force_var": np.concatenate(f_var).astype(np.float64),
-            "forces_mean": f_mean}
-
-
-def _fixed_budget(recs: list[graph.Record], batch_size: int) -> graph.Budget:
-    """A budget for ``batch_size`` graphs that does not depend on how many records there
-    are (so repeated calls on growing sets of similar structures reuse one compile)."""
-    nn = np.array([r.n_node for r in recs], float)
-    ne = np.array([r.n_edge for r in recs], float)
-    return graph.Budget(graph._round_up(batch_size * nn.mean() + nn.max() + 1, 64),
-                        graph._round_up(batch_size * ne.mean() + ne.max(), 64), batch_size + 1)
-
-
-_PREDICT: dict = {}
-
-
-def _predict_fn(model: Model):
-    from jaxmat.attack import _per_graph_mean_var
-
-    if model not in _PREDICT:
-        def fn(params, b):
-            st = ensemble.stats(ensemble.apply(model, params, b), ("energy", "forces"))
-            return {"energy_mean": st["energy_mean"], "energy_std": jax.numpy.sqrt(st["energy_var"]),
-                    "force_var": _per_graph_mean_var(st["forces_var"], b),
-                    "forces_mean": st["forces_mean"]}
-
-        _PREDICT[model] = jax.jit(fn)
-    return _PREDICT[model]
+    recs = as_records(model, structures, cutoff)
+    out = predict(model, params, recs, batch_size=batch_size, keys=("energy", "forces"))
+    if "forces_var_graph" not in out:
+        raise ValueError("committee_predict needs committee params (a leading member axis)")
+    return out
 
 
 def too_close(structures: Sequence[Any], min_distance: float) -> np.ndarray:
@@ -98,9 +55,9 @@ def too_close(structures: Sequence[Any], min_distance: float) -> np.ndarray:
     return out
 
 
-def variance_threshold(train_force_var: Any, percentile: float) -> float:
-    """The ``percentile`` (0–100) of the training set's force variances (eV²/Å²)."""
-    v = np.asarray(train_force_var, dtype=np.float64).reshape(-1)
+def variance_threshold(train_forces_var_graph: Any, percentile: float) -> float:
+    """The ``percentile`` (0–100) of the training set's ``forces_var_graph`` (eV²/Å²)."""
+    v = np.asarray(train_forces_var_graph, dtype=np.float64).reshape(-1)
     if v.size == 0:
         raise ValueError("empty training-set force variances")
     if not 0 <= percentile <= 100:
@@ -319,17 +276,18 @@ class SelectConfig:
     align: bool = True
 
 
-def select(candidates: Sequence[Any], force_var: Any, train_force_var: Any,
+def select(candidates: Sequence[Any], forces_var_graph: Any, train_forces_var_graph: Any,
            config: SelectConfig | None = None, scores: Any = None,
            reference: Sequence[Any] = ()) -> list[int]:
     """Indices of the candidates to label, best score first.
 
-    Candidates whose force variance exceeds the training set's ``percentile`` are ranked by
-    ``scores`` (default: the force variance), deduplicated by RMSD among themselves and
-    against ``reference`` structures, and capped at ``max_per_generation``.
+    Candidates whose ``forces_var_graph`` (eV²/Å², NaN: never chosen) exceeds the
+    training set's ``percentile`` are ranked by ``scores`` (default: the variance),
+    deduplicated by RMSD among themselves and against ``reference`` structures, and capped
+    at ``max_per_generation``.
     """
     cfg = config or SelectConfig()
-    fv = np.asarray(force_var, dtype=np.float64).reshape(-1)
+    fv = np.asarray(forces_var_graph, dtype=np.float64).reshape(-1)
     if len(fv) != len(candidates):
         raise ValueError(f"{len(candidates)} candidates but {len(fv)} force variances")
     sc = fv if scores is None else np.asarray(scores, dtype=np.float64).reshape(-1)
@@ -339,7 +297,7 @@ def select(candidates: Sequence[Any], force_var: Any, train_force_var: Any,
         raise ValueError("max_per_generation must be >= 0")
     if len(fv) == 0 or cfg.max_per_generation == 0:
         return []
-    thr = variance_threshold(train_force_var, cfg.percentile)
+    thr = variance_threshold(train_forces_var_graph, cfg.percentile)
     sc = np.where(np.isfinite(sc), sc, -np.inf)
     ranked = np.argsort(-sc, kind="stable")
     above = [int(k) for k in ranked if np.isfinite(fv[k]) and fv[k] > thr]

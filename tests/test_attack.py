@@ -77,7 +77,7 @@ def test_objective_terms_match_committee_statistics(committee):
     fvar = f.var(axis=0).mean(axis=(1, 2))
     e = np.asarray(out["energy"])[:, :3].mean(0)
     expect = fvar * np.exp(-(e - ref.e_min) / ref.kT - ref.log_z)
-    np.testing.assert_allclose(np.asarray(t["force_var"])[:3], fvar, rtol=1e-4)
+    np.testing.assert_allclose(np.asarray(t["forces_var_graph"])[:3], fvar, rtol=1e-4)
     np.testing.assert_allclose(np.asarray(t["objective"])[:3], expect, rtol=1e-3)
     assert float(t["objective"][3]) == 0.0  # padding graph
 
@@ -87,9 +87,9 @@ def test_batched_starts_are_attacked_independently(committee):
     atoms = load_ammonia()[:3]
     ref = attack.Boltzmann.from_structures(atoms, kT=0.5)
     cfg = attack.AttackConfig(n_steps=5, lr=0.01, sigma=0.0)
-    together = attack.attack(model, params, atoms, ref, CUTOFF, cfg)
+    together = attack.attack(model, params, atoms, ref, cfg)
     # the same start among other neighbours in the batch (same shapes: one compile)
-    other = attack.attack(model, params, [atoms[2], atoms[2], atoms[1]], ref, CUTOFF, cfg)
+    other = attack.attack(model, params, [atoms[2], atoms[2], atoms[1]], ref, cfg)
     np.testing.assert_allclose(together.delta[1], other.delta[2], atol=2e-6)
     np.testing.assert_allclose(together.delta[2], other.delta[0], atol=2e-6)
     assert together.objective[1] == pytest.approx(other.objective[2], rel=1e-4)
@@ -98,6 +98,18 @@ def test_batched_starts_are_attacked_independently(committee):
     for a, d, s in zip(together.atoms, together.delta, atoms):
         np.testing.assert_allclose(a.positions, s.positions + d, atol=1e-12)
         assert a.calc is None and a.info["attack_objective"] > 0
+
+
+def test_graph_comes_from_the_model(committee):
+    model, params = committee
+    atoms = load_ammonia()[:2]
+    ref = attack.Boltzmann.from_structures(atoms, kT=0.5)
+    cfg = attack.AttackConfig(n_steps=2, sigma=0.0)
+    same = attack.attack(model, params, atoms, ref, cfg, cutoff=CUTOFF)
+    np.testing.assert_array_equal(same.objective, attack.attack(model, params, atoms, ref,
+                                                                cfg).objective)
+    with pytest.raises(ValueError, match="disagrees with the graph cutoff 4.0"):
+        attack.attack(model, params, atoms, ref, cfg, cutoff=5.0)
 
 
 def test_periodic_neighbour_list_is_rebuilt_between_steps():
@@ -110,15 +122,15 @@ def test_periodic_neighbour_list_is_rebuilt_between_steps():
     rec = graph.records_from_atoms(cu, 3.0)
     params = ensemble.init(model, jax.random.key(1), graph.batch(rec), 2)
     ref = attack.Boltzmann.from_structures(cu, kT=1.0)
-    small = attack.attack(model, params, cu, ref, 3.0,
+    small = attack.attack(model, params, cu, ref,
                           attack.AttackConfig(n_steps=8, lr=0.01, sigma=0.0, skin=0.05))
-    big = attack.attack(model, params, cu, ref, 3.0,
+    big = attack.attack(model, params, cu, ref,
                         attack.AttackConfig(n_steps=8, lr=0.01, sigma=0.0, skin=1.5))
     assert small.n_rebuilds >= 2 and big.n_rebuilds == 0
     # a list rebuilt whenever an atom has moved skin/2 gives the same attack as a huge skin
     np.testing.assert_allclose(small.delta[0], big.delta[0], atol=1e-4)
     with pytest.raises(ValueError, match="skin"):
-        attack.attack(model, params, cu, ref, 3.0,
+        attack.attack(model, params, cu, ref,
                       attack.AttackConfig(n_steps=4, lr=0.2, sigma=0.0, skin=0.05))
 
 
@@ -140,20 +152,20 @@ def toy_committee():
 def test_attack_increases_committee_variance(toy_committee):
     model, params, atoms = toy_committee
     ref = attack.Boltzmann.from_structures(atoms, kT=2.0)
-    res = attack.attack(model, params, atoms, ref, 1.0,
-                        attack.AttackConfig(n_steps=30, lr=0.05, sigma=0.02, axes=(0,)))
-    start = attack.attack(model, params, atoms, ref, 1.0,
-                          attack.AttackConfig(n_steps=0, sigma=0.02, axes=(0,)))
+    res = attack.attack(model, params, atoms, ref,
+                        attack.AttackConfig(n_steps=30, lr=0.05, sigma=0.02, axes=(0,)), cutoff=1.0)
+    start = attack.attack(model, params, atoms, ref,
+                          attack.AttackConfig(n_steps=0, sigma=0.02, axes=(0,)), cutoff=1.0)
     # every start climbs the objective; the committee disagrees far more at the end
     assert np.all(res.objective > res.objective_start)
-    assert np.median(res.force_var / start.force_var) > 2.0
+    assert np.median(res.forces_var_graph / start.forces_var_graph) > 2.0
     np.testing.assert_allclose(start.objective, res.objective_start, rtol=1e-5)
     h = res.history
     assert np.all(h[-1] >= h[0])
     assert all(np.all(d[:, 1:] == 0) for d in res.delta)  # only x moves (axes=(0,))
-    clamped = attack.attack(model, params, atoms, ref, 1.0,
+    clamped = attack.attack(model, params, atoms, ref,
                             attack.AttackConfig(n_steps=30, lr=0.05, sigma=0.02, clamp=0.1,
-                                                axes=(0,)))
+                                                axes=(0,)), cutoff=1.0)
     assert max(np.abs(d).max() for d in clamped.delta) <= 0.1 + 1e-7
 
 
@@ -169,11 +181,15 @@ def test_bad_inputs_raise_clear_errors(toy_committee):
         attack.Boltzmann.from_energies([1.0, np.nan], kT=1.0)
     ref = attack.Boltzmann.from_structures(atoms, kT=1.0)
     with pytest.raises(ValueError, match="empty start set"):
-        attack.attack(model, params, [], ref, 1.0)
+        attack.attack(model, params, [], ref, cutoff=1.0)
     with pytest.raises(ValueError, match="mismatched species"):
-        attack.attack(model, params, [Atoms("O", [[0, 0, 0]])], ref, 1.0)
-    with pytest.raises(ValueError, match="cutoff"):
-        attack.attack(model, params, atoms, ref, 0.0)
+        attack.attack(model, params, [Atoms("O", [[0, 0, 0]])], ref, cutoff=1.0)
+    with pytest.raises(ValueError, match="cutoff must be a positive distance"):
+        attack.attack(model, params, atoms, ref, cutoff=0.0)
+    with pytest.raises(ValueError, match="declares no graph cutoff"):
+        attack.attack(model, params, atoms, ref)
+    with pytest.raises(ValueError, match="AttackConfig"):
+        attack.attack(model, params, atoms, ref, 1.0)
     with pytest.raises(ValueError, match="no energy label"):
         attack.Boltzmann.from_structures([Atoms("H")], kT=1.0)
     with pytest.raises(ValueError, match="axes"):

@@ -143,11 +143,11 @@ def test_committee_calculator_and_attack_work_unchanged():
     from jaxmat.ase import JaxmatCalculator
 
     atoms = si_cell()
-    atoms.calc = JaxmatCalculator(pot, params, cutoff=GRAPH_CUTOFF, dtype=np.float64)
+    atoms.calc = JaxmatCalculator(pot, params, dtype=np.float64)
     n = len(atoms)
     np.testing.assert_allclose(atoms.get_potential_energy(), np.mean(out["energy"][:, 0]), rtol=1e-5)
     np.testing.assert_allclose(atoms.get_forces(), np.mean(out["forces"][:, :n], axis=0), atol=1e-5)
     # adversarial attack: gradient steps on the committee force variance
     ref = attack.Boltzmann.from_energies([float(np.mean(out["energy"][:, 0]))], kT=0.5)
-    res = attack.attack(pot, params, [si_cell()], ref, GRAPH_CUTOFF, attack.AttackConfig(n_steps=2))
+    res = attack.attack(pot, params, [si_cell()], ref, attack.AttackConfig(n_steps=2))
     assert np.isfinite(res.objective).all() and res.history.shape == (2, 1)

@@ -123,3 +123,27 @@ def test_too_close_flags_overlaps_images_and_nan():
     assert too_close([], 0.5).shape == (0,)
     with pytest.raises(ValueError, match="unknown element"):  # bad input is not "too close"
         too_close([Atoms(numbers=[0, 1], positions=[[0, 0, 0], [1, 0, 0]])], 0.5)
+
+
+def test_committee_predict_takes_the_graph_from_the_model():
+    import jax
+
+    from jaxmat import data, ensemble, graph, potential
+    from jaxmat.models import SchNetConfig, schnet
+    from jaxmat.select import committee_predict
+
+    model = potential.potential(schnet(SchNetConfig(n_features=8, n_interactions=1, n_rbf=8,
+                                                    cutoff=3.0)), stress=False)
+    frames = data.load_ammonia()[:5]
+    recs = graph.records_from_atoms(frames, 3.0)
+    params = ensemble.init(model, jax.random.key(0), graph.batch(recs[:1]), 3)
+    out = committee_predict(model, params, frames)
+    f = np.asarray(jax.jit(ensemble.apply, static_argnums=0)(model, params, graph.batch(recs))
+                   ["forces"])[:, :20].reshape(3, 5, 4, 3)
+    np.testing.assert_allclose(out["forces_var_graph"], f.var(0).mean(axis=(1, 2)), rtol=1e-3)
+    np.testing.assert_allclose(committee_predict(model, params, recs, cutoff=3.0)["energy"],
+                               out["energy"], rtol=1e-6)
+    with pytest.raises(ValueError, match="disagrees with the graph cutoff 3.0"):
+        committee_predict(model, params, frames, cutoff=4.0)
+    with pytest.raises(ValueError, match="needs committee params"):
+        committee_predict(model, ensemble.member(params, 0), frames)

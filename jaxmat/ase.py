@@ -11,9 +11,8 @@ factor (:func:`jaxmat.calibrate.fit_scale`).
 The graph (cutoff, k nearest neighbours, line graph) is the model's own ``model.graph``;
 ``JaxmatCalculator.from_bundle(path)`` reads model and params from a bundle
 (:mod:`jaxmat.bundle`). The neighbour list is rebuilt on the host at every call
-(:func:`jaxmat.graph.make_record`);
-the padded shapes are kept across calls and grown (with a margin) only when the structure
-outgrows them, so an MD run or a relaxation compiles once (``calc.n_compiles``).
+(:func:`jaxmat.predict.as_records`); the padded shapes are kept across calls and grown
+(with a margin) only when the structure outgrows them, so an MD run or a relaxation compiles once (``calc.n_compiles``).
 """
 from __future__ import annotations
 
@@ -26,7 +25,7 @@ import numpy as np
 from ase.calculators.calculator import Calculator, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
-from jaxmat import ensemble, graph, linegraph
+from jaxmat import ensemble, graph, predict
 from jaxmat.protocol import Model, Params
 
 STD_KEYS = ("energy_std", "forces_std", "forces_std_atom", "energy_members")
@@ -59,8 +58,9 @@ class JaxmatCalculator(Calculator):
             raise ValueError(f"model {model.name!r} supports only the layouts "
                              f"{list(spec.layouts)}; the calculator builds sparse batches")
         self.model, self.margin, self.multiple = model, margin, multiple
-        self.cutoff = _graph_cutoff(model, cutoff)
-        self.max_neighbors, self.line_graph = spec.max_neighbors, spec.line_graph
+        self.cutoff = predict.resolve_cutoff(model, cutoff)
+        self._given_cutoff = cutoff if spec.cutoff is None else None
+        self.line_graph = spec.line_graph
         self.params = jax.device_put(params)
         self.committee = committee
         self.dtype = dtype
@@ -124,12 +124,7 @@ class JaxmatCalculator(Calculator):
                   system_changes: Any = all_changes) -> None:
         super().calculate(atoms, properties, system_changes)
         atoms = self.atoms
-        rec = graph.make_record(atoms.numbers, atoms.positions, self.cutoff,
-                                cell=np.asarray(atoms.cell), pbc=atoms.pbc,
-                                name=atoms.get_chemical_formula(),
-                                max_neighbors=self.max_neighbors)
-        if self.line_graph:
-            rec = linegraph.add_line_graph(rec)
+        rec = predict.as_records(self.model, [atoms], self._given_cutoff)[0]
         batch = graph.batch([rec], self._fit_budget(rec), dtype=self.dtype)
         if self.committee is None:
             self.committee = ensemble.is_committee(self.model, self.params, batch)
@@ -160,18 +155,3 @@ class JaxmatCalculator(Calculator):
                                                          dtype=np.float64)
         self.results = res
 
-
-def _graph_cutoff(model: Model, cutoff: float | None) -> float:
-    """The neighbour-list cutoff (Å): the model's, or ``cutoff`` for a model without one."""
-    own = model.graph.cutoff
-    if cutoff is not None and not cutoff > 0:
-        raise ValueError(f"cutoff must be positive (Å), got {cutoff}")
-    if own is None:
-        if cutoff is None:
-            raise ValueError(f"model {model.name!r} declares no graph cutoff (model.graph."
-                             "cutoff is None); pass cutoff= in Å")
-        return float(cutoff)
-    if cutoff is not None and not math.isclose(cutoff, own, rel_tol=1e-9, abs_tol=0.0):
-        raise ValueError(f"cutoff {cutoff} Å differs from the graph cutoff {own} Å of model "
-                         f"{model.name!r}; leave cutoff out to use the model's")
-    return float(own)

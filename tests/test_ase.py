@@ -198,7 +198,7 @@ def test_cutoff_comes_from_the_model(model, params, nh3):
     assert calc.cutoff == model.graph.cutoff == CUTOFF
     same = JaxmatCalculator(model, params, cutoff=CUTOFF)
     np.testing.assert_allclose(same.get_potential_energy(nh3), calc.get_potential_energy(nh3))
-    with pytest.raises(ValueError, match=r"cutoff 4.0 Å differs from the graph cutoff 3.0 Å"):
+    with pytest.raises(ValueError, match=r"cutoff 4.0 Å disagrees with the graph cutoff 3.0 Å"):
         JaxmatCalculator(model, params, cutoff=4.0)
     no_graph = jaxmat_model_without_cutoff(model)
     with pytest.raises(ValueError, match="declares no graph cutoff"):

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxmat import data, ensemble, graph, potential, train
+from jaxmat import data, engine, ensemble, graph, potential, train
 from jaxmat.models import SchNetConfig, schnet
 from jaxmat.models.layers import cosine_cutoff, gaussian_rbf
-from jaxmat.protocol import from_nnx
+from jaxmat.protocol import Model, from_nnx
 
 CUTOFF = 4.0
 
@@ -315,3 +315,53 @@ def test_sharded_committee_equals_unsharded():
     assert plain["n_shards"] == 1 and sharded["n_shards"] == 4 and sharded["pred_shards"] == 4
     for k in ("energy", "forces", "loss", "params"):
         np.testing.assert_allclose(sharded[k], plain[k], rtol=2e-5, atol=1e-6)
+
+
+def test_fitted_committee_of_one_equals_train_fit(pair_pot, records, val):
+    """A single model is a committee of one: same seed and data order, same numbers."""
+    loss = train.energy_force_loss(1.0, 10.0)
+    p = pair_pot.init(jax.random.key(5), graph.batch(records[:2]))
+    tl = graph.GraphLoader(records[:30], 10, shuffle=False)
+    cfg = dict(epochs=3, lr=5e-3, warmup_epochs=1, progress=False, seed=4)
+    single = train.fit(pair_pot, p, tl, val, loss, train.FitConfig(**cfg))
+    com = ensemble.fit(pair_pot, ensemble.stack([p]), tl, val, loss,
+                       ensemble.CommitteeConfig(**cfg))
+    for a, b in ((single.params, com.params), (single.last_params, com.last_params)):
+        for x, y in zip(_leaves(a), _leaves(b)):
+            np.testing.assert_allclose(x, y[0], rtol=1e-6, atol=1e-7)
+    assert max(np.abs(x - y).max() for x, y in zip(_leaves(p), _leaves(single.params))) > 1e-3
+    assert [single.best_epoch] == com.best_epoch
+    np.testing.assert_allclose([h["val_loss"] for h in single.history],
+                               [h["val_loss"][0] for h in com.history], rtol=1e-6)
+
+
+TRACES = []
+
+
+def counting(model):
+    """``model`` with an ``apply`` that records each trace (a Python side effect)."""
+
+    def apply(params, batch):
+        TRACES.append(1)
+        return model.apply(params, batch)
+
+    return Model(model.init, apply, name="counting")
+
+
+def test_generations_compile_the_step_once(pair_pot, records, val):
+    """ensemble.fit once per generation (more data, more epochs, a new but equal loss each
+    time) on fixed shapes traces and compiles its step and its evaluation once."""
+    model = counting(pair_pot)
+    budget = graph.estimate_budget(records, 10)
+    params = ensemble.init(model, jax.random.key(0), graph.batch(records[:2]), 2)
+    TRACES.clear()
+    for gen in range(5):
+        loader = ensemble.CommitteeLoader(records[:20 + 2 * gen], 2, 10, budget, seed=gen)
+        cfg = ensemble.CommitteeConfig(epochs=1 + gen, lr=5e-3, progress=False, seed=gen)
+        res = ensemble.fit(model, params, loader, val, train.energy_force_loss(1.0, 10.0), cfg)
+        params = res.params
+        assert len(res.history) == 1 + gen
+    step = engine.compiled_step(model, train.energy_force_loss(1.0, 10.0), 10.0, None)
+    assert step._cache_size() == 1
+    assert engine.compiled_eval(model, train.energy_force_loss(1.0, 10.0))._cache_size() == 1
+    assert len(TRACES) == 2  # one trace of the step, one of the evaluation

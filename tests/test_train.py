@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 
 import jax
@@ -211,3 +212,107 @@ def test_metrics_with_labels_on_some_structures():
     for epoch in range(3):
         m = train.evaluate(zero, {}, loader.epoch(epoch), loss)
         np.testing.assert_allclose(m["stress_mae"], expected, rtol=1e-5)
+
+
+# --------------------------------------------------------------------------- engine features
+def test_losses_are_hashable_values():
+    assert train.energy_force_loss(1.0, 10.0) == train.energy_force_loss(1.0, 10.0)
+    assert hash(train.energy_force_loss()) == hash(train.energy_force_loss())
+    assert train.energy_force_loss(1.0, 10.0) != train.energy_force_loss(1.0, 5.0)
+    assert train.target_loss("y") == train.target_loss("y") != train.target_loss("z")
+    assert train.energy_force_loss(1.0, 0.0).targets == ("energy",)
+    assert train.energy_force_loss(1.0, 1.0, 1.0).targets == ("energy", "forces", "stress")
+    with pytest.raises(ValueError, match="huber"):
+        train.energy_force_loss(kind="l1")
+    with pytest.raises(ValueError, match="non-zero weight"):
+        train.energy_force_loss(0.0, 0.0)
+
+
+def padded_batch_with_nan_outputs():
+    """A batch of 3 Li structures padded to a budget, outputs = targets + 0.1 on real
+    entries and NaN on every padded one (graphs, atoms)."""
+    atoms = [a for a in data.load_mlearn("Li", "all") if len(a) <= 6][:3]
+    recs = graph.records_from_atoms(atoms, 3.0)
+    budget = graph.Budget(sum(r.n_node for r in recs) + 5, sum(r.n_edge for r in recs) + 8, 5)
+    b = graph.to_device(graph.batch(recs, budget))
+    gm, nm = b.globals["mask"], b.nodes["mask"]
+    out = {"energy": jnp.where(gm, b.globals["energy"] + 0.1, jnp.nan),
+           "forces": jnp.where(nm[:, None], b.nodes["forces"] + 0.1, jnp.nan),
+           "stress": jnp.where(gm[:, None, None], 0.1, jnp.nan)}
+    return b, out
+
+
+@pytest.mark.parametrize("loss", [train.energy_force_loss(1.0, 10.0, 1.0),
+                                  train.energy_force_loss(1.0, 10.0, 1.0, kind="huber", delta=0.05),
+                                  train.target_loss("energy", per_atom=True)])
+def test_nan_in_padding_cannot_poison_loss_or_gradient(loss):
+    b, out = padded_batch_with_nan_outputs()
+    assert not bool(jnp.all(b.globals["mask"])) and not bool(jnp.all(b.nodes["mask"]))
+    value, stats = loss(out, b)
+    grads = jax.grad(lambda o: loss(o, b)[0])(out)
+    assert np.isfinite(float(value)) and float(value) > 0
+    assert all(np.all(np.isfinite(g)) for g in jax.tree_util.tree_leaves(grads))
+    assert all(np.isfinite(float(s)) and np.isfinite(float(c)) for s, c in stats.values())
+    # padded entries get exactly zero gradient
+    assert float(jnp.abs(grads["energy"][~b.globals["mask"]]).sum()) == 0.0
+    if "forces" in grads:
+        assert float(jnp.abs(grads["forces"][~b.nodes["mask"]]).sum()) == 0.0
+
+
+def test_huber_is_squared_error_then_linear():
+    b, out = padded_batch_with_nan_outputs()
+    n = int(b.globals["mask"].sum())
+    e_err = np.zeros(b.globals["mask"].shape)
+    e_err[:n] = [0.01, 0.2, -0.5][:n]
+    out = {**out, "energy": jnp.where(b.globals["mask"], b.globals["energy"]
+                                      + e_err * b.globals["n_atoms"], jnp.nan)}
+    d = 0.1
+    huber, _ = train.energy_force_loss(1.0, 0.0, kind="huber", delta=d)(out, b)
+    mse, _ = train.energy_force_loss(1.0, 0.0)(out, b)
+    a = np.abs(e_err[:n])
+    expect = np.where(a <= d, a**2, 2 * d * a - d**2).mean()
+    np.testing.assert_allclose(float(huber), expect, rtol=1e-5)
+    np.testing.assert_allclose(float(mse), (a**2).mean(), rtol=1e-5)
+
+
+def test_missing_targets_raise_with_the_keys_found(setup):
+    model, params, tl, vl, loss, va = setup
+    no_forces = [dataclasses.replace(r, node_targets={}) for r in va]
+    with pytest.raises(ValueError, match=r"needs target\(s\) \['forces'\].*training.*\['energy'\]"):
+        train.fit(model, params, graph.GraphLoader(no_forces, 8), None, loss, config(epochs=1))
+    with pytest.raises(ValueError, match=r"\['forces'\].*validation.*\['energy'\]"):
+        train.fit(model, params, tl, graph.GraphLoader(no_forces, 8), loss, config(epochs=1))
+    with pytest.raises(ValueError, match=r"\['gap'\].*\['energy', 'forces'\]"):
+        train.fit(model, params, tl, None, train.target_loss("gap"), config(epochs=1))
+    # with weight 0 the forces are not needed
+    res = train.fit(model, params, graph.GraphLoader(no_forces, 8), None,
+                    train.energy_force_loss(1.0, 0.0), config(epochs=1))
+    assert np.isfinite(res.history[0]["train_loss"]) and res.history[0]["train_loss"] > 0
+
+
+def test_ema_params_are_the_validated_and_returned_ones(setup, straight):
+    model, params, tl, vl, loss, _ = setup
+    zero = train.fit(model, params, tl, vl, loss, config(epochs=2, ema_decay=0.0))
+    plain = train.fit(model, params, tl, vl, loss, config(epochs=2))
+    assert tree_equal(zero.last_params, plain.last_params, atol=1e-6)  # decay 0: EMA = weights
+    ema = train.fit(model, params, tl, vl, loss, config(epochs=2, ema_decay=0.9))
+    assert not tree_equal(ema.last_params, plain.last_params, atol=1e-4)
+    again = train.evaluate(model, ema.last_params, vl, loss)
+    np.testing.assert_allclose(again["loss"], ema.history[-1]["val_loss"], rtol=1e-5)
+
+
+def test_time_budget_and_a_stopping_callback(setup):
+    model, params, tl, _, loss, _ = setup
+    res = train.fit(model, params, tl, None, loss, config(max_minutes=0.0))
+    assert res.timed_out and len(res.history) == 1
+
+    class StopAtTwo(train.Callback):
+        seen: list = []
+
+        def on_epoch_end(self, run, row):
+            self.seen.append(run.epoch)
+            run.stop = run.epoch >= 2
+
+    cb = StopAtTwo()
+    res = train.fit(model, params, tl, None, loss, config(), callbacks=[cb])
+    assert cb.seen == [1, 2] and len(res.history) == 2 and not res.timed_out

@@ -108,7 +108,7 @@ def make_model(seeds: list, features: int, interactions: int, cutoff: float):
     return potential.potential(schnet(cfg), stress=False)
 
 
-def make_evaluator(model, cutoff: float, path: dict, test: list):
+def make_evaluator(model, path: dict, test: list):
     """``evaluate(g, params, store)`` for :func:`jaxmat.active.run`: committee energies along
     the oracle's inversion path (barrier) and the test-set force MAE of the committee mean."""
     path_atoms = [c3v_geometry(h, r) for h, r in zip(path["h"], path["r"])]
@@ -116,16 +116,16 @@ def make_evaluator(model, cutoff: float, path: dict, test: list):
     f_ref = np.concatenate([a.get_forces() for a in test])
 
     def evaluate(g, params, store):
-        p = committee_predict(model, params, path_atoms + ends, cutoff)
-        e = p["energy_mean"]
-        t = committee_predict(model, params, test, cutoff)
-        mae = float(np.mean(np.abs(np.concatenate(t["forces_mean"]) - f_ref)))
+        p = committee_predict(model, params, path_atoms + ends)
+        e = p["energy"]
+        t = committee_predict(model, params, test)
+        mae = float(np.mean(np.abs(np.concatenate(t["forces"]) - f_ref)))
         n = len(path_atoms)
         return {"eval_barrier": float(e[n] - e[n + 1]),
                 "eval_barrier_path": float(e[np.argmin(np.abs(path["h"]))] - e[:n].min()),
                 "eval_test_force_mae": mae,
                 "path_energy_mean": (e[:n] - e[n + 1]).tolist(),
-                "path_energy_std": p["energy_std"][:n].tolist()}
+                "path_energy_std": np.sqrt(p["energy_var"][:n]).tolist()}
 
     return evaluate
 
@@ -140,9 +140,9 @@ def throughput(model, cutoff: float, seeds: list, n_members: int = 8, n_starts: 
     ref = attack.Boltzmann.from_structures(seeds, kT=20 * KCAL_MOL)
     cfg = attack.AttackConfig(n_steps=n_steps, lr=0.01, sigma=0.01)
     t0 = time.perf_counter()
-    res = attack.attack(model, params, starts, ref, cutoff, cfg)
+    res = attack.attack(model, params, starts, ref, cfg)
     first = time.perf_counter() - t0
-    sec = median_time(lambda: attack.attack(model, params, starts, ref, cutoff, cfg),
+    sec = median_time(lambda: attack.attack(model, params, starts, ref, cfg),
                       repeats=repeats, warmup=0)
     return {"n_members": n_members, "n_starts": n_starts, "n_steps": n_steps,
             "first_call_s": first, "median_s": sec,
@@ -229,22 +229,23 @@ def main() -> None:
                "seeds": {"n": len(seeds), "n_height_min": min(n_height(a.positions) for a in seeds)},
                "runs": {}}
     if not args.throughput_only:
-        evaluate = make_evaluator(model, args.cutoff, path, test)
+        evaluate = make_evaluator(model, path, test)
         for seed, strat in [(sd, st) for sd in args.seeds for st in args.strategies]:
             kind, _, kT = strat.partition("@")
             name = strat if seed == 0 else f"{strat}/seed{seed}"
             cfg = active.ActiveConfig(
                 workdir=os.path.join(runs_dir, name.replace("/", "_")), strategy=kind,
-                generations=args.generations, seed=seed, n_members=args.members, epochs=args.epochs, lr=2e-3, batch_size=32,
+                generations=args.generations, seed=seed, n_members=args.members,
+                fit=dict(epochs=args.epochs, lr=2e-3, batch_size=32),
                 energy_weight=1.0, forces_weight=10.0, kT=float(kT) if kT else 20 * KCAL_MOL,
-                n_starts=args.starts,
-                attack_steps=60, attack_lr=0.01, attack_sigma=0.01, percentile=90.0, rmsd=0.05,
-                permute=True, max_per_generation=args.per_generation, fill=True,
+                n_starts=args.starts, attack=dict(n_steps=60, lr=0.01, sigma=0.01),
+                select=dict(percentile=90.0, rmsd=0.05, permute=True,
+                            max_per_generation=args.per_generation, fill=True),
                 random_sigma=0.1, md_temperature=1500.0, md_steps=400, md_interval=10,
                 md_starts=max(2, args.starts // 64), relabel_seeds=True,
                 compile_cache=os.path.join(workdir, "jax_cache"))
             t = time.perf_counter()
-            res = active.run(cfg, model, orc, seeds, args.cutoff, evaluate=evaluate)
+            res = active.run(cfg, model, orc, seeds, evaluate=evaluate)
             heights = generation_heights(res.store, args.generations)
             gens = []
             for r in res.reports:

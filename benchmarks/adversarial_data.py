@@ -43,9 +43,9 @@ def fit_and_score(model, atoms: list, test: list, cutoff: float, members: int, e
     cfg = ensemble.CommitteeConfig(epochs=epochs, lr=2e-3, lr_end=1e-5, seed=seed,
                                    batch_size=32, progress=False)
     res = ensemble.fit(model, params, recs, loss=train.energy_force_loss(1.0, 10.0), config=cfg)
-    p = committee_predict(model, res.params, test, cutoff)
+    p = committee_predict(model, res.params, test)
     f_ref = np.concatenate([a.get_forces() for a in test])
-    err = np.abs(np.concatenate(p["forces_mean"]) - f_ref)
+    err = np.abs(np.concatenate(p["forces"]) - f_ref)
     return {"n_train": len(atoms), "test_force_mae": float(err.mean()), "seconds": res.seconds}
 
 

@@ -33,40 +33,69 @@ import numpy as np
 from jaxmat import ensemble, graph, train
 from jaxmat.attack import AttackConfig, Boltzmann, attack
 from jaxmat.checkpoint import Checkpointer
+from jaxmat.linegraph import add_line_graph
 from jaxmat.oracle import Oracle
+from jaxmat.predict import resolve_cutoff
 from jaxmat.protocol import Model, Params
 from jaxmat.select import SelectConfig, committee_predict, select, too_close, variance_threshold
 from jaxmat.store import Store
 
 STRATEGIES = ("adversarial", "random", "md")
-# fields that may change between a run and its resumption
-_RESUMABLE_CHANGES = {"generations", "progress", "train_final", "compile_cache"}
+# settings that may change between a run and its resumption
+_RESUMABLE_CHANGES = {"generations", "progress", "train_final", "compile_cache", "fit.progress"}
+# nested settings the loop sets itself (per generation); they must keep their defaults
+_LOOP_OWNED = {"fit": ("seed", "checkpoint_dir"), "attack": ("seed",)}
+# flat keys of configs written before the nesting -> (section, key)
+_FLAT_KEYS = {
+    "epochs": ("fit", "epochs"), "lr": ("fit", "lr"), "lr_end": ("fit", "lr_end"),
+    "batch_size": ("fit", "batch_size"), "attack_steps": ("attack", "n_steps"),
+    "attack_lr": ("attack", "lr"), "attack_sigma": ("attack", "sigma"),
+    "clamp": ("attack", "clamp"), "skin": ("attack", "skin"), "axes": ("attack", "axes"),
+    **{k: ("select", k) for k in ("percentile", "rmsd", "permute", "align",
+                                  "max_per_generation", "fill")},
+}
+
+
+def _default_fit() -> ensemble.CommitteeConfig:
+    return ensemble.CommitteeConfig(epochs=200, lr=2e-3, lr_end=1e-5, batch_size=32,
+                                    progress=False)
+
+
+_SECTIONS = {"fit": ensemble.CommitteeConfig, "attack": AttackConfig, "select": SelectConfig}
 
 
 @dataclasses.dataclass
 class ActiveConfig:
     """Settings of :func:`run` (units: kT eV, distances Å, temperature K, time fs).
 
-    Training: ``n_members`` committee members trained ``epochs`` per generation with Adam
-    (``lr`` → ``lr_end``), loss ``energy_weight``·(eV/atom)² + ``forces_weight``·(eV/Å)²,
-    warm-started from the previous generation's committee (``warm_start``).
-    Adversarial: ``n_starts`` training geometries attacked ``attack_steps`` steps (Adam,
-    ``attack_lr``, δ₀ ~ N(0, ``attack_sigma``²), optional ``clamp``), Boltzmann factor at
-    ``kT`` (``per_atom`` energies optional), moving along Cartesian ``axes``. Selection: committee force variance above the
-    ``percentile`` of the training set's, RMSD dedup at ``rmsd`` (after alignment unless
-    ``align`` is False; also against the training set with ``dedup_against_train``), at most ``max_per_generation`` (``fill`` tops up).
-    Candidates with two atoms closer than ``min_distance`` (Å) are never labelled; stored
-    labels that close (from older runs) are kept out of training.
-    Random baseline: ``n_starts`` training geometries displaced by N(0, ``random_sigma``²),
-    the first ``max_per_generation`` labelled. MD baseline: ``md_starts`` Langevin runs of
-    ``md_steps`` steps at ``md_temperature`` with the committee, a frame every
-    ``md_interval`` steps, then the same selection as the attack.
+    Training: ``n_members`` committee members trained per generation with ``fit``
+    (:class:`jaxmat.ensemble.CommitteeConfig`: ``epochs``, ``lr`` → ``lr_end``,
+    ``batch_size``, ...; its seed is derived from ``seed`` per generation), loss
+    ``energy_weight``·(eV/atom)² + ``forces_weight``·(eV/Å)², warm-started from the previous
+    generation's committee (``warm_start``).
+    Adversarial: ``n_starts`` training geometries attacked with ``attack``
+    (:class:`jaxmat.attack.AttackConfig`: steps, lr, δ₀ ~ N(0, sigma²), clamp, skin, axes;
+    seed derived per generation), Boltzmann factor at ``kT`` (``per_atom`` energies
+    optional). Selection: ``select`` (:class:`jaxmat.select.SelectConfig`: committee force
+    variance above a ``percentile`` of the training set's, RMSD dedup, at most
+    ``max_per_generation``), deduplicated also against the training set with
+    ``dedup_against_train``. Candidates with two atoms closer than ``min_distance`` (Å) are
+    never labelled; stored labels that close (from older runs) are kept out of training.
+    Random baseline: ``n_starts`` training geometries displaced by N(0, ``random_sigma``²)
+    along ``attack.axes``, the first ``select.max_per_generation`` labelled. MD baseline:
+    ``md_starts`` Langevin runs of ``md_steps`` steps at ``md_temperature`` with the
+    committee, a frame every ``md_interval`` steps, then the same selection as the attack.
 
     ``train_final`` trains C_{G+1} on all labels after the last generation (else the result
     is C_G). ``max_energy`` (eV above the lowest label; eV/atom with ``per_atom``) keeps
     higher-energy labels in the store but out of training. ``compile_cache`` names a folder
     for JAX's persistent compilation cache (a process-wide setting), which makes the
     per-generation retraining compile once.
+
+    ``fit``, ``attack`` and ``select`` may be given as dicts. In TOML they are the tables
+    ``[active.fit]``, ``[active.attack]``, ``[active.select]``; a flat file written before
+    the nesting is migrated (``epochs`` → ``fit.epochs``, ``attack_steps`` →
+    ``attack.n_steps``, ``percentile`` → ``select.percentile``, ...).
     """
 
     workdir: str = "runs/active"
@@ -80,31 +109,17 @@ class ActiveConfig:
     compile_cache: str | None = None
     # committee training
     n_members: int = 4
-    epochs: int = 200
-    lr: float = 2e-3
-    lr_end: float = 1e-5
-    batch_size: int = 32
+    fit: ensemble.CommitteeConfig = dataclasses.field(default_factory=_default_fit)
     energy_weight: float = 1.0
     forces_weight: float = 10.0
     warm_start: bool = True
     bootstrap: bool = False
-    # adversarial attack
+    # proposals and selection
     kT: float = 0.5
     per_atom: bool = False
     n_starts: int = 128
-    attack_steps: int = 60
-    attack_lr: float = 0.01
-    attack_sigma: float = 0.01
-    clamp: float | None = None
-    skin: float = 0.5
-    axes: tuple[int, ...] = (0, 1, 2)
-    # selection
-    percentile: float = 90.0
-    rmsd: float = 0.05
-    permute: bool = True
-    align: bool = True
-    max_per_generation: int = 20
-    fill: bool = False
+    attack: AttackConfig = dataclasses.field(default_factory=AttackConfig)
+    select: SelectConfig = dataclasses.field(default_factory=SelectConfig)
     dedup_against_train: bool = True
     min_distance: float = 0.5
     # baselines
@@ -117,26 +132,34 @@ class ActiveConfig:
     md_starts: int = 4
 
     def __post_init__(self):
+        for name, cls in _SECTIONS.items():
+            value = getattr(self, name)
+            if isinstance(value, dict):
+                value = _section(name, value)
+                setattr(self, name, value)
+            if not isinstance(value, cls):
+                raise ValueError(f"ActiveConfig.{name} must be a {cls.__module__}."
+                                 f"{cls.__name__} or a dict, got {type(value).__name__}")
+        for name, fields in _LOOP_OWNED.items():
+            default = _SECTIONS[name]()
+            for f in fields:
+                if getattr(getattr(self, name), f) != getattr(default, f):
+                    raise ValueError(f"{name}.{f} is set by the loop per generation (from "
+                                     f"ActiveConfig.seed and workdir); leave it at its default")
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
         if not self.kT > 0:
             raise ValueError(f"kT must be positive (eV), got {self.kT}")
-        if self.generations < 0 or self.n_members < 1 or self.epochs < 1:
-            raise ValueError("need generations >= 0, n_members >= 1 and epochs >= 1")
+        if self.generations < 0 or self.n_members < 1 or self.fit.epochs < 1:
+            raise ValueError("need generations >= 0, n_members >= 1 and fit.epochs >= 1")
         if not self.min_distance >= 0:
             raise ValueError(f"min_distance must be >= 0 Å, got {self.min_distance}")
-        if self.n_starts < 1 or self.max_per_generation < 0:
-            raise ValueError("need n_starts >= 1 and max_per_generation >= 0")
-        self.axes = tuple(int(a) for a in self.axes)
+        if self.n_starts < 1 or self.select.max_per_generation < 0:
+            raise ValueError("need n_starts >= 1 and select.max_per_generation >= 0")
 
     def attack_config(self, generation: int) -> AttackConfig:
-        return AttackConfig(n_steps=self.attack_steps, lr=self.attack_lr, sigma=self.attack_sigma,
-                            clamp=self.clamp, skin=self.skin, axes=tuple(self.axes),
-                            seed=_seed(self.seed, generation, 1))
-
-    def select_config(self) -> SelectConfig:
-        return SelectConfig(self.percentile, self.rmsd, self.permute, self.max_per_generation,
-                            self.fill, self.align)
+        """``attack`` with the seed of ``generation``."""
+        return dataclasses.replace(self.attack, seed=_seed(self.seed, generation, 1))
 
     # ------------------------------------------------------------------ TOML
     @classmethod
@@ -154,20 +177,71 @@ class ActiveConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "ActiveConfig":
+        """Settings from a (nested) dict; flat keys of the old layout are migrated."""
+        data = {k: dict(v) if k in _SECTIONS and isinstance(v, dict) else v
+                for k, v in data.items()}
+        for old, (name, key) in _FLAT_KEYS.items():
+            if old in data:
+                section = data.setdefault(name, {})
+                if not isinstance(section, dict) or key in section:
+                    raise ValueError(f"setting {old!r} is given both flat (old layout) and "
+                                     f"as {name}.{key}; keep only {name}.{key}")
+                section[key] = data.pop(old)
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
             raise ValueError(f"unknown active-learning setting(s): {unknown}")
         return cls(**data)
 
-    def to_toml(self) -> str:
-        lines = ["[active]"]
+    def to_dict(self) -> dict[str, Any]:
+        """Flat ``{"name" or "section.name": value}`` of every setting."""
+        out = {}
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
+            if f.name in _SECTIONS:
+                out.update({f"{f.name}.{g.name}": getattr(v, g.name)
+                            for g in dataclasses.fields(v)})
+            else:
+                out[f.name] = v
+        return out
+
+    def to_toml(self) -> str:
+        tables: dict[str, list[str]] = {"active": []}
+        for key, v in self.to_dict().items():
+            table, _, name = key.rpartition(".")
+            table = f"active.{table}" if table else "active"
             if v is None:
-                continue  # TOML has no null: absent means default None
-            lines.append(f"{f.name} = {json.dumps(v)}")
-        return "\n".join(lines) + "\n"
+                if _default_of(key) is not None:
+                    raise ValueError(f"{key} = None cannot be written to TOML (no null) and "
+                                     f"would read back as its default {_default_of(key)!r}")
+                continue  # absent means the default None
+            try:
+                text = json.dumps(list(v) if isinstance(v, tuple) else v)
+            except TypeError:
+                raise ValueError(f"{key} = {v!r} cannot be written to TOML") from None
+            tables.setdefault(table, []).append(f"{name} = {text}")
+        return "\n".join(f"[{t}]\n" + "\n".join(lines) + "\n" for t, lines in tables.items())
+
+
+def _section(name: str, values: dict) -> Any:
+    cls = _SECTIONS[name]
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown {name} setting(s) {unknown}; {cls.__name__} has "
+                         f"{sorted(known)}")
+    base = _default_fit() if name == "fit" else cls()
+    vals = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    return dataclasses.replace(base, **vals)
+
+
+def _default_of(key: str) -> Any:
+    name, _, field = key.rpartition(".")
+    if name == "fit":
+        return getattr(_default_fit(), field)
+    if name:
+        return getattr(_SECTIONS[name](), field)
+    return {f.name: f.default for f in dataclasses.fields(ActiveConfig)}.get(field)
 
 
 def _seed(*parts: int) -> int:
@@ -188,13 +262,15 @@ class ActiveResult:
 # --------------------------------------------------------------------------- the loop
 class _Loop:
     def __init__(self, cfg: ActiveConfig, model: Model, oracle: Oracle, seeds: Sequence[Any],
-                 cutoff: float, evaluate: Callable | None, md_calculator: Callable | None):
-        self.cfg, self.model, self.oracle, self.cutoff = cfg, model, oracle, cutoff
+                 cutoff: float | None, evaluate: Callable | None,
+                 md_calculator: Callable | None):
+        self.cfg, self.model, self.oracle = cfg, model, oracle
         self.evaluate = evaluate
         self.md_calculator = md_calculator
         self.workdir = os.path.abspath(cfg.workdir)
         os.makedirs(self.workdir, exist_ok=True)
         self._check_config()
+        self.cutoff = resolve_cutoff(model, cutoff)
         self.store = Store(os.path.join(self.workdir, "labels.db"))
         self.ckpt_dir = os.path.join(self.workdir, "committee")
         self.progress_path = os.path.join(self.workdir, "progress.jsonl")
@@ -206,10 +282,10 @@ class _Loop:
     def _check_config(self) -> None:
         path = os.path.join(self.workdir, "config.toml")
         if os.path.exists(path):
-            old = ActiveConfig.from_toml(path, workdir=self.cfg.workdir)
-            diff = [f.name for f in dataclasses.fields(ActiveConfig)
-                    if f.name not in _RESUMABLE_CHANGES | {"workdir"}
-                    and getattr(old, f.name) != getattr(self.cfg, f.name)]
+            old = ActiveConfig.from_toml(path, workdir=self.cfg.workdir).to_dict()
+            new = self.cfg.to_dict()
+            diff = [k for k in new if k not in _RESUMABLE_CHANGES | {"workdir"}
+                    and old[k] != new[k]]
             if diff:
                 raise ValueError(f"{self.workdir} holds a run with different settings {diff}; "
                                  "use a new workdir (existing runs are never overwritten)")
@@ -264,7 +340,9 @@ class _Loop:
         for a in atoms:
             rid = a.info["row_id"]
             if rid not in self._records:
-                self._records[rid] = graph.atoms_to_record(a, self.cutoff, name=f"row {rid}")
+                r = graph.atoms_to_record(a, self.cutoff, name=f"row {rid}",
+                                          max_neighbors=self.model.graph.max_neighbors)
+                self._records[rid] = add_line_graph(r) if self.model.graph.line_graph else r
             out.append(self._records[rid])
         return out
 
@@ -296,9 +374,7 @@ class _Loop:
             else:
                 params0 = self.template(example)
         t0 = time.perf_counter()
-        fit_cfg = ensemble.CommitteeConfig(epochs=cfg.epochs, lr=cfg.lr, lr_end=cfg.lr_end,
-                                           seed=_seed(cfg.seed, generation, 2),
-                                           batch_size=cfg.batch_size, progress=False)
+        fit_cfg = dataclasses.replace(cfg.fit, seed=_seed(cfg.seed, generation, 2))
         res = ensemble.fit(self.model, params0, recs,
                            loss=train.energy_force_loss(cfg.energy_weight, cfg.forces_weight),
                            config=fit_cfg, bootstrap=cfg.bootstrap)
@@ -320,7 +396,7 @@ class _Loop:
         rng = np.random.default_rng(_seed(cfg.seed, generation, 3))
         t0 = time.perf_counter()
         tr = committee_predict(self.model, params, self.records(train_atoms), self.cutoff)
-        thr = variance_threshold(tr["forces_var_graph"], cfg.percentile)
+        thr = variance_threshold(tr["forces_var_graph"], cfg.select.percentile)
         stats = {"threshold_sigma": float(np.sqrt(thr)),
                  "train_sigma_median": float(np.sqrt(np.median(tr["forces_var_graph"])))}
         ref = list(train_atoms) if cfg.dedup_against_train else []
@@ -339,7 +415,7 @@ class _Loop:
             stats.update(attack_seconds=res.seconds, n_rebuilds=res.n_rebuilds,
                          objective_gain_median=float(np.median(
                              res.objective / np.maximum(res.objective_start, 1e-30))))
-            idx = select(cands, fvar, tr["forces_var_graph"], cfg.select_config(), score, ref)
+            idx = select(cands, fvar, tr["forces_var_graph"], cfg.select, score, ref)
             origin = "attack"
         elif cfg.strategy == "random":
             starts = [train_atoms[k] for k in pick(cfg.n_starts)]
@@ -348,10 +424,10 @@ class _Loop:
                 b = a.copy()
                 b.calc = None
                 b.positions = a.positions + rng.normal(0.0, cfg.random_sigma, a.positions.shape) \
-                    * np.isin(np.arange(3), cfg.axes)
+                    * np.isin(np.arange(3), cfg.attack.axes)
                 cands.append(b)
             close = too_close(cands, cfg.min_distance)
-            idx = [int(k) for k in np.flatnonzero(~close)[:cfg.max_per_generation]]
+            idx = [int(k) for k in np.flatnonzero(~close)[:cfg.select.max_per_generation]]
             pred = committee_predict(self.model, params, [cands[k] for k in idx], self.cutoff) \
                 if idx else {"forces_var_graph": np.zeros(0)}
             fvar = np.zeros(len(cands))
@@ -367,7 +443,7 @@ class _Loop:
                 fvar[keep] = committee_predict(self.model, params, [cands[k] for k in keep],
                                                self.cutoff)["forces_var_graph"]
             score = fvar
-            idx = select(cands, fvar, tr["forces_var_graph"], cfg.select_config(), score, ref)
+            idx = select(cands, fvar, tr["forces_var_graph"], cfg.select, score, ref)
             origin = "md"
         stats.update(n_candidates=len(cands), n_above=int(np.sum(np.asarray(fvar) > thr)),
                      n_too_close=int(close.sum()),
@@ -530,21 +606,20 @@ def _format(r: dict) -> str:
     return " | ".join(parts + extra)
 
 
-def run(config: ActiveConfig, model: Model, oracle: Oracle, seeds: Sequence[Any], cutoff: float,
-        evaluate: Callable[[int, Params, Store], dict] | None = None,
+def run(config: ActiveConfig, model: Model, oracle: Oracle, seeds: Sequence[Any],
+        cutoff: float | None = None, evaluate: Callable[[int, Params, Store], dict] | None = None,
         md_calculator: Callable[[Model, Params, float], Any] | None = None) -> ActiveResult:
     """Run (or resume) an active-learning loop in ``config.workdir``.
 
     ``model``: a potential (``energy`` eV and ``forces`` eV/Å, e.g.
     :func:`jaxmat.potential.potential` of any energy model); ``oracle`` labels structures;
     ``seeds``: the initial ASE structures (relabelled by the oracle unless
-    ``relabel_seeds=False``); ``cutoff`` (Å) for neighbour lists. ``evaluate(g, params,
+    ``relabel_seeds=False``). Neighbour lists follow ``model.graph``; ``cutoff`` (Å) only
+    for a model without a graph cutoff (ValueError if it disagrees). ``evaluate(g, params,
     store) -> dict`` is merged into the report of generation ``g`` (keys starting with
     ``eval_`` are printed). ``md_calculator(model, params, cutoff)`` makes the ASE calculator
     used by the ``md`` baseline (default :class:`jaxmat.ase` committee calculator).
     """
-    if cutoff is None or not cutoff > 0:
-        raise ValueError(f"cutoff must be a positive distance in Å, got {cutoff}")
     if md_calculator is None and config.strategy == "md":
         md_calculator = _default_md_calculator
     if config.compile_cache:

@@ -66,19 +66,19 @@ from its work directory (`labels.db`, committee checkpoints, `progress.jsonl`)."
     code("""CUTOFF = 5.0
 labelled_seeds = [xtb.label(a).attach(a) for a in seeds]   # only to fit the model's energy scale
 model = bench.make_model(labelled_seeds, features=16, interactions=2, cutoff=CUTOFF)
-evaluate = bench.make_evaluator(model, CUTOFF, path, test)
+evaluate = bench.make_evaluator(model, path, test)
 work = tempfile.mkdtemp(prefix="adversarial_")
 runs = {}
 for strategy in ("adversarial", "random", "md"):
     cfg = active.ActiveConfig(
         workdir=os.path.join(work, strategy), strategy=strategy, generations=3, seed=0,
-        n_members=3, epochs=60, lr=3e-3, batch_size=16, forces_weight=10.0,
-        kT=20 * data.KCAL_MOL, n_starts=48, attack_steps=60, attack_lr=0.01, attack_sigma=0.01,
-        percentile=90.0, rmsd=0.05, permute=True, max_per_generation=8, fill=True,
+        n_members=3, fit=dict(epochs=60, lr=3e-3, batch_size=16), forces_weight=10.0,
+        kT=20 * data.KCAL_MOL, n_starts=48, attack=dict(n_steps=60, lr=0.01, sigma=0.01),
+        select=dict(percentile=90.0, rmsd=0.05, permute=True, max_per_generation=8, fill=True),
         random_sigma=0.1, md_temperature=1500.0, md_steps=200, md_interval=10, md_starts=2,
         compile_cache=os.path.join(work, "jax_cache"), progress=False)
     t = time.time()
-    runs[strategy] = active.run(cfg, model, xtb, seeds, CUTOFF, evaluate=evaluate)
+    runs[strategy] = active.run(cfg, model, xtb, seeds, evaluate=evaluate)
     last = runs[strategy].reports[-1]
     print(f"{strategy:12s} {time.time() - t:5.0f} s  oracle calls {last['oracle_calls']}  "
           f"barrier {last['eval_barrier']:.3f} eV  test force MAE {last['eval_test_force_mae']:.3f} eV/Å")"""),

@@ -1,5 +1,6 @@
 """Active learning loop: configuration, the double-well toy (the attack finds the unsampled
 second well), kill -9 and resume with no label lost or computed twice, baselines."""
+import dataclasses
 import json
 import os
 import signal
@@ -11,7 +12,8 @@ import time
 import numpy as np
 import pytest
 
-from jaxmat import active
+from jaxmat import active, attack, ensemble
+from jaxmat.select import SelectConfig
 from jaxmat.store import Store
 
 # A runnable toy: 1-D double well E = 5x^4 - 10x^2 + 1.5x, seeds only where E < -5.5
@@ -46,15 +48,17 @@ xs = np.linspace(-1.2, -0.82, 8)
 assert np.all(oracle.double_well_energy(xs) < -5.5)
 seeds = [Atoms("H", [[x, 0.0, 0.0]]) for x in xs]
 model = potential.potential(coordinate_mlp(features=(16, 16), shift=-5.0), stress=False)
-settings = dict(n_members=4, epochs=100, lr=1e-2, batch_size=8, energy_weight=1.0,
-                forces_weight=1.0, kT=3.0, n_starts=64, attack_steps=40, attack_lr=0.1,
-                attack_sigma=0.2, clamp=1.5, percentile=50.0, rmsd=0.1, permute=False,
-                align=False, axes=(0,), max_per_generation=4, max_energy=20.0,
-                train_final=False, random_sigma=0.3, md_temperature=3000.0, md_steps=100,
-                md_interval=10, md_starts=2)
-settings.update(opts)
+settings = dict(n_members=4, energy_weight=1.0, forces_weight=1.0, kT=3.0, n_starts=64,
+                max_energy=20.0, train_final=False, random_sigma=0.3, md_temperature=3000.0,
+                md_steps=100, md_interval=10, md_starts=2,
+                fit=dict(epochs=100, lr=1e-2, batch_size=8),
+                attack=dict(n_steps=40, lr=0.1, sigma=0.2, clamp=1.5, axes=(0,)),
+                select=dict(percentile=50.0, rmsd=0.1, permute=False, align=False,
+                            max_per_generation=4))
+for key, value in opts.items():  # nested settings are merged into their section
+    settings[key] = {**settings[key], **value} if isinstance(value, dict) else value
 cfg = active.ActiveConfig(workdir=workdir, **settings)
-res = active.run(cfg, model, orc, seeds, cutoff=1.0)
+res = active.run(cfg, model, orc, seeds, cutoff=1.0)  # the coordinate model has no cutoff
 print("RESULT " + json.dumps({"reports": res.reports}))
 '''
 
@@ -85,21 +89,109 @@ def _labels(workdir):
 
 # --------------------------------------------------------------------------- configuration
 def test_config_toml_round_trip_and_errors(tmp_path):
-    cfg = active.ActiveConfig(workdir="w", strategy="random", kT=0.25, axes=(0, 2), clamp=0.5)
+    cfg = active.ActiveConfig(workdir="w", strategy="random", kT=0.25,
+                              attack=attack.AttackConfig(axes=(0, 2), clamp=0.5),
+                              fit={"epochs": 7, "patience": 3},
+                              select=SelectConfig(percentile=70.0, fill=True))
+    text = cfg.to_toml()
+    assert "[active.fit]\nepochs = 7" in text and "[active.attack]" in text
     path = tmp_path / "c.toml"
-    path.write_text(cfg.to_toml())
-    assert active.ActiveConfig.from_toml(path) == cfg
-    (tmp_path / "top.toml").write_text('strategy = "md"\ngenerations = 2\n')
-    assert active.ActiveConfig.from_toml(tmp_path / "top.toml").strategy == "md"
+    path.write_text(text)
+    back = active.ActiveConfig.from_toml(path)
+    assert back == cfg and back.attack.axes == (0, 2) and back.fit.patience == 3
+    assert isinstance(back.fit, ensemble.CommitteeConfig) and back.fit.lr == 2e-3
+    (tmp_path / "top.toml").write_text('strategy = "md"\ngenerations = 2\n[select]\nrmsd = 0.2\n')
+    top = active.ActiveConfig.from_toml(tmp_path / "top.toml")
+    assert top.strategy == "md" and top.select.rmsd == 0.2
     (tmp_path / "bad.toml").write_text("[active]\nkt = 1.0\n")
-    with pytest.raises(ValueError, match="unknown active-learning setting"):
+    with pytest.raises(ValueError, match="unknown active-learning setting.*'kt'"):
         active.ActiveConfig.from_toml(tmp_path / "bad.toml")
+    (tmp_path / "bad2.toml").write_text("[active.attack]\nsteps = 10\n")
+    with pytest.raises(ValueError, match="unknown attack setting.*'steps'"):
+        active.ActiveConfig.from_toml(tmp_path / "bad2.toml")
     with pytest.raises(FileNotFoundError):
         active.ActiveConfig.from_toml(tmp_path / "missing.toml")
     with pytest.raises(ValueError, match="strategy"):
         active.ActiveConfig(strategy="greedy")
     with pytest.raises(ValueError, match="kT"):
         active.ActiveConfig(kT=0.0)
+    with pytest.raises(ValueError, match="attack.seed is set by the loop"):
+        active.ActiveConfig(attack={"seed": 3})
+    with pytest.raises(ValueError, match="ActiveConfig.select must be"):
+        active.ActiveConfig(select=attack.AttackConfig())
+    with pytest.raises(ValueError, match="fit.clip = None cannot be written"):
+        active.ActiveConfig(fit={"clip": None}).to_toml()
+
+
+OLD_FLAT = """[active]
+workdir = "w"
+strategy = "adversarial"
+generations = 3
+n_members = 4
+epochs = 50
+lr = 0.01
+lr_end = 1e-05
+batch_size = 8
+kT = 0.5
+attack_steps = 20
+attack_lr = 0.05
+attack_sigma = 0.01
+clamp = 0.5
+skin = 0.5
+axes = [0]
+percentile = 80.0
+rmsd = 0.05
+permute = true
+align = true
+max_per_generation = 6
+fill = false
+"""
+
+
+def test_old_flat_config_is_migrated(tmp_path):
+    (tmp_path / "old.toml").write_text(OLD_FLAT)
+    cfg = active.ActiveConfig.from_toml(tmp_path / "old.toml")
+    assert (cfg.fit.epochs, cfg.fit.lr, cfg.fit.batch_size) == (50, 0.01, 8)
+    assert cfg.attack == attack.AttackConfig(n_steps=20, lr=0.05, sigma=0.01, clamp=0.5,
+                                             axes=(0,))
+    assert cfg.select == SelectConfig(percentile=80.0, max_per_generation=6)
+    (tmp_path / "both.toml").write_text(OLD_FLAT + "[active.fit]\nepochs = 9\n")
+    with pytest.raises(ValueError, match="'epochs' is given both flat .* fit.epochs"):
+        active.ActiveConfig.from_toml(tmp_path / "both.toml")
+    # a workdir holding an old flat config.toml resumes when the settings agree
+    work = tmp_path / "run"
+    work.mkdir()
+    (work / "config.toml").write_text(OLD_FLAT)
+    same = dataclasses.replace(cfg, workdir=str(work), generations=5)
+    loop = active._Loop(same, _free_model(), None, [], 1.0, None, None)
+    assert "[active.select]" in (work / "config.toml").read_text()  # rewritten nested
+    assert loop.cfg.select.max_per_generation == 6
+    (work / "config.toml").write_text(OLD_FLAT)
+    other = dataclasses.replace(same, attack=attack.AttackConfig(n_steps=21, lr=0.05,
+                                                                 sigma=0.01, clamp=0.5, axes=(0,)))
+    with pytest.raises(ValueError, match=r"different settings \['attack.n_steps'\]"):
+        active._Loop(other, _free_model(), None, [], 1.0, None, None)
+
+
+def _free_model():
+    from jaxmat import potential
+    from jaxmat.models.coordinate import coordinate_mlp
+
+    return potential.potential(coordinate_mlp(features=(4,)), stress=False)
+
+
+def test_cutoff_comes_from_the_model(tmp_path):
+    from jaxmat import potential
+    from jaxmat.models import SchNetConfig, schnet
+
+    model = potential.potential(schnet(SchNetConfig(n_features=8, n_interactions=1, n_rbf=8,
+                                                    cutoff=3.0)), stress=False)
+    cfg = active.ActiveConfig(workdir=str(tmp_path / "a"), progress=False)
+    assert active._Loop(cfg, model, None, [], None, None, None).cutoff == 3.0
+    with pytest.raises(ValueError, match="disagrees with the graph cutoff 3.0"):
+        active._Loop(cfg, model, None, [], 4.0, None, None)
+    with pytest.raises(ValueError, match="declares no graph cutoff"):
+        active._Loop(cfg, _free_model(), None, [], None, None, None)
 
 
 def test_resume_refuses_a_run_with_other_settings(tmp_path):
@@ -133,7 +225,8 @@ def test_double_well_attack_finds_the_second_well(tmp_path):
 def test_kill_minus_nine_then_resume_loses_and_repeats_no_label(tmp_path):
     workdir = tmp_path / "kill"
     db = os.path.join(workdir, "labels.db")
-    proc = _run(tmp_path, workdir, generations=2, delay=0.4, fail_x=-1.2, max_per_generation=6)
+    proc = _run(tmp_path, workdir, generations=2, delay=0.4, fail_x=-1.2,
+                select={"max_per_generation": 6})
     planned = None
     t0 = time.time()
     try:
@@ -165,7 +258,8 @@ def test_kill_minus_nine_then_resume_loses_and_repeats_no_label(tmp_path):
     assert st.count(generation=1) == planned and st.count(status="pending") > 0
     done_before = {r.id: (r.toatoms().positions[0, 0], r.energy) for r in rows if r.status == "done"}
 
-    res, out = _finish(_run(tmp_path, workdir, generations=2, fail_x=-1.2, max_per_generation=6))
+    res, out = _finish(_run(tmp_path, workdir, generations=2, fail_x=-1.2,
+                            select={"max_per_generation": 6}))
     st, rows = _labels(str(workdir))
     assert st.count(status="pending") == 0
     assert st.count(generation=1) == planned  # the plan was not redone
@@ -194,8 +288,8 @@ def test_kill_minus_nine_then_resume_loses_and_repeats_no_label(tmp_path):
 @pytest.mark.parametrize("strategy", ["random", "md"])
 def test_baselines_label_the_same_budget(tmp_path, strategy):
     workdir = tmp_path / strategy
-    res, _ = _finish(_run(tmp_path, workdir, generations=2, strategy=strategy, fill=True,
-                          percentile=0.0))
+    res, _ = _finish(_run(tmp_path, workdir, generations=2, strategy=strategy,
+                          select={"fill": True, "percentile": 0.0}))
     st, rows = _labels(str(workdir))
     for g in (1, 2):
         assert st.count(generation=g, status="done") == 4
@@ -212,7 +306,7 @@ def test_repeated_kills_at_random_moments(tmp_path):
     workdir = tmp_path / "chaos"
     calls_log = str(workdir) + "_calls.log"
     rng = np.random.default_rng(7)
-    opts = dict(generations=3, delay=0.05, max_per_generation=5)
+    opts = dict(generations=3, delay=0.05, select={"max_per_generation": 5})
 
     def n_calls() -> int:
         if not os.path.exists(calls_log):
@@ -265,8 +359,12 @@ def test_stored_overlapping_labels_stay_out_of_training(tmp_path):
     good = np.array([[0.0, 0.0, 0.38], [0.94, 0.0, 0.0], [-0.47, 0.81, 0.0], [-0.47, -0.81, 0.0]])
     bad = good.copy()
     bad[3] = bad[2] + [0.03, 0.0, 0.0]  # two H atoms 0.03 Å apart
+    from jaxmat import potential
+    from jaxmat.models.coordinate import coordinate_mlp
+
     cfg = active.ActiveConfig(workdir=str(tmp_path), progress=False)
-    loop = active._Loop(cfg, None, None, [], 1.0, None, None)
+    model = potential.potential(coordinate_mlp(features=(4,)), stress=False)
+    loop = active._Loop(cfg, model, None, [], 1.0, None, None)
     loop.store.add_labelled([labelled(good), labelled(bad), labelled(good + 0.1)], 0, "seed")
     kept = loop.training_atoms(1)
     assert [a.info["row_id"] for a in kept] == [1, 3]

@@ -12,7 +12,8 @@ The graph (cutoff, k nearest neighbours, line graph) is the model's own ``model.
 ``JaxmatCalculator.from_bundle(path)`` reads model and params from a bundle
 (:mod:`jaxmat.bundle`). The neighbour list is rebuilt on the host at every call
 (:func:`jaxmat.predict.as_records`); the padded shapes are kept across calls and grown
-(with a margin) only when the structure outgrows them, so an MD run or a relaxation compiles once (``calc.n_compiles``).
+(with a margin) only when the structure outgrows them, so an MD run or a relaxation
+compiles once (``calc.n_compiles``).
 """
 from __future__ import annotations
 

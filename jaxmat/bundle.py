@@ -74,8 +74,8 @@ def register(name: str, builder: Callable[..., Model],
             raise ValueError(f"config_type of builder {name!r} must be dataclass types, got {t!r}")
     clash = [b.name for b in reg.values() if types_ and b.config_types == types_ and b.name != name]
     if not replace and (name in reg or clash):
-        raise ValueError(f"bundle builder {(clash or [name])[0]!r} is already registered for "
-                         f"{name!r} or its config type; pass replace=True to replace it")
+        what = f"builder {name!r}" if name in reg else f"the config type of {name!r} ({clash[0]!r})"
+        raise ValueError(f"{what} is already registered; pass replace=True to replace it")
     for other in clash:
         del reg[other]
     reg[name] = Builder(name, builder, types_)

@@ -15,8 +15,11 @@ from flax import nnx
 import jaxmat
 from jaxmat import bundle, data, ensemble, graph, potential
 from jaxmat.ase import JaxmatCalculator
-from jaxmat.models import PaiNNConfig, SchNetConfig, graph_target, painn, schnet
-from jaxmat.models.spectral import schnet_site_spectral
+from jaxmat.models import (ALIGNNConfig, PaiNNConfig, SchNetConfig, alignn, graph_target, painn,
+                           schnet)
+from jaxmat.models.coordinate import CoordinateMLPConfig, coordinate_mlp
+from jaxmat.models.mpnn import MPNNConfig, mpnn
+from jaxmat.models.spectral import painn_site_spectral, schnet_site_spectral
 from jaxmat.protocol import GraphSpec, from_nnx
 
 CUTOFF = 3.0
@@ -150,6 +153,25 @@ def test_wrappers_and_tuple_configs_round_trip(refs, batch, tmp_path):
     jax.tree_util.tree_map(np.testing.assert_array_equal, s.params, ps)
 
 
+@pytest.mark.parametrize("make", [
+    lambda: alignn(ALIGNNConfig(n_alignn_layers=1, n_gcn_layers=1, embedding=8, hidden=8,
+                                n_bond_rbf=4, n_angle_rbf=4, scale=2.0, shift=-1.0)),
+    lambda: mpnn(MPNNConfig(n_out=10, n_features=8, n_rbf=4, edge_hidden=8, readout_hidden=8)),
+    lambda: coordinate_mlp(CoordinateMLPConfig(features=(4,), shift=-5.0)),
+    lambda: painn_site_spectral(PaiNNConfig(n_features=8, n_interactions=1, n_rbf=4),
+                                n_out=10, hidden=8),
+], ids=["alignn", "mpnn", "coordinate_mlp", "painn_site_spectral"])
+def test_every_builtin_builder_round_trips(make, tmp_path):
+    model = make()
+    params = model.init(jax.random.key(0), None)
+    b = jaxmat.load(bundle.save(tmp_path / "m", model, params))
+    assert b.model.name == model.name and b.graph == model.graph
+    assert b.model.config == model.config
+    jax.tree_util.tree_map(np.testing.assert_array_equal, b.params, params)
+    cfg = model.config if not isinstance(model.config, tuple) else model.config[0]
+    assert b.scale == getattr(cfg, "scale", None) and b.shift == getattr(cfg, "shift", None)
+
+
 @dataclasses.dataclass(frozen=True)
 class PairConfig:
     width: float = 1.0
@@ -189,8 +211,10 @@ def test_user_models_need_a_registered_builder(batch, tmp_path):
         assert b.references is None and b.scale is None
         np.testing.assert_array_equal(b.model.apply(b.params, batch)["energy"],
                                       model.apply(p, batch)["energy"])
-        with pytest.raises(ValueError, match="already registered"):
+        with pytest.raises(ValueError, match="builder 'pair' is already registered"):
             bundle.register("pair", _pair, PairConfig)
+        with pytest.raises(ValueError, match=r"config type of 'pair2' \('pair'\) is already"):
+            bundle.register("pair2", _pair, PairConfig)
     finally:
         del bundle._registry()["pair"]
     with pytest.raises(ValueError, match="unknown builder 'pair'"):

@@ -218,7 +218,10 @@ def _checked(v: Any, tp: Any, where: str) -> Any:
 def _config_from_json(cls: type, raw: Any, where: str) -> Any:
     if not isinstance(raw, dict):
         raise ValueError(f"{where} must be a JSON object of {cls.__name__} fields, got {raw!r}")
-    hints = typing.get_type_hints(cls)
+    try:
+        hints = typing.get_type_hints(cls)
+    except NameError:  # unresolvable annotations: values are taken as written
+        hints = {}
     names = [f.name for f in dataclasses.fields(cls) if f.init]
     unknown, missing = sorted(set(raw) - set(names)), [n for n in names if n not in raw]
     if unknown or missing:
@@ -410,7 +413,9 @@ def save(path: str | os.PathLike, model: Model, params: Params, *,
         np.savez(os.path.join(tmp, PARAMS_FILE), **arrays)
         with open(os.path.join(tmp, JSON_FILE), "w", encoding="utf-8") as f:
             f.write(_dumps(doc))
-        load(tmp)  # what was written reads back
+        if _describe(load(tmp).model) != desc:  # what was written reads back, exactly
+            raise ValueError(f"model {model.name!r} does not round-trip through its builder "
+                             f"{desc['builder']!r}: the rebuilt model describes itself differently")
         if os.path.exists(path):
             old = _fresh_dir(parent, f".{base}.old-")
             os.rename(path, os.path.join(old, base))

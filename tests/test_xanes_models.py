@@ -166,6 +166,19 @@ def test_committee_prediction_is_the_member_mean():
     np.testing.assert_allclose(mean, 0.5 * (members[0] + members[1]), rtol=1e-5, atol=1e-7)
 
 
+def test_predict_spectra_and_throughput_use_predict():
+    from jaxmat.xanes.learn import predict_spectra, throughput
+
+    recs = _records()
+    for model in _models():
+        params = model.init(jax.random.key(0), graph.batch(recs[:1]))
+        direct = np.asarray(jax.jit(model.apply)(params, graph.batch(recs))["xanes"])[:3]
+        np.testing.assert_allclose(predict_spectra(model, params, recs, batch_size=2), direct,
+                                   rtol=1e-5, atol=1e-6)
+    speed = throughput(model, params, recs, batch_size=2, repeats=2)
+    assert speed["n_spectra"] == 3 and speed["spectra_per_s"] > 0
+
+
 # --------------------------------------------------------------------------- metrics
 def _gauss(grid, centers, heights, width=0.5):
     return sum(h * np.exp(-0.5 * ((grid - c) / width) ** 2) for c, h in zip(centers, heights))

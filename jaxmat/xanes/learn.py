@@ -7,11 +7,11 @@ import time
 from collections.abc import Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jaxmat import ensemble, graph
 from jaxmat.models.spectral import spectrum_loss
+from jaxmat.predict import compiled, plan, predict
 from jaxmat.protocol import Model, Params
 from jaxmat.train import FitConfig, FitResult, fit
 
@@ -54,29 +54,20 @@ def train_spectra(model: Model, train: Sequence[graph.Record], val: Sequence[gra
 def predict_spectra(model: Model, params: Params, records: Sequence[graph.Record],
                     batch_size: int = 64, key: str = "xanes") -> np.ndarray:
     """Molecule spectra ``(len(records), P)`` in record order (the committee mean when
-    ``params`` hold several members)."""
+    ``params`` hold several members); :func:`jaxmat.predict.predict` of ``key``."""
     if not records:
         raise ValueError("no records to predict")
-    loader = graph.GraphLoader(records, batch_size, shuffle=False)
-    batches = list(loader.epoch(0))
-    if ensemble.is_committee(model, params, batches[0]):
-        apply = jax.jit(lambda p, b: jnp.mean(ensemble.apply(model, p, b)[key], axis=0))
-    else:
-        apply = jax.jit(lambda p, b: model.apply(p, b)[key])
-    out = []
-    for b in batches:
-        out.append(np.asarray(apply(params, b))[np.asarray(b.globals["mask"])])
-    return np.concatenate(out)
+    return predict(model, params, records, batch_size=batch_size, keys=(key,))[key]
 
 
 def throughput(model: Model, params: Params, records: Sequence[graph.Record],
-               batch_size: int = 64, repeats: int = 5) -> dict[str, float]:
+               batch_size: int = 64, repeats: int = 5, key: str = "xanes") -> dict[str, float]:
     """Inference speed of one model (``params`` of a single member): median spectra per
-    second over ``repeats`` passes through ``records`` (host batching and compile
-    excluded)."""
-    loader = graph.GraphLoader(records, batch_size, shuffle=False)
-    batches = [graph.to_device(b) for b in loader.epoch(0)]
-    apply = jax.jit(model.apply)
+    second over ``repeats`` passes through ``records`` with the batches and compiled
+    function of :func:`jaxmat.predict.predict` (host batching and compile excluded)."""
+    p = plan(model, records, batch_size)
+    batches = [graph.to_device(b) for b in p.batches()]
+    apply = compiled(model, params, batches[0], keys=(key,))
     jax.block_until_ready(apply(params, batches[0]))
     times = []
     for _ in range(repeats):

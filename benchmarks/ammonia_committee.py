@@ -23,19 +23,16 @@ import numpy as np  # noqa: E402
 
 from jaxmat import calibrate, data, ensemble, graph, potential, train  # noqa: E402
 from jaxmat.models import SchNetConfig, schnet  # noqa: E402
+from jaxmat.predict import predict as jaxmat_predict  # noqa: E402
 
 
-def predict(model, params, records, budget) -> tuple[np.ndarray, np.ndarray]:
-    """Per-member energies (M, S) eV and forces (M, total atoms, 3) eV/Å, unpadded."""
-    fn = jax.jit(lambda p, b: ensemble.apply(model, p, b))
-    energies, forces = [], []
-    for grp in graph.pack(records, budget):
-        out = ensemble.check_finite(jax.device_get(
-            fn(params, graph.batch([records[k] for k in grp], budget))))
-        energies.append(out["energy"][:, : len(grp)])
-        n = sum(records[k].n_node for k in grp)
-        forces.append(out["forces"][:, :n])
-    return np.concatenate(energies, 1), np.concatenate(forces, 1)
+def predict(model, params, records) -> tuple[np.ndarray, np.ndarray]:
+    """Per-member energies (M, S) eV and forces (M, total atoms, 3) eV/Å (jaxmat.predict)."""
+    out = jaxmat_predict(model, params, records, keys=("energy", "forces"), members=True)
+    members = {"energy": out["energy_members"],
+               "forces": np.concatenate(out["forces_members"], axis=1)}
+    ensemble.check_finite(members)
+    return members["energy"], members["forces"]
 
 
 def targets(records) -> tuple[np.ndarray, np.ndarray]:
@@ -77,8 +74,8 @@ def main() -> None:
                        val_loader, loss, fit_cfg, bootstrap=args.bootstrap)
     train_s = time.perf_counter() - t0
 
-    e_val, f_val = predict(model, res.params, va, budget)
-    e_te, f_te = predict(model, res.params, te, budget)
+    e_val, f_val = predict(model, res.params, va)
+    e_te, f_te = predict(model, res.params, te)
     (E_val, F_val), (E_te, F_te) = targets(va), targets(te)
     n_atoms_te = np.array([r.n_node for r in te])
 

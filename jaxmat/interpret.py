@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxmat.committee import stats
 from jaxmat.protocol import Model, Params
 
 Path = str | Sequence[str]
@@ -203,10 +204,10 @@ def committee(fn: Callable[..., Any], params: Params, *args, **kwargs) -> Any:
 def committee_stats(values: Any, axis: int = 0) -> dict[str, jax.Array]:
     """Mean, standard deviation and sign agreement (fraction of members whose sign equals
     that of the mean, in [0, 1]) over the member ``axis``."""
-    v = jnp.asarray(values)
-    mean = jnp.mean(v, axis)
-    agree = jnp.mean(jnp.sign(v) == jnp.expand_dims(jnp.sign(mean), axis), axis)
-    return {"mean": mean, "std": jnp.std(v, axis), "sign_agreement": agree}
+    v = jnp.moveaxis(jnp.asarray(values), axis, 0)
+    st = stats({"v": v})
+    agree = jnp.mean(jnp.sign(v) == jnp.sign(st["v_mean"])[None], 0)
+    return {"mean": st["v_mean"], "std": jnp.sqrt(st["v_var"]), "sign_agreement": agree}
 
 
 def gradient_correlation(grads: Any, extra: Any = None, mask: Any = None) -> jax.Array:

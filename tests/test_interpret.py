@@ -172,6 +172,8 @@ def test_committee_matches_member_loop_and_stats():
     assert np.allclose(st["mean"], [1.0, -1.0])
     assert np.allclose(st["std"], v.std(0))
     assert np.allclose(st["sign_agreement"], [0.75, 0.75])
+    by_rows = interpret.committee_stats(v.T, axis=1)  # members on another axis
+    assert np.allclose(by_rows["std"], v.std(0)) and np.allclose(by_rows["mean"], [1.0, -1.0])
 
 
 def test_explain_is_consistent_and_jittable():

@@ -446,8 +446,9 @@ def fixed_budget(records: Sequence[Record], batch_size: int, layout: str = "spar
 
     Sparse: ``batch_size + 1`` graphs; nodes, edges (times ``edge_margin``, head-room for
     neighbour lists that grow) and line-graph triplets are the mean per record times
-    ``batch_size`` plus the largest record, rounded up to ``multiple``. Dense:
-    ``batch_size`` graphs of ``n_max`` atom slots (the largest record).
+    ``batch_size`` plus the largest record (for ``batch_size`` 1: the largest record),
+    rounded up to ``multiple``. Dense: ``batch_size`` graphs of ``n_max`` atom slots (the
+    largest record).
     """
     if not records:
         raise ValueError("cannot estimate a padding budget from an empty dataset")
@@ -462,6 +463,8 @@ def fixed_budget(records: Sequence[Record], batch_size: int, layout: str = "spar
 
     def size(counts, margin=1.0, extra=0):
         c = np.asarray(counts, dtype=float)
+        if batch_size == 1:  # one record per batch: no room needed for packing
+            return _round_up(margin * c.max() + extra, multiple)
         return _round_up(margin * batch_size * c.mean() + c.max() + extra, multiple)
 
     n_triplet = 0

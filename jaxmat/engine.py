@@ -172,6 +172,10 @@ def _clip(clip: float | None) -> list:
     return [optax.clip_by_global_norm(clip)] if clip else []
 
 
+def _adam(clip: float | None) -> optax.GradientTransformation:
+    return optax.chain(*_clip(clip), optax.scale_by_adam())  # the LR comes per step
+
+
 def loss_and_grads(model: Model, loss: Loss, params: Params, batch: Any, key: jax.Array):
     """``((loss, stats), grads)`` of the training-mode forward pass."""
     return jax.value_and_grad(lambda p: loss(model.train_apply(p, batch, key), batch),
@@ -190,11 +194,6 @@ def make_step(model: Model, loss: Loss, optimizer: optax.GradientTransformation)
     return step
 
 
-def make_eval(model: Model, loss: Loss):
-    """Pure evaluation ``(params, batch) -> (loss, stats)`` of one model (dropout off)."""
-    return lambda params, batch: loss(model.apply(params, batch), batch)
-
-
 def where_members(active: jax.Array, new: Any, old: Any) -> Any:
     """``new`` for members with ``active`` (N,) True, ``old`` for the others."""
     return jax.tree_util.tree_map(
@@ -209,7 +208,7 @@ def compiled_step(model: Model, loss: Loss, clip: float | None, ema_decay: float
     ``(params, opt_state, ema, batches, keys, active, lr) -> (params, opt_state, ema, loss,
     stats)``; every argument has a leading member axis (``ema`` is None without EMA).
     Members with ``active`` False keep params, optimizer state and EMA."""
-    tx = optax.chain(*_clip(clip), optax.scale_by_adam())
+    tx = _adam(clip)
 
     def member(params, opt_state, ema, batch, key, active, lr):
         (value, stats), grads = loss_and_grads(model, loss, params, batch, key)
@@ -226,7 +225,7 @@ def compiled_step(model: Model, loss: Loss, clip: float | None, ema_decay: float
 
 def init_opt_state(params: Params, clip: float | None) -> Any:
     """Optimizer state of :func:`compiled_step` for committee ``params``."""
-    return jax.vmap(optax.chain(*_clip(clip), optax.scale_by_adam()).init)(params)
+    return jax.vmap(_adam(clip).init)(params)
 
 
 @functools.lru_cache(maxsize=64)
@@ -373,36 +372,27 @@ class Run:
     timed_out: bool = False
     seconds: float = 0.0
 
-    def __post_init__(self):
-        self.best = np.full(self.n, math.inf)
-        self.best_epoch = np.full(self.n, -1)
-        self.bad = np.zeros(self.n, int)
-        self.steps = np.zeros(self.n, int)
-        self.stopped = np.zeros(self.n, bool)
+    def __post_init__(self):  # per-member counters, saved in checkpoint metadata
+        for k, (fill, dtype) in _COUNTERS.items():
+            setattr(self, k, np.full(self.n, fill, dtype))
 
     @property
     def done(self) -> bool:
         return self.epoch >= self.stop_epoch or self.stop or bool(self.stopped.all())
 
     def meta(self) -> dict:
-        meta = {"epoch": self.epoch, "history": self.history,
-                "best_metric": [float(x) if math.isfinite(x) else None for x in self.best],
-                "best_epoch": self.best_epoch.tolist(), "bad_epochs": self.bad.tolist(),
-                "steps": self.steps.tolist(), "stopped": self.stopped.tolist()}
-        return {k: v[0] if self.single and k not in ("epoch", "history") else v
-                for k, v in meta.items()}
+        meta = {k: [x if math.isfinite(x) else None for x in getattr(self, k).tolist()]
+                for k in _COUNTERS}
+        return {"epoch": self.epoch, "history": self.history,
+                **({k: v[0] for k, v in meta.items()} if self.single else meta)}
 
     def load_meta(self, meta: dict) -> None:
-        n = len(np.atleast_1d(meta["best_epoch"]))
-        if n != self.n:
-            raise ValueError(f"the checkpoint holds {n} members, params have {self.n}")
+        for k, (fill, dtype) in _COUNTERS.items():
+            v = np.atleast_1d(np.asarray(meta[k], object))
+            if len(v) != self.n:
+                raise ValueError(f"the checkpoint holds {len(v)} members, params have {self.n}")
+            setattr(self, k, np.array([fill if x is None else x for x in v], dtype))
         self.epoch, self.history = int(meta["epoch"]), list(meta["history"])
-        self.best = np.array([math.inf if b is None else b
-                              for b in np.atleast_1d(np.asarray(meta["best_metric"], object))])
-        self.best_epoch = np.atleast_1d(meta["best_epoch"]).astype(int)
-        self.bad = np.atleast_1d(meta["bad_epochs"]).astype(int)
-        self.steps = np.atleast_1d(meta["steps"]).astype(int)
-        self.stopped = np.atleast_1d(meta["stopped"]).astype(bool)
 
     def end_epoch(self, row: dict, metric: np.ndarray) -> None:
         """Record one epoch: best params/metric per member, bad-epoch counters, history."""
@@ -410,13 +400,13 @@ class Run:
         if len(bad_members):
             raise FloatingPointError(f"non-finite {self.config.monitor} at epoch "
                                      f"{self.epoch + 1} for member(s) {bad_members.tolist()}")
-        improved = (metric < self.best) & ~self.stopped
+        improved = (metric < self.best_metric) & ~self.stopped
         if improved.any():
             self.state["best_params"] = where_members(jnp.asarray(improved), self.evaluated,
                                                       self.state["best_params"])
-        self.best = np.where(improved, metric, self.best)
+        self.best_metric = np.where(improved, metric, self.best_metric)
         self.best_epoch = np.where(improved, self.epoch + 1, self.best_epoch)
-        self.bad = np.where(improved | self.stopped, np.where(improved, 0, self.bad), self.bad + 1)
+        self.bad_epochs = np.where(improved, 0, self.bad_epochs + ~self.stopped)
         self.epoch += 1
         self.history.append(_squeeze_row(row) if self.single else row)
 
@@ -424,6 +414,10 @@ class Run:
     def evaluated(self) -> Params:
         """The params that are validated and returned: the EMA ones when kept."""
         return self.state.get("ema", self.state["params"])
+
+
+_COUNTERS = {"best_metric": (math.inf, float), "best_epoch": (-1, int), "bad_epochs": (0, int),
+             "steps": (0, int), "stopped": (False, bool)}
 
 
 def _squeeze_row(row: dict) -> dict:
@@ -454,7 +448,7 @@ class EarlyStopping(Callback):
     patience: int
 
     def on_epoch_end(self, run: Run, row: dict) -> None:
-        run.stopped |= run.bad >= self.patience
+        run.stopped |= run.bad_epochs >= self.patience
 
 
 class Checkpoint(Callback):
@@ -466,24 +460,26 @@ class Checkpoint(Callback):
 
     def on_start(self, run: Run) -> None:
         if self.ckpt.latest_step() is not None:
-            _, state, meta = self.ckpt.restore(_strip(run.state, run.single))
+            _, state, meta = self.ckpt.restore(first(run.state) if run.single else run.state)
             run.load_meta(meta)
-            run.state = _unstrip(state, run.single)
+            run.state = stack_one(state) if run.single else state
 
     def on_epoch_end(self, run: Run, row: dict) -> None:
         if run.epoch % self.every == 0 or run.done:
-            self.ckpt.save(run.epoch, _strip(run.state, run.single), run.meta())
+            self.ckpt.save(run.epoch, first(run.state) if run.single else run.state, run.meta())
 
     def on_end(self, run: Run) -> None:
         self.ckpt.close()
 
 
-def _strip(tree: Any, single: bool) -> Any:
-    return jax.tree_util.tree_map(lambda x: x[0], tree) if single else tree
+def stack_one(tree: Any) -> Any:
+    """A single model's pytree as a committee of one (leading axis of length 1)."""
+    return jax.tree_util.tree_map(lambda x: x[None], tree)
 
 
-def _unstrip(tree: Any, single: bool) -> Any:
-    return jax.tree_util.tree_map(lambda x: jnp.asarray(x)[None], tree) if single else tree
+def first(tree: Any) -> Any:
+    """Member 0 of a committee pytree, without the member axis."""
+    return jax.tree_util.tree_map(lambda x: x[0], tree)
 
 
 @dataclasses.dataclass
@@ -556,7 +552,7 @@ class OneMember:
 
     def epoch(self, epoch: int = 0) -> Iterator[tuple[Any, np.ndarray]]:
         for b in batches(self.data, epoch):
-            yield jax.tree_util.tree_map(lambda x: x[None], b), np.ones(1, bool)
+            yield stack_one(b), np.ones(1, bool)
 
 
 def run(model: Model, params: Params, loader: Any, val_data: Any, loss: Loss, cfg: FitConfig,
@@ -571,7 +567,7 @@ def run(model: Model, params: Params, loader: Any, val_data: Any, loss: Loss, cf
     spe = len(loader)
     if spe == 0:
         raise ValueError("training data yields no batches")
-    check_targets(loss, _unstack(next(iter(loader.epoch(0)))[0]), "training")
+    check_targets(loss, first(next(iter(loader.epoch(0)))[0]), "training")
     if val_data is not None:
         check_targets(loss, next(iter(batches(val_data, 0))), "validation")
     params = put(jax.tree_util.tree_map(jnp.copy, params))  # the step donates its inputs
@@ -614,10 +610,6 @@ def run(model: Model, params: Params, loader: Any, val_data: Any, loss: Loss, cf
     return r
 
 
-def _unstack(b: Any) -> Any:
-    return jax.tree_util.tree_map(lambda x: x[0], b)
-
-
 def _train_epoch(r: Run, model: Model, loss: Loss, loader: Any, put: Callable,
                  lrs: np.ndarray, spe: int) -> dict:
     """One epoch of committee steps; the row of per-member training metrics."""
@@ -653,5 +645,5 @@ def _train_epoch(r: Run, model: Model, loss: Loss, loader: Any, put: Callable,
 def result(r: Run) -> CommitteeFitResult:
     """The committee result of a finished run (per-member lists)."""
     return CommitteeFitResult(r.state["best_params"], r.evaluated, r.history,
-                              r.best_epoch.tolist(), r.best.tolist(), r.stopped.tolist(),
+                              r.best_epoch.tolist(), r.best_metric.tolist(), r.stopped.tolist(),
                               r.seconds, r.timed_out)

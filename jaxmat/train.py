@@ -11,28 +11,18 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-import jax
-
 from jaxmat import engine
 from jaxmat.engine import (  # noqa: F401  (the training API of one model)
     Callback, EnergyForceLoss, FitConfig, FitResult, Loss, TargetLoss, energy_force_loss,
-    make_eval, make_optimizer, make_step, target_loss)
+    make_optimizer, make_step, target_loss)
 from jaxmat.protocol import Model, Params
-
-
-def _one(params: Params) -> Params:
-    return jax.tree_util.tree_map(lambda x: x[None], params)
-
-
-def _first(params: Params) -> Params:
-    return jax.tree_util.tree_map(lambda x: x[0], params)
 
 
 def evaluate(model: Model, params: Params, batches: Iterable, loss: Loss) -> dict[str, float]:
     """Metrics of ``params`` over ``batches``: each stat as its pooled sum/count, and
     ``loss`` as the per-batch losses averaged with the number of real entries of each batch
     as weight (so a half-empty last batch counts half)."""
-    out = engine.evaluate(model, _one(params), batches, loss)
+    out = engine.evaluate(model, engine.stack_one(params), batches, loss)
     return {k: float(v[0]) for k, v in out.items() if not k.startswith("committee_")}
 
 
@@ -56,9 +46,9 @@ def fit(
     ``loss.targets``.
     """
     cfg = config or FitConfig()
-    r = engine.run(model, _one(params), engine.OneMember(train_data), val_data,
+    r = engine.run(model, engine.stack_one(params), engine.OneMember(train_data), val_data,
                    loss or energy_force_loss(), cfg, single=True, callbacks=callbacks,
                    max_epochs=max_epochs)
-    return FitResult(_first(r.state["best_params"]), _first(r.evaluated), r.history,
-                     int(r.best_epoch[0]), float(r.best[0]), bool(r.stopped[0]), r.seconds,
-                     r.timed_out)
+    return FitResult(engine.first(r.state["best_params"]), engine.first(r.evaluated), r.history,
+                     int(r.best_epoch[0]), float(r.best_metric[0]), bool(r.stopped[0]),
+                     r.seconds, r.timed_out)

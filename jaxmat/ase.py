@@ -26,7 +26,8 @@ import numpy as np
 from ase.calculators.calculator import Calculator, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
-from jaxmat import ensemble, graph, predict
+from jaxmat import committee, ensemble, graph
+from jaxmat.predict import as_records, resolve_cutoff
 from jaxmat.protocol import Model, Params
 
 STD_KEYS = ("energy_std", "forces_std", "forces_std_atom", "energy_members")
@@ -59,7 +60,7 @@ class JaxmatCalculator(Calculator):
             raise ValueError(f"model {model.name!r} supports only the layouts "
                              f"{list(spec.layouts)}; the calculator builds sparse batches")
         self.model, self.margin, self.multiple = model, margin, multiple
-        self.cutoff = predict.resolve_cutoff(model, cutoff)
+        self.cutoff = resolve_cutoff(model, cutoff)
         self._given_cutoff = cutoff if spec.cutoff is None else None
         self.line_graph = spec.line_graph
         self.params = jax.device_put(params)
@@ -92,13 +93,14 @@ class JaxmatCalculator(Calculator):
             return {k: v for k, v in out.items()
                     if k in ("energy", "forces", "stress", "atomic_energies")}
         outs = ensemble.apply(self.model, params, batch)
-        res = {k: jnp.mean(v, axis=0) for k, v in outs.items()
-               if k in ("energy", "forces", "stress", "atomic_energies")}
-        res["energy_std"] = jnp.std(outs["energy"], axis=0)
+        keys = tuple(k for k in ("energy", "forces", "stress", "atomic_energies") if k in outs)
+        st = committee.stats(outs, keys)
+        res = {k: st[f"{k}_mean"] for k in keys}
+        res["energy_std"] = jnp.sqrt(st["energy_var"])
         res["energy_members"] = outs["energy"]
         if "forces" in outs:
-            res["forces_std"] = jnp.std(outs["forces"], axis=0)
-            res["forces_std_atom"] = jnp.sqrt(jnp.sum(jnp.var(outs["forces"], axis=0), -1))
+            res["forces_std"] = jnp.sqrt(st["forces_var"])
+            res["forces_std_atom"] = jnp.sqrt(st["forces_var_atom"])
         return res
 
     @property
@@ -110,7 +112,7 @@ class JaxmatCalculator(Calculator):
     def _fit_budget(self, rec: graph.Record) -> graph.Budget:
         b = self.budget
         if b is None or not b.fits(rec.n_node, rec.n_edge, 1, rec.n_triplet):
-            def grow(n: int, old: int) -> int:
+            def grow(n: int, old: int) -> int:  # one structure plus head-room for MD
                 return graph._round_up(max(math.ceil(n * self.margin), old), self.multiple)
 
             n_node = graph._round_up(max(rec.n_node + 1, b.n_node if b else 0), self.multiple)
@@ -125,7 +127,7 @@ class JaxmatCalculator(Calculator):
                   system_changes: Any = all_changes) -> None:
         super().calculate(atoms, properties, system_changes)
         atoms = self.atoms
-        rec = predict.as_records(self.model, [atoms], self._given_cutoff)[0]
+        rec = as_records(self.model, [atoms], self._given_cutoff)[0]
         batch = graph.batch([rec], self._fit_budget(rec), dtype=self.dtype)
         if self.committee is None:
             self.committee = ensemble.is_committee(self.model, self.params, batch)

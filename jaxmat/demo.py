@@ -18,21 +18,7 @@ import numpy as np
 import jaxmat
 from jaxmat import bundle, data, graph, potential, train
 from jaxmat.models import SchNetConfig, schnet
-
-
-def predict(model, params, records, budget: graph.Budget) -> dict[str, list[np.ndarray]]:
-    """Unpadded energies (eV) and forces (eV/Å) of ``records`` in fixed-shape batches."""
-    apply = jax.jit(model.apply)
-    out = {"energy": [], "forces": []}
-    for grp in graph.pack(records, budget):
-        b = graph.batch([records[k] for k in grp], budget)
-        res = apply(params, b)
-        out["energy"].extend(np.asarray(res["energy"])[: len(grp)])
-        n = 0
-        for k in grp:
-            out["forces"].append(np.asarray(res["forces"])[n:n + records[k].n_node])
-            n += records[k].n_node
-    return out
+from jaxmat.predict import predict
 
 
 def parity_plot(path: str, e_true, e_pred, f_true, f_pred) -> None:
@@ -73,15 +59,11 @@ def main(argv: list[str] | None = None) -> dict:
     tr = [records[k] for k in train_idx]
     va = [records[k] for k in val_idx]
     te = [records[k] for k in test_idx]
-    refs, _ = potential.fit_energy_stats([r.numbers for r in tr], [r.targets["energy"] for r in tr])
-    f_rms = float(np.sqrt(np.mean(np.concatenate([r.node_targets["forces"] for r in tr]) ** 2)))
-    cfg = SchNetConfig(n_features=args.features, n_interactions=3, n_rbf=20, cutoff=5.0)
-    cfg = cfg.with_stats(refs, scale=f_rms)
+    cfg = SchNetConfig(n_features=args.features).with_stats(*potential.energy_stats(tr))
     model = potential.potential(schnet(cfg), stress=False)
 
     loader = graph.GraphLoader(tr, batch_size=16, seed=args.seed)
     val_loader = graph.GraphLoader(va, batch_size=32, shuffle=False)
-    test_budget = graph.estimate_budget(te, batch_size=32)
     params = model.init(jax.random.key(args.seed), next(iter(loader)))
     print(f"ammonia: {len(tr)} train / {len(va)} validation / {len(te)} test structures; SchNet {args.features}x3, "
           f"{sum(x.size for x in jax.tree_util.tree_leaves(params))} parameters")
@@ -91,7 +73,7 @@ def main(argv: list[str] | None = None) -> dict:
         config=train.FitConfig(epochs=args.epochs, lr=3e-3, lr_end=1e-5, seed=args.seed,
                                checkpoint_dir=os.path.join(out_dir, "checkpoints"), keep=1),
     )
-    pred = predict(model, result.params, te, test_budget)
+    pred = predict(model, result.params, te, keys=("energy", "forces"))
     e_true = np.array([r.targets["energy"] for r in te])
     f_true = np.concatenate([r.node_targets["forces"] for r in te])
     e_pred = np.array(pred["energy"])
@@ -108,7 +90,7 @@ def main(argv: list[str] | None = None) -> dict:
     path = bundle.save(os.path.join(out_dir, "bundle"), model, result.params, overwrite=True,
                        metadata={"dataset": "ammonia", "seed": args.seed, "metrics": metrics})
     reloaded = jaxmat.load(path)
-    again = np.array(predict(reloaded.model, reloaded.params, te, test_budget)["energy"])
+    again = predict(reloaded.model, reloaded.params, te, keys=("energy",))["energy"]
     if not np.array_equal(again, e_pred):
         raise RuntimeError(f"the bundle at {path} does not reproduce the test energies "
                            f"(max |ΔE| = {np.max(np.abs(again - e_pred)):.3g} eV)")

@@ -242,8 +242,7 @@ def main() -> None:
                 select=dict(percentile=90.0, rmsd=0.05, permute=True,
                             max_per_generation=args.per_generation, fill=True),
                 random_sigma=0.1, md_temperature=1500.0, md_steps=400, md_interval=10,
-                md_starts=max(2, args.starts // 64), relabel_seeds=True,
-                compile_cache=os.path.join(workdir, "jax_cache"))
+                md_starts=max(2, args.starts // 64), relabel_seeds=True)
             t = time.perf_counter()
             res = active.run(cfg, model, orc, seeds, evaluate=evaluate)
             heights = generation_heights(res.store, args.generations)

@@ -82,7 +82,7 @@ def main() -> None:
     member_f_mae = np.mean(np.abs(f_te - F_te[None]), axis=(1, 2))
     member_e_mae = np.mean(np.abs(e_te - E_te[None]) / n_atoms_te, axis=1)
     f_mean, f_std = f_te.mean(0), f_te.std(0)
-    e_mean, e_std = e_te.mean(0), e_te.std(0)
+    e_mean = e_te.mean(0)
     accuracy = {
         "forces_mae_committee_mean": float(np.mean(np.abs(f_mean - F_te))),
         "forces_mae_members": member_f_mae.tolist(),

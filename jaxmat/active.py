@@ -42,7 +42,9 @@ from jaxmat.store import Store
 
 STRATEGIES = ("adversarial", "random", "md")
 # settings that may change between a run and its resumption
-_RESUMABLE_CHANGES = {"generations", "progress", "train_final", "compile_cache", "fit.progress"}
+_RESUMABLE_CHANGES = {"generations", "progress", "train_final", "fit.progress"}
+# settings of older versions that no longer exist and never changed results: dropped on reading
+_OBSOLETE = {"compile_cache": "the training step is now compiled once per model and reused"}
 # nested settings the loop sets itself (per generation); they must keep their defaults
 _LOOP_OWNED = {"fit": ("seed", "checkpoint_dir"), "attack": ("seed",)}
 # flat keys of configs written before the nesting -> (section, key)
@@ -88,9 +90,8 @@ class ActiveConfig:
 
     ``train_final`` trains C_{G+1} on all labels after the last generation (else the result
     is C_G). ``max_energy`` (eV above the lowest label; eV/atom with ``per_atom``) keeps
-    higher-energy labels in the store but out of training. ``compile_cache`` names a folder
-    for JAX's persistent compilation cache (a process-wide setting), which makes the
-    per-generation retraining compile once.
+    higher-energy labels in the store but out of training. The per-generation retraining
+    reuses one compiled step (:mod:`jaxmat.engine`).
 
     ``fit``, ``attack`` and ``select`` may be given as dicts. In TOML they are the tables
     ``[active.fit]``, ``[active.attack]``, ``[active.select]``; a flat file written before
@@ -106,7 +107,6 @@ class ActiveConfig:
     progress: bool = True
     train_final: bool = True
     max_energy: float | None = None
-    compile_cache: str | None = None
     # committee training
     n_members: int = 4
     fit: ensemble.CommitteeConfig = dataclasses.field(default_factory=_default_fit)
@@ -187,6 +187,9 @@ class ActiveConfig:
                     raise ValueError(f"setting {old!r} is given both flat (old layout) and "
                                      f"as {name}.{key}; keep only {name}.{key}")
                 section[key] = data.pop(old)
+        for old, why in _OBSOLETE.items():
+            if data.pop(old, None) is not None:
+                print(f"active: setting {old!r} is obsolete and ignored ({why})", file=sys.stderr)
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
@@ -622,9 +625,6 @@ def run(config: ActiveConfig, model: Model, oracle: Oracle, seeds: Sequence[Any]
     """
     if md_calculator is None and config.strategy == "md":
         md_calculator = _default_md_calculator
-    if config.compile_cache:
-        jax.config.update("jax_compilation_cache_dir", os.path.abspath(config.compile_cache))
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
     return _Loop(config, model, oracle, seeds, cutoff, evaluate, md_calculator).run()
 
 

@@ -20,6 +20,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxmat import engine, graph
+from jaxmat.committee import stats  # noqa: F401  (committee mean and variance)
 from jaxmat.engine import (  # noqa: F401  (the committee training API)
     Callback, CommitteeFitResult, FitConfig, Loss, energy_force_loss, evaluate, where_members)
 from jaxmat.protocol import Model, Outputs, Params
@@ -64,21 +65,6 @@ def apply(model: Model, params: Params, batch) -> Outputs:
     """Every member on the same batch: each output gains a leading member axis."""
     size(params)
     return jax.vmap(model.apply, in_axes=(0, None))(params, batch)
-
-
-def stats(outputs: Outputs, keys: tuple[str, ...] | None = None) -> dict[str, jax.Array]:
-    """Committee mean and variance of per-member outputs: ``{k}_mean``, ``{k}_var``.
-
-    For ``forces`` (M, N, 3) also ``forces_var_atom`` (N,): the variance summed over xyz.
-    """
-    out = {}
-    for k in keys or tuple(outputs):
-        v = outputs[k]
-        out[f"{k}_mean"] = jnp.mean(v, axis=0)
-        out[f"{k}_var"] = jnp.var(v, axis=0)
-    if "forces_var" in out:
-        out["forces_var_atom"] = jnp.sum(out["forces_var"], axis=-1)
-    return out
 
 
 def member(params: Params, k: int) -> Params:
@@ -234,9 +220,9 @@ def make_step(model: Model, loss: Loss, optimizer: optax.GradientTransformation)
     step = jax.vmap(engine.make_step(model, loss, optimizer))
 
     def committee_step(params, opt_state, batches, keys, active):
-        new_p, new_s, value, stats = step(params, opt_state, batches, keys)
+        new_p, new_s, value, st = step(params, opt_state, batches, keys)
         return (where_members(active, new_p, params), where_members(active, new_s, opt_state),
-                value, stats)
+                value, st)
 
     return committee_step
 

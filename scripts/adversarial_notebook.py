@@ -76,7 +76,7 @@ for strategy in ("adversarial", "random", "md"):
         kT=20 * data.KCAL_MOL, n_starts=48, attack=dict(n_steps=60, lr=0.01, sigma=0.01),
         select=dict(percentile=90.0, rmsd=0.05, permute=True, max_per_generation=8, fill=True),
         random_sigma=0.1, md_temperature=1500.0, md_steps=200, md_interval=10, md_starts=2,
-        compile_cache=os.path.join(work, "jax_cache"), progress=False)
+        progress=False)
     t = time.time()
     runs[strategy] = active.run(cfg, model, xtb, seeds, evaluate=evaluate)
     last = runs[strategy].reports[-1]

@@ -70,7 +70,6 @@ def _script(tmp_path):
 
 
 def _run(tmp_path, workdir, **opts):
-    opts.setdefault("compile_cache", str(tmp_path / "jax_cache"))
     return subprocess.Popen([sys.executable, _script(tmp_path), str(workdir), json.dumps(opts)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 

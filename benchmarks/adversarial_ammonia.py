@@ -36,7 +36,7 @@ from ase import Atoms  # noqa: E402
 
 from jaxmat import active, attack, data, ensemble, graph, oracle, potential  # noqa: E402
 from jaxmat.models import SchNetConfig, schnet  # noqa: E402
-from jaxmat.select import committee_predict  # noqa: E402
+from jaxmat.workflows.adversarial.select import committee_predict  # noqa: E402
 
 ORACLE_BARRIER_MEASURED = 0.265  # eV, GFN2-xTB (tblite 0.8), docs/reference
 KCAL_MOL = data.KCAL_MOL
@@ -109,7 +109,7 @@ def make_model(seeds: list, features: int, interactions: int, cutoff: float):
 
 
 def make_evaluator(model, path: dict, test: list):
-    """``evaluate(g, params, store)`` for :func:`jaxmat.active.run`: committee energies along
+    """``evaluate(g, params, store)`` for :func:`jaxmat.workflows.adversarial.active.run`: committee energies along
     the oracle's inversion path (barrier) and the test-set force MAE of the committee mean."""
     path_atoms = [c3v_geometry(h, r) for h, r in zip(path["h"], path["r"])]
     ends = [c3v_geometry(0.0, path["r_ts"]), c3v_geometry(path["h_min"], path["r_min"])]

@@ -31,8 +31,8 @@ import numpy as np  # noqa: E402
 from ase.io import read, write  # noqa: E402
 
 from jaxmat import active, ensemble, graph, oracle, train  # noqa: E402
-from jaxmat.select import committee_predict, too_close  # noqa: E402
-from jaxmat.store import Store  # noqa: E402
+from jaxmat.workflows.adversarial.select import committee_predict, too_close  # noqa: E402
+from jaxmat.workflows.adversarial.store import Store  # noqa: E402
 
 
 def fit_and_score(model, atoms: list, test: list, cutoff: float, members: int, epochs: int,

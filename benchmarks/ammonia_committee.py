@@ -3,7 +3,7 @@ members, and calibration of the committee spread before/after recalibration.
 
 Split: 80 % of the 138 NH3 geometries for fitting (of which 20 structures are a validation
 set, used for early stopping and to fit the recalibration scale), 20 % held-out test set.
-All 5 members train together in one vmapped program (``jaxmat.ensemble.fit``), each with its
+All 5 members train together in one vmapped program (``jaxmat.core.ensemble.fit``), each with its
 own initialisation and data order. Force errors and sigmas are per Cartesian component (eV/Å).
 
     nice -n 10 python benchmarks/ammonia_committee.py [--epochs 250] [--members 5]
@@ -23,7 +23,7 @@ import numpy as np  # noqa: E402
 
 from jaxmat import calibrate, data, ensemble, graph, potential, train  # noqa: E402
 from jaxmat.models import SchNetConfig, schnet  # noqa: E402
-from jaxmat.predict import predict as jaxmat_predict  # noqa: E402
+from jaxmat.core.predict import predict as jaxmat_predict  # noqa: E402
 
 
 def predict(model, params, records) -> tuple[np.ndarray, np.ndarray]:

@@ -30,7 +30,7 @@ from jaxmat import crossval, data, graph, linegraph, potential, train  # noqa: E
 from jaxmat.data import jarvis  # noqa: E402
 from jaxmat.models import (ALIGNNConfig, PaiNNConfig, SchNetConfig, alignn,  # noqa: E402
                            graph_target, painn, schnet)
-from jaxmat.protocol import count_params  # noqa: E402
+from jaxmat.core.protocol import count_params  # noqa: E402
 
 SMALL = dict(n_alignn_layers=2, n_gcn_layers=2, embedding=32, hidden=64)
 BATCH = 8

@@ -11,7 +11,7 @@ similarity; inference throughput in spectra/s.
 
     python benchmarks/xanes.py [--epochs 80] [--members K] [--elements O N]
 
-The committee row trains ``--members`` SchNet site heads at once (jaxmat.ensemble, one
+The committee row trains ``--members`` SchNet site heads at once (jaxmat.core.ensemble, one
 vmapped step) and predicts their mean spectrum; the default sizes (7 for O, 5 for N) are
 those benchmarks/xanes_committee.py picks on each edge's validation split.
 """
@@ -33,9 +33,9 @@ from jaxmat.models.mpnn import MPNNConfig, mpnn  # noqa: E402
 from jaxmat.models.painn import PaiNNConfig  # noqa: E402
 from jaxmat.models.schnet import SchNetConfig  # noqa: E402
 from jaxmat.models.spectral import painn_site_spectral, schnet_site_spectral  # noqa: E402
-from jaxmat.protocol import count_params  # noqa: E402
-from jaxmat.xanes.baseline import GroupMeanBaseline, site_environments  # noqa: E402
-from jaxmat.xanes.learn import predict_spectra, throughput, train_spectra  # noqa: E402
+from jaxmat.core.protocol import count_params  # noqa: E402
+from jaxmat.workflows.xanes.baseline import GroupMeanBaseline, site_environments  # noqa: E402
+from jaxmat.workflows.xanes.learn import predict_spectra, throughput, train_spectra  # noqa: E402
 
 Z = {"O": 8, "N": 7}
 MEMBERS = {"O": 7, "N": 5}  # committee sizes picked on the validation split (xanes_committee.py)

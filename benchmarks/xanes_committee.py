@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 
 from jaxmat import ensemble, spectra  # noqa: E402
 from jaxmat.data.xanes import load_xanes  # noqa: E402
-from jaxmat.xanes.learn import predict_spectra, train_spectra  # noqa: E402
+from jaxmat.workflows.xanes.learn import predict_spectra, train_spectra  # noqa: E402
 from xanes import site_head  # noqa: E402
 
 KEYS = ("pred_peaks_within_tol", "peaks_within_tol", "n_pred_peaks", "n_peaks", "mae", "cosine")

@@ -23,7 +23,7 @@ from jaxmat import spectra  # noqa: E402
 from jaxmat.data.xanes import load_xanes  # noqa: E402
 from jaxmat.models.schnet import SchNetConfig  # noqa: E402
 from jaxmat.models.spectral import schnet_site_spectral  # noqa: E402
-from jaxmat.xanes.learn import predict_spectra, train_spectra  # noqa: E402
+from jaxmat.workflows.xanes.learn import predict_spectra, train_spectra  # noqa: E402
 
 Z = {"O": 8, "N": 7}
 

@@ -1,17 +1,51 @@
 """jaxmat: differentiable modelling for materials science in JAX.
 
-Models are ``init``/``apply`` pairs over params pytrees (:mod:`jaxmat.protocol`);
-graphs and padded batches live in :mod:`jaxmat.graph`; forces and stress come from
-``jax.grad`` in :mod:`jaxmat.potential`; training in :mod:`jaxmat.train`; committees
-in :mod:`jaxmat.ensemble` and their uncertainty calibration in :mod:`jaxmat.calibrate`;
-input gradients, simplex directions and attributions in :mod:`jaxmat.interpret`;
-the ASE calculator in :mod:`jaxmat.ase` (imported on demand); trained models are saved
-as bundles (:mod:`jaxmat.bundle`) and read back with :func:`jaxmat.load`.
+The tree shows the architecture:
+
+* :mod:`jaxmat.core` — knows no paper: the model protocol (``init``/``apply`` over params
+  pytrees, graph specs), atom graphs and padded batches, potentials (forces and stress by
+  ``jax.grad``), the training engine (a single model is a committee of one), committees,
+  one ``predict``, bundles (``jaxmat.load``), checkpoints, calibration, cross-validation.
+* :mod:`jaxmat.models` — built-in architectures (SchNet, PaiNN, ALIGNN-style, MPNN,
+  spectral heads, photoanode nets).
+* :mod:`jaxmat.workflows` — the four published workflows on top of the core:
+  interpretation gradients and photoanode staged training, spectra and XANES, and the
+  adversarial loop (attack, select, oracle, store, active).
+* :mod:`jaxmat.data` (readers, shipped data) and :mod:`jaxmat.ase` (ASE calculator).
+
+Every module is also reachable by its short name (``from jaxmat import graph, attack``).
 """
-from jaxmat import bundle, calibrate, ensemble, graph, interpret, potential, protocol, train
-from jaxmat.bundle import load
-from jaxmat.protocol import Model, from_linen, from_nnx
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from jaxmat.core.bundle import load
+from jaxmat.core.predict import predict
+from jaxmat.core.protocol import GraphSpec, Model, from_linen, from_nnx
 
 __version__ = "0.1.0"
-__all__ = ["Model", "bundle", "calibrate", "ensemble", "from_linen", "from_nnx", "graph", "interpret",
-           "load", "potential", "protocol", "train"]
+
+# short name -> module (imported on first use)
+MODULES = {
+    **{m: f"jaxmat.core.{m}" for m in (
+        "bundle", "calibrate", "checkpoint", "committee", "crossval", "engine", "ensemble",
+        "graph", "linegraph", "potential", "protocol", "train")},
+    **{m: f"jaxmat.workflows.{m}" for m in ("interpret", "photoanode", "spectra", "xanes")},
+    **{m: f"jaxmat.workflows.adversarial.{m}" for m in (
+        "active", "attack", "oracle", "select", "store")},
+}
+
+__all__ = ["GraphSpec", "Model", "from_linen", "from_nnx", "load", "predict", *sorted(MODULES)]
+
+
+def __getattr__(name: str) -> Any:
+    if name in MODULES:
+        module = importlib.import_module(MODULES[name])
+        globals()[name] = module
+        return module
+    raise AttributeError(f"module 'jaxmat' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(MODULES))

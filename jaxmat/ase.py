@@ -3,15 +3,15 @@
 ``JaxmatCalculator(model, params)`` gives ``energy`` (eV), ``free_energy``,
 ``forces`` (eV/Å), ``stress`` (eV/Å³, Voigt order, periodic cells only) and, when the model
 gives them, per-atom ``energies`` (eV). With committee params (leading member axis, see
-:mod:`jaxmat.ensemble`) the results are the members' mean, plus the committee spread:
+:mod:`jaxmat.core.ensemble`) the results are the members' mean, plus the committee spread:
 ``energy_std`` (eV), ``forces_std`` (N, 3) eV/Å, ``forces_std_atom`` (N,) eV/Å (root of the
 xyz-summed variance), ``energy_members`` (M,) eV — scaled by an optional recalibration
-factor (:func:`jaxmat.calibrate.fit_scale`).
+factor (:func:`jaxmat.core.calibrate.fit_scale`).
 
 The graph (cutoff, k nearest neighbours, line graph) is the model's own ``model.graph``;
 ``JaxmatCalculator.from_bundle(path)`` reads model and params from a bundle
-(:mod:`jaxmat.bundle`). The neighbour list is rebuilt on the host at every call
-(:func:`jaxmat.predict.as_records`); the padded shapes are kept across calls and grown
+(:mod:`jaxmat.core.bundle`). The neighbour list is rebuilt on the host at every call
+(:func:`jaxmat.core.predict.as_records`); the padded shapes are kept across calls and grown
 (with a margin) only when the structure outgrows them, so an MD run or a relaxation
 compiles once (``calc.n_compiles``).
 """
@@ -26,16 +26,16 @@ import numpy as np
 from ase.calculators.calculator import Calculator, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
-from jaxmat import committee, ensemble, graph
-from jaxmat.predict import as_records, resolve_cutoff
-from jaxmat.protocol import Model, Params
+from jaxmat.core import committee, ensemble, graph
+from jaxmat.core.predict import as_records, resolve_cutoff
+from jaxmat.core.protocol import Model, Params
 
 STD_KEYS = ("energy_std", "forces_std", "forces_std_atom", "energy_members")
 
 
 class JaxmatCalculator(Calculator):
     """ASE calculator from a potential ``model`` (outputs ``energy`` and ``forces``, e.g.
-    :func:`jaxmat.potential.potential`) and its ``params`` or committee params.
+    :func:`jaxmat.core.potential.potential`) and its ``params`` or committee params.
 
     The neighbour list follows ``model.graph``; ``cutoff`` (Å) is needed only for a model
     that declares no cutoff, and must otherwise equal it. ``committee=None`` detects a leading
@@ -80,8 +80,8 @@ class JaxmatCalculator(Calculator):
     @classmethod
     def from_bundle(cls, path: str, **kwargs: Any) -> "JaxmatCalculator":
         """Calculator of the model and params in the bundle at ``path``
-        (:func:`jaxmat.bundle.load`); ``kwargs`` as for the constructor."""
-        from jaxmat import bundle
+        (:func:`jaxmat.core.bundle.load`); ``kwargs`` as for the constructor."""
+        from jaxmat.core import bundle
 
         b = bundle.load(path)
         return cls(b.model, b.params, **kwargs)
@@ -135,7 +135,7 @@ class JaxmatCalculator(Calculator):
         out = jax.device_get(self._fn(self.params, batch))
         if "forces" not in out:
             raise ValueError("the model gives no 'forces'; wrap an energy model with "
-                             "jaxmat.potential.potential")
+                             "jaxmat.core.potential.potential")
         n = rec.n_node
         for k in ("energy", "forces"):
             if not np.all(np.isfinite(out[k])):

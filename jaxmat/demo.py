@@ -16,9 +16,10 @@ import jax
 import numpy as np
 
 import jaxmat
-from jaxmat import bundle, data, graph, potential, train
+from jaxmat import data
+from jaxmat.core import bundle, graph, potential, train
 from jaxmat.models import SchNetConfig, schnet
-from jaxmat.predict import predict
+from jaxmat.core.predict import predict
 
 
 def parity_plot(path: str, e_true, e_pred, f_true, f_pred) -> None:

@@ -61,7 +61,7 @@ print(len(test), "test frames; N heights",
       f"{min(bench.n_height(a.positions) for a in test):.2f}-{max(bench.n_height(a.positions) for a in test):.2f} Å")"""),
     md("""## Three samplers, one oracle budget
 
-The same loop (`jaxmat.active.run`) with three proposal strategies; every run is resumable
+The same loop (`jaxmat.workflows.adversarial.active.run`) with three proposal strategies; every run is resumable
 from its work directory (`labels.db`, committee checkpoints, `progress.jsonl`)."""),
     code("""CUTOFF = 5.0
 labelled_seeds = [xtb.label(a).attach(a) for a in seeds]   # only to fit the model's energy scale
@@ -146,8 +146,8 @@ print(f"total {time.time() - T0:.0f} s")"""),
     md("""With these tiny settings the numbers are a smoke test of the workflow; the full
 comparison (5-member SchNet committees, 256 attacked starts, 5 generations of 20 labels) is
 in `benchmarks/results/adversarial_ammonia.md`. To point the loop at your own system, give
-`jaxmat.active.run` any ASE structures, any jaxmat potential and any ASE calculator wrapped
-as an `Oracle` (`jaxmat.oracle.Oracle(name, factory, settings)`)."""),
+`jaxmat.workflows.adversarial.active.run` any ASE structures, any jaxmat potential and any ASE calculator wrapped
+as an `Oracle` (`jaxmat.workflows.adversarial.oracle.Oracle(name, factory, settings)`)."""),
 ]
 
 nb = nbformat.v4.new_notebook(cells=cells, metadata={"kernelspec": {

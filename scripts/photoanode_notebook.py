@@ -92,7 +92,7 @@ published merge of the two branch predictions is `merge="outputs"` (both are com
 `benchmarks/photoanode.py`). The composition input is standardised inside the model with
 training-set statistics (alloy fractions are a few at.%, so raw inputs train slowly);
 gradients are still taken with respect to the raw fractions. Four members are trained in
-one vmapped step by `jaxmat.ensemble.fit` (each with its own initialisation, batch order and
+one vmapped step by `jaxmat.core.ensemble.fit` (each with its own initialisation, batch order and
 dropout); the paper averaged 150 retrained models. Training is kept short here; the
 benchmark trains 8 members for 60 epochs."""),
     code("""net_cfg = PhotoanodeConfig(merge="features").with_composition_stats(table.composition[train_idx])

@@ -16,8 +16,8 @@ import argparse  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 
-from jaxmat.xanes.generate import Settings, run  # noqa: E402
-from jaxmat.xanes.molecules import read_list  # noqa: E402
+from jaxmat.workflows.xanes.generate import Settings, run  # noqa: E402
+from jaxmat.workflows.xanes.molecules import read_list  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 XANES = os.path.join(ROOT, "jaxmat", "data", "files", "xanes")

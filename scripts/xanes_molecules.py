@@ -5,7 +5,7 @@
 import argparse
 import os
 
-from jaxmat.xanes.molecules import build_list, read_tables, write_list
+from jaxmat.workflows.xanes.molecules import build_list, read_tables, write_list
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

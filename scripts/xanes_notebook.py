@@ -62,12 +62,12 @@ ax.set_xlabel("photon energy (eV)"); ax.set_ylabel("intensity (scaled)"); ax.leg
 ax.set_title("O K-edge: ketone, alcohol, acid, ether"); plt.show()"""),
     md("""## Computing a spectrum from scratch
 
-`jaxmat.xanes.generate` (optional extras `pyscf`, `rdkit`) embeds the molecule (ETKDG +
+`jaxmat.workflows.xanes.generate` (optional extras `pyscf`, `rdkit`) embeds the molecule (ETKDG +
 MMFF), runs one ground-state SCF, then a half-core-hole SCF per unique site.  The fast
 setting below (small basis) takes about a second; the dataset uses 6-311+G** on O/N.
 The carbonyl π* lies well below the first alcohol resonance (measured: 2.7 eV)."""),
-    code("""from jaxmat.xanes.generate import FAST, compute_molecule, site_sticks
-from jaxmat.xanes.broaden import first_strong
+    code("""from jaxmat.workflows.xanes.generate import FAST, compute_molecule, site_sticks
+from jaxmat.workflows.xanes.broaden import first_strong
 
 first = {}
 for smi in ("CC(C)=O", "CO"):
@@ -85,7 +85,7 @@ per-site targets (`jaxmat.models.spectral.spectrum_loss`).  A short run on CPU:"
     code("""import time
 from jaxmat.models.schnet import SchNetConfig
 from jaxmat.models.spectral import schnet_site_spectral
-from jaxmat.xanes.learn import predict_spectra, train_spectra
+from jaxmat.workflows.xanes.learn import predict_spectra, train_spectra
 
 model = schnet_site_spectral(SchNetConfig(n_features=32, n_interactions=3, n_rbf=24, cutoff=4.0, max_z=10),
                              z=8, n_out=len(train.grid), hidden=64)
@@ -101,7 +101,7 @@ Peaks: local maxima with prominence ≥ 10 % of the spectrum maximum, matched on
 The baseline predicts for each O site the mean training spectrum of its nearest
 functional-group class (two-shell bonding environment, falling back to one shell)."""),
     code("""from jaxmat import spectra
-from jaxmat.xanes.baseline import GroupMeanBaseline, site_environments
+from jaxmat.workflows.xanes.baseline import GroupMeanBaseline, site_environments
 
 envs, ys = [], []
 for smi, r in zip(train.smiles, train.records):

@@ -6,7 +6,7 @@ import argparse
 import json
 import os
 
-from jaxmat.xanes.pack import pack_store
+from jaxmat.workflows.xanes.pack import pack_store
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 XANES = os.path.join(ROOT, "jaxmat", "data", "files", "xanes")

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from jaxmat import active, attack, ensemble
-from jaxmat.select import SelectConfig
-from jaxmat.store import Store
+from jaxmat.workflows.adversarial.select import SelectConfig
+from jaxmat.workflows.adversarial.store import Store
 
 # A runnable toy: 1-D double well E = 5x^4 - 10x^2 + 1.5x, seeds only where E < -5.5
 # (the lower well), a 4-member coordinate-MLP committee. The oracle logs every call.

@@ -1,5 +1,5 @@
 """ASE calculator: forces/stress equal finite differences of its energy, committee statistics
-match jaxmat.ensemble, MD compiles once, budgets grow only when needed."""
+match jaxmat.core.ensemble, MD compiles once, budgets grow only when needed."""
 from __future__ import annotations
 
 import jax
@@ -14,7 +14,7 @@ from ase.optimize import BFGS
 from jaxmat import data, ensemble, graph, linegraph, potential
 from jaxmat.ase import JaxmatCalculator
 from jaxmat.models import ALIGNNConfig, SchNetConfig, alignn, schnet
-from jaxmat.protocol import GraphSpec, Model
+from jaxmat.core.protocol import GraphSpec, Model
 
 CUTOFF = 3.0
 

@@ -10,7 +10,7 @@ from jaxmat import attack, ensemble, graph, potential, train
 from jaxmat.data import labelled_atoms, load_ammonia
 from jaxmat.models import SchNetConfig, schnet
 from jaxmat.models.coordinate import coordinate_mlp
-from jaxmat.oracle import double_well
+from jaxmat.workflows.adversarial.oracle import double_well
 
 CUTOFF = 4.0
 

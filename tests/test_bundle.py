@@ -20,7 +20,7 @@ from jaxmat.models import (ALIGNNConfig, PaiNNConfig, SchNetConfig, alignn, grap
 from jaxmat.models.coordinate import CoordinateMLPConfig, coordinate_mlp
 from jaxmat.models.mpnn import MPNNConfig, mpnn
 from jaxmat.models.spectral import painn_site_spectral, schnet_site_spectral
-from jaxmat.protocol import GraphSpec, from_nnx
+from jaxmat.core.protocol import GraphSpec, from_nnx
 
 CUTOFF = 3.0
 

@@ -105,7 +105,7 @@ def test_plots(tmp_path):
 
 def test_imports_without_matplotlib():
     code = ("import sys; sys.modules['matplotlib'] = None; "
-            "import jaxmat.calibrate as c; print(c.coverage([0.1, 0.3], [0.2, 0.2], 0.68))")
+            "import jaxmat.core.calibrate as c; print(c.coverage([0.1, 0.3], [0.2, 0.2], 0.68))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert float(out.stdout) == pytest.approx(0.5)

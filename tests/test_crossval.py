@@ -9,7 +9,7 @@ import pytest
 from ase.build import bulk
 
 from jaxmat import crossval, graph
-from jaxmat.protocol import Model
+from jaxmat.core.protocol import Model
 
 
 def test_kfold_partitions():

@@ -17,7 +17,7 @@ from flax import nnx
 from jaxmat import data, engine, ensemble, graph, potential, train
 from jaxmat.models import SchNetConfig, schnet
 from jaxmat.models.layers import cosine_cutoff, gaussian_rbf
-from jaxmat.protocol import Model, from_nnx
+from jaxmat.core.protocol import Model, from_nnx
 
 CUTOFF = 4.0
 

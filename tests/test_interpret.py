@@ -13,7 +13,7 @@ import pytest
 from jaxmat import ensemble, interpret, train
 from jaxmat.data.loader import ArrayLoader
 from jaxmat.models.photoanode import PhotoanodeConfig, photoanode_net
-from jaxmat.protocol import Model
+from jaxmat.core.protocol import Model
 
 CFG = PhotoanodeConfig(n_points=40, n_elements=5, spectrum_hidden=(8, 8),
                        composition_hidden=(8, 8), head_hidden=(8,), merge="features")
@@ -272,7 +272,7 @@ def test_trained_model_recovers_planted_linear_relationship():
     y = (x @ w + 0.02 * rng.normal(size=n)).astype(np.float32)
     from flax import nnx
 
-    from jaxmat.protocol import from_nnx
+    from jaxmat.core.protocol import from_nnx
 
     class MLP(nnx.Module):
         def __init__(self, rngs):

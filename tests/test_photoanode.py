@@ -15,6 +15,7 @@ from jaxmat.data import photoanode as pa
 from jaxmat.data import photoanode_sim as sim
 from jaxmat.data.loader import ArrayLoader
 from jaxmat.models import photoanode as models
+from jaxmat.workflows import photoanode as staged_training
 
 
 @pytest.fixture(scope="module")
@@ -260,16 +261,16 @@ def test_published_net_shapes_dropout_and_staged_training():
     t2 = net.train_apply(p, b, jax.random.key(2))["P_spectrum"]
     assert not np.allclose(t1, t2) and np.allclose(net.apply(p, b)["P"], out["P"])
     # restrict: only the chosen group trains, the rest is frozen
-    sub = models.restrict(net, p, ("composition",), "P_composition")
+    sub = staged_training.restrict(net, p, ("composition",), "P_composition")
     assert set(sub.init(None)) == {"composition"}
     assert np.allclose(sub.apply(sub.init(None), b)["P"], out["P_composition"])
     cfgfit = train.FitConfig(epochs=2, lr=1e-3, progress=False)
-    staged = models.fit_staged(net, p, [b], None, None, cfgfit, finetune=False)
+    staged = staged_training.fit_staged(net, p, [b], None, None, cfgfit, finetune=False)
     for group in ("spectrum", "composition", "head"):
         changed = jax.tree_util.tree_map(lambda a, c: not np.allclose(a, c), p[group], staged[group])
         assert any(jax.tree_util.tree_leaves(changed)), group
     with pytest.raises(ValueError, match="unknown parameter groups"):
-        models.restrict(net, p, ("nope",))
+        staged_training.restrict(net, p, ("nope",))
     with pytest.raises(ValueError, match="merge"):
         models.photoanode_net(merge="sum").init(jax.random.key(0), None)
 

@@ -8,7 +8,7 @@ from ase.build import molecule
 from jaxmat import committee, data, ensemble, graph, potential
 from jaxmat.models import SchNetConfig, schnet
 from jaxmat.models.coordinate import coordinate_mlp
-from jaxmat.predict import as_records, compile_count, predict, resolve_cutoff
+from jaxmat.core.predict import as_records, compile_count, predict, resolve_cutoff
 
 CUTOFF = 3.5
 

@@ -10,7 +10,7 @@ from flax import nnx
 
 from jaxmat import data, graph, potential, train
 from jaxmat.models.layers import cosine_cutoff, gaussian_rbf
-from jaxmat.protocol import Model, count_params, from_linen, from_nnx
+from jaxmat.core.protocol import Model, count_params, from_linen, from_nnx
 
 CUTOFF = 4.0
 
@@ -206,7 +206,7 @@ def test_batchnorm_raises_clearly_under_both_adapters():
     import flax.linen as nn
     from flax import nnx
 
-    from jaxmat.protocol import from_linen, from_nnx
+    from jaxmat.core.protocol import from_linen, from_nnx
 
     class NNXNorm(nnx.Module):
         def __init__(self, rngs):

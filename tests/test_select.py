@@ -4,7 +4,7 @@ import pytest
 from ase import Atoms
 from scipy.spatial.transform import Rotation
 
-from jaxmat.select import SelectConfig, deduplicate, rmsd, select, too_close, variance_threshold
+from jaxmat.workflows.adversarial.select import SelectConfig, deduplicate, rmsd, select, too_close, variance_threshold
 
 # a distorted ammonia, so that no relabelling of the H atoms is a symmetry
 NH3 = np.array([[0.0, 0.0, 0.38], [1.2, 0.0, 0.0], [-0.3, 0.9, 0.1], [-0.6, -1.0, -0.1]])
@@ -130,7 +130,7 @@ def test_committee_predict_takes_the_graph_from_the_model():
 
     from jaxmat import data, ensemble, graph, potential
     from jaxmat.models import SchNetConfig, schnet
-    from jaxmat.select import committee_predict
+    from jaxmat.workflows.adversarial.select import committee_predict
 
     model = potential.potential(schnet(SchNetConfig(n_features=8, n_interactions=1, n_rbf=8,
                                                     cutoff=3.0)), stress=False)

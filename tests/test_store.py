@@ -6,7 +6,7 @@ import pytest
 from ase import Atoms
 
 from jaxmat import oracle
-from jaxmat.store import Store
+from jaxmat.workflows.adversarial.store import Store
 
 
 def _points(xs):

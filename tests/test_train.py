@@ -12,7 +12,7 @@ import pytest
 
 from jaxmat import checkpoint, data, graph, potential, train
 from jaxmat.models import SchNetConfig, schnet
-from jaxmat.protocol import Model
+from jaxmat.core.protocol import Model
 
 CUTOFF = 4.0
 EPOCHS = 6

@@ -8,9 +8,9 @@ import pytest
 pytest.importorskip("pyscf")
 pytest.importorskip("rdkit")
 
-from jaxmat.xanes import generate as gen  # noqa: E402
-from jaxmat.xanes.broaden import Broadening, broaden, first_strong, grid  # noqa: E402
-from jaxmat.xanes.molecules import build_list, canonical  # noqa: E402
+from jaxmat.workflows.xanes import generate as gen  # noqa: E402
+from jaxmat.workflows.xanes.broaden import Broadening, broaden, first_strong, grid  # noqa: E402
+from jaxmat.workflows.xanes.molecules import build_list, canonical  # noqa: E402
 
 FAST = gen.FAST
 
@@ -105,7 +105,7 @@ def test_resume_skips_finished_and_records_failures(tmp_path):
 
     # pack -> shipped-format file -> graph records with per-site targets
     from jaxmat.data.xanes import load_xanes
-    from jaxmat.xanes.pack import pack_store
+    from jaxmat.workflows.xanes.pack import pack_store
 
     out = str(tmp_path / "x.npz")
     meta = pack_store(store, out)
@@ -130,7 +130,7 @@ def test_pack_copies_equivalent_sites(tmp_path):
     res = gen.compute_molecule("O=C=O", FAST)
     np.savez(os.path.join(store, "co2.npz"), **res)
     from jaxmat.data.xanes import load_xanes
-    from jaxmat.xanes.pack import pack_store
+    from jaxmat.workflows.xanes.pack import pack_store
 
     pack_store(store, str(tmp_path / "x.npz"))
     with np.load(str(tmp_path / "x.npz")) as z:

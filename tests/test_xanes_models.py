@@ -14,7 +14,7 @@ from jaxmat.models.mpnn import MPNNConfig, mpnn
 from jaxmat.models.schnet import SchNetConfig
 from jaxmat.models.painn import PaiNNConfig
 from jaxmat.models.spectral import painn_site_spectral, schnet_site_spectral, spectrum_loss
-from jaxmat.protocol import Model
+from jaxmat.core.protocol import Model
 
 P = 24
 
@@ -129,7 +129,7 @@ def test_spectrum_loss_zero_at_targets_and_training_reduces_it():
     value, stats = loss(perfect, b)
     assert float(value) == 0.0 and float(stats["xanes_site_mae"][0]) == 0.0
     assert float(stats["xanes_mae"][1]) == 3 * P
-    from jaxmat.train import FitConfig, fit
+    from jaxmat.core.train import FitConfig, fit
 
     model = _models()[1]
     params = model.init(jax.random.key(0), b)
@@ -154,7 +154,7 @@ def test_slope_term_of_spectrum_loss_matches_hand_computation():
 
 def test_committee_prediction_is_the_member_mean():
     from jaxmat import ensemble
-    from jaxmat.xanes.learn import predict_spectra, train_spectra
+    from jaxmat.workflows.xanes.learn import predict_spectra, train_spectra
 
     model = _models()[1]
     recs = _records()
@@ -167,7 +167,7 @@ def test_committee_prediction_is_the_member_mean():
 
 
 def test_predict_spectra_and_throughput_use_predict():
-    from jaxmat.xanes.learn import predict_spectra, throughput
+    from jaxmat.workflows.xanes.learn import predict_spectra, throughput
 
     recs = _records()
     for model in _models():

@@ -104,13 +104,13 @@ def read_structures(path: str | os.PathLike, index: Any = ":", energy_key: str |
 
     Labels are taken from the given ``*_key`` (a structure without it raises, naming the
     keys it has), else from the calculator or the first conventional key found
-    (:data:`jaxmat.graph.LABEL_KEYS`: ``REF_energy``, ``dft_forces``, ...).
+    (:data:`jaxmat.core.graph.LABEL_KEYS`: ``REF_energy``, ``dft_forces``, ...).
     """
     if not os.path.exists(path):
         raise FileNotFoundError(f"structure file not found: {path}")
     from ase.io import read
 
-    from jaxmat.graph import read_label
+    from jaxmat.core.graph import read_label
 
     out = read(path, index=index)
     out = out if isinstance(out, list) else [out]

@@ -2,7 +2,7 @@
 
 Every reader returns ASE ``Atoms`` (POSCAR files read with ``ase.io.read``) with the
 labels attached: graph targets as ``atoms.info["target_<name>"]`` (read by
-:func:`jaxmat.graph.atoms_to_record` as ``record.targets[<name>]``), energies/forces/
+:func:`jaxmat.core.graph.atoms_to_record` as ``record.targets[<name>]``), energies/forces/
 stress on a single-point calculator, and the JARVIS id as ``atoms.info["jid"]``.
 """
 from __future__ import annotations

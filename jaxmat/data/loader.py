@@ -7,7 +7,7 @@ import numpy as np
 
 
 class ArrayLoader:
-    """Batches of a dict of equal-length arrays for :func:`jaxmat.train.fit`.
+    """Batches of a dict of equal-length arrays for :func:`jaxmat.core.train.fit`.
 
     Every batch has exactly ``batch_size`` rows (one compiled step): the last one is
     zero-padded and its ``mask`` entry is False on padding rows (an existing ``mask``

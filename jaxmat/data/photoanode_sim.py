@@ -1,7 +1,7 @@
 """A simulated combinatorial photoanode library in the layout of Umehara et al. (2019).
 
 Everything is written in JAX, so the exact input gradients of the generator are the
-ground truth for :mod:`jaxmat.interpret`.
+ground truth for :mod:`jaxmat.workflows.interpret`.
 
 **Compositions.** Seven metal fractions ``Bi, V, W, Dy, Gd, Mo, Tb`` (sum 1) of
 scheelite BiVO₄ alloys: Bi-site share ``a = 0.5 + U(-0.03, 0.03)``; W and Mo
@@ -54,7 +54,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmat.data.photoanode import ELEMENTS, N_RAMAN, RAMAN_START, SpectraTable
-from jaxmat.protocol import Model
+from jaxmat.core.protocol import Model
 
 RAMAN_STEP = 0.96  # cm⁻¹
 RAMAN_SHIFT = RAMAN_START + RAMAN_STEP * np.arange(N_RAMAN)  # cm⁻¹

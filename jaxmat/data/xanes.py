@@ -4,7 +4,7 @@ Two sources give the same :class:`XanesData`:
 
 * :func:`load_xanes` — the dataset shipped with jaxmat (``files/xanes/xanes.npz``: O and N
   K-edges of small C/N/O/F/H molecules from transition-potential Hartree-Fock, see
-  ``files/xanes/SOURCE.md`` and :mod:`jaxmat.xanes`), with its fixed scaffold split.
+  ``files/xanes/SOURCE.md`` and :mod:`jaxmat.workflows.xanes`), with its fixed scaffold split.
 * :func:`load_feff_pickle` — the public FEFF/QM9 database format: a pickle keyed by
   molecule id holding a pymatgen ``Molecule`` and per-site FEFF ``xmu.dat`` spectra,
   interpolated onto 200-point grids (:data:`FEFF_GRIDS`).  pymatgen is not needed.
@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from jaxmat.data import data_path
-from jaxmat.graph import Record, make_record
+from jaxmat.core.graph import Record, make_record
 
 SPLITS = ("train", "val", "test", "all")
 ELEMENT_Z = {"C": 6, "N": 7, "O": 8, "F": 9, "H": 1}

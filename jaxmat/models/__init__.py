@@ -1,4 +1,4 @@
-"""Built-in models; each constructor returns a :class:`jaxmat.protocol.Model`."""
+"""Built-in models; each constructor returns a :class:`jaxmat.core.protocol.Model`."""
 from jaxmat.models.alignn import ALIGNNConfig, alignn
 from jaxmat.models.painn import PaiNNConfig, painn
 from jaxmat.models.photoanode import CNN1DConfig, PhotoanodeConfig, cnn1d, photoanode_net

@@ -3,7 +3,7 @@ surfaces) where each "atom" is a point in a low-dimensional space.
 
 Energy (eV) of a graph = sum over its atoms of ``scale * MLP(x_i[:dims]) + shift``; it is
 not invariant under rotations or translations and ignores species and edges, so it is
-only meant for toy problems (e.g. the 1-D double well of :mod:`jaxmat.oracle`).
+only meant for toy problems (e.g. the 1-D double well of :mod:`jaxmat.workflows.adversarial.oracle`).
 """
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxmat import graph
-from jaxmat.protocol import GraphSpec, Model, from_nnx
+from jaxmat.core import graph
+from jaxmat.core.protocol import GraphSpec, Model, from_nnx
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,7 +48,7 @@ class CoordinateMLP(nnx.Module):
 
 def coordinate_mlp(cfg: CoordinateMLPConfig | None = None, **kwargs) -> Model:
     """Coordinate MLP energy model through the protocol (wrap with
-    :func:`jaxmat.potential.potential` for forces)."""
+    :func:`jaxmat.core.potential.potential` for forces)."""
     cfg = cfg or CoordinateMLPConfig(**kwargs)
     return from_nnx(lambda rngs: CoordinateMLP(cfg, rngs), name="CoordinateMLP", config=cfg,
                     graph=GraphSpec(layouts=("sparse", "dense")))

@@ -18,10 +18,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxmat import graph
+from jaxmat.core import graph
 from jaxmat.models.layers import cosine_cutoff, gaussian_rbf
 from jaxmat.models.spectral import gaussian_smoother
-from jaxmat.protocol import GraphSpec, Model, from_nnx
+from jaxmat.core.protocol import GraphSpec, Model, from_nnx
 
 
 @dataclasses.dataclass(frozen=True)

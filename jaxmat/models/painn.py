@@ -6,7 +6,7 @@ basis times a cosine cutoff (Å) and the bond direction; update blocks couple s 
 inside each atom through norms and scalar products of linear mixes of v. Scalars are
 invariant and vectors rotate with the structure. The output is a per-graph energy (eV)
 as a sum of atomic terms ``scale * y_i + shift + ref[Z_i]`` (same pattern as SchNet);
-forces and stress come from :mod:`jaxmat.potential` by differentiating this function.
+forces and stress come from :mod:`jaxmat.core.potential` by differentiating this function.
 """
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxmat import graph
+from jaxmat.core import graph
 from jaxmat.models.layers import AtomicEnergyHead, bessel_rbf, cosine_cutoff
-from jaxmat.protocol import GraphSpec, Model, from_nnx
+from jaxmat.core.protocol import GraphSpec, Model, from_nnx
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,7 +27,7 @@ class PaiNNConfig:
     """Hyper-parameters. Defaults are the size the benchmarks train on CPU (64 features);
     the published model has 128 features, 3 interactions, 20 Bessel functions, 5 Å cutoff. ``atom_refs`` (eV per element, index = Z) and ``scale``/``shift``
     (eV per atom) are usually fitted on the training set
-    (:func:`jaxmat.potential.fit_energy_stats`). ``return_features`` adds the final
+    (:func:`jaxmat.core.potential.fit_energy_stats`). ``return_features`` adds the final
     ``scalar_features`` (N, F) and ``vector_features`` (N, 3, F) to the outputs."""
 
     n_features: int = 64
@@ -130,7 +130,7 @@ class PaiNN(nnx.Module):
 
 def painn(cfg: PaiNNConfig | None = None, **kwargs) -> Model:
     """PaiNN energy model through the protocol (``apply`` gives energies; wrap it with
-    :func:`jaxmat.potential.potential` for forces and stress)."""
+    :func:`jaxmat.core.potential.potential` for forces and stress)."""
     cfg = cfg or PaiNNConfig(**kwargs)
     return from_nnx(lambda rngs: PaiNN(cfg, rngs), name="PaiNN", config=cfg,
                     graph=GraphSpec(cfg.cutoff, layouts=("sparse",)))

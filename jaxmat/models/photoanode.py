@@ -3,8 +3,9 @@
 :func:`photoanode_net` is the published two-branch model of Umehara et al., npj Comput.
 Mater. 5:34 (2019): a spectrum branch (Dropout 0.25 → Conv1D(2 filters, kernel 7) → ELU
 → Dropout 0.25 → Dense 32 → 32 → 1), a composition branch (Dense 16, 16, 32, 32 → 1)
-and a merged head (Dense 32, 32 → 1), ELU everywhere. :func:`fit_staged` reproduces the
-paper's staged training (each branch alone, then the head, optionally all together).
+and a merged head (Dense 32, 32 → 1), ELU everywhere. The paper's staged training (each
+branch alone, then the head, optionally all together) is a workflow:
+:func:`jaxmat.workflows.photoanode.fit_staged`.
 :func:`cnn1d` is a generic 1-D CNN on a spectrum with optional side inputs.
 
 Batches are plain dicts: ``spectrum`` (B, n_points) normalised intensities,
@@ -14,14 +15,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxmat.protocol import Model, Params, from_nnx
+from jaxmat.core.protocol import Model, from_nnx
 
 
 class Conv1DValid(nnx.Module):
@@ -164,52 +164,6 @@ def photoanode_net(cfg: PhotoanodeConfig | None = None, **kwargs) -> Model:
     """The published composition + Raman model through the protocol (dropout in ``apply_train``)."""
     cfg = cfg or PhotoanodeConfig(**kwargs)
     return from_nnx(lambda rngs: PhotoanodeNet(cfg, rngs), name="PhotoanodeNet")
-
-
-# --------------------------------------------------------------------------- staged training
-def restrict(model: Model, params: Params, trainable: Sequence[str],
-             output: str | None = None, target: str = "P") -> Model:
-    """A model whose params are only the top-level entries ``trainable`` of ``params``;
-    the rest stay fixed at their given values. With ``output`` its ``target`` output is
-    replaced by ``output`` (e.g. a branch prediction), so a plain target loss trains it."""
-    frozen = {k: v for k, v in params.items() if k not in trainable}
-    missing = [k for k in trainable if k not in params]
-    if missing:
-        raise ValueError(f"unknown parameter groups {missing}; have {sorted(params)}")
-
-    def _out(o: dict) -> dict:
-        return {**o, target: o[output]} if output else o
-
-    def init(key, batch=None):
-        return {k: params[k] for k in trainable}
-
-    def apply(p, batch):
-        return _out(model.apply({**frozen, **p}, batch))
-
-    def apply_train(p, batch, key):
-        return _out(model.train_apply({**frozen, **p}, batch, key))
-
-    return Model(init, apply, apply_train if model.apply_train is not None else None,
-                 f"{model.name}[{','.join(trainable)}]", model.graph)
-
-
-def fit_staged(model: Model, params: Params, train_data: Any, val_data: Any = None,
-               loss=None, config=None, target: str = "P", finetune: bool = True) -> Params:
-    """The paper's staged training of :func:`photoanode_net`: the spectrum branch on P,
-    the composition branch on P, the head with both branches frozen, then (``finetune``)
-    everything. Each stage is one :func:`jaxmat.train.fit` with ``config``."""
-    from jaxmat import train
-
-    loss = loss or train.target_loss(target)
-    stages = [(("spectrum",), f"{target}_spectrum"), (("composition",), f"{target}_composition"),
-              (("head",), None)]
-    if finetune:
-        stages.append((tuple(params), None))
-    for groups, out in stages:
-        sub = restrict(model, params, groups, out, target)
-        res = train.fit(sub, sub.init(None), train_data, val_data, loss, config)
-        params = {**params, **res.params}
-    return params
 
 
 # --------------------------------------------------------------------------- generic 1-D CNN

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from jaxmat.protocol import Model, Outputs, Params
+from jaxmat.core.protocol import Model, Outputs, Params
 
 
 def graph_target(model: Model, key: str = "target", source: str = "energy",

@@ -3,7 +3,7 @@
 Continuous-filter convolutions over the cutoff graph with a Gaussian radial basis
 and a smooth cosine cutoff. The output is a per-graph energy (eV) as a sum of atomic
 terms ``scale * y_i + shift + ref[Z_i]``; forces and stress come from
-:mod:`jaxmat.potential` by differentiating this same function.
+:mod:`jaxmat.core.potential` by differentiating this same function.
 """
 from __future__ import annotations
 
@@ -13,16 +13,16 @@ import jax
 import numpy as np
 from flax import nnx
 
-from jaxmat import graph
+from jaxmat.core import graph
 from jaxmat.models.layers import AtomicEnergyHead, cosine_cutoff, gaussian_rbf, shifted_softplus
-from jaxmat.protocol import GraphSpec, Model, from_nnx
+from jaxmat.core.protocol import GraphSpec, Model, from_nnx
 
 
 @dataclasses.dataclass(frozen=True)
 class SchNetConfig:
     """Hyper-parameters (defaults: the demo's and the ammonia benchmarks' CPU recipe);
     ``atom_refs`` (eV per element, index = Z) and ``scale``/``shift`` (eV per atom) are
-    fitted on the training set: ``cfg.with_stats(*jaxmat.potential.energy_stats(train))``."""
+    fitted on the training set: ``cfg.with_stats(*jaxmat.core.potential.energy_stats(train))``."""
 
     n_features: int = 64
     n_interactions: int = 3
@@ -94,7 +94,7 @@ class SchNet(nnx.Module):
 
 def schnet(cfg: SchNetConfig | None = None, **kwargs) -> Model:
     """SchNet energy model through the protocol (``apply`` gives energies; wrap it with
-    :func:`jaxmat.potential.potential` for forces and stress)."""
+    :func:`jaxmat.core.potential.potential` for forces and stress)."""
     cfg = cfg or SchNetConfig(**kwargs)
     return from_nnx(lambda rngs: SchNet(cfg, rngs), name="SchNet", config=cfg,
                     graph=GraphSpec(cfg.cutoff, layouts=("sparse", "dense")))

@@ -21,10 +21,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxmat import graph
+from jaxmat.core import graph
 from jaxmat.models.painn import PaiNNConfig, PaiNNFeatures
 from jaxmat.models.schnet import SchNetConfig, SchNetFeatures
-from jaxmat.protocol import GraphSpec, Model, from_nnx
+from jaxmat.core.protocol import GraphSpec, Model, from_nnx
 
 
 def gaussian_smoother(n: int, sigma: float) -> np.ndarray:

@@ -1,6 +1,6 @@
 """k-fold cross-validation of graph-target models on the training engine.
 
-:func:`cross_val_predict` trains a fresh model per fold with :func:`jaxmat.train.fit` (Adam +
+:func:`cross_val_predict` trains a fresh model per fold with :func:`jaxmat.core.train.fit` (Adam +
 cosine schedule) and returns out-of-fold predictions. All folds share one padding budget
 and the engine's cached step, so the whole run compiles once. Targets are standardised
 with the training fold's statistics (no information from the held-out fold): the mean
@@ -15,8 +15,8 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
-from jaxmat import graph, train
-from jaxmat.protocol import Model
+from jaxmat.core import graph, train
+from jaxmat.core.protocol import Model
 
 
 def kfold(n: int, k: int = 5, seed: int = 0) -> list[np.ndarray]:
@@ -45,7 +45,7 @@ def cross_val_predict(
     """Out-of-fold predictions of graph target ``key`` (scalar or vector per structure).
 
     ``model.apply`` must give ``outputs[key]`` (G, ...); it is trained on standardised
-    targets (MSE, :func:`jaxmat.train.target_loss`) and its outputs are mapped back to the
+    targets (MSE, :func:`jaxmat.core.train.target_loss`) and its outputs are mapped back to the
     target's units. Returns ``(predictions (n, ...), fold index (n,))``.
     ``epochs``, ``batch_size`` and ``lr`` (Adam, cosine decay to lr/100) apply to every fold.
     """

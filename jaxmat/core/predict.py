@@ -5,8 +5,8 @@ neighbours, line graphs), packs them into batches of one fixed budget per (model
 batch size) — kept across calls and grown only when a structure does not fit — evaluates
 one jitted function per (model, committee or not, keys), and strips the padding.
 
-Committee params (a leading member axis, :mod:`jaxmat.ensemble`) give the member mean
-under each output's own name plus the statistics of :func:`jaxmat.committee.stats`
+Committee params (a leading member axis, :mod:`jaxmat.core.ensemble`) give the member mean
+under each output's own name plus the statistics of :func:`jaxmat.core.committee.stats`
 (``energy_var``, ``forces_var``, ``forces_var_atom``, ``forces_var_graph``, ...).
 """
 from __future__ import annotations
@@ -19,8 +19,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxmat import committee, ensemble, graph
-from jaxmat.protocol import Model, Params
+from jaxmat.core import committee, ensemble, graph
+from jaxmat.core.protocol import Model, Params
 
 _MAX_CACHED = 64
 _FNS: OrderedDict = OrderedDict()  # (model, committee?, keys, members) -> jitted function
@@ -37,7 +37,7 @@ def predict(model: Model, params: Params, data: Sequence[Any], *, batch_size: in
     Per-graph outputs come as arrays ``(S, ...)``, per-atom outputs as lists of ``(n_i,
     ...)`` arrays (float64). ``keys`` selects outputs (default: all). ``layout`` is
     ``"sparse"``, ``"dense"`` or ``"auto"`` (dense where the model declares it and it pays).
-    Committee params give means, variances (:mod:`jaxmat.committee`) and, with
+    Committee params give means, variances (:mod:`jaxmat.core.committee`) and, with
     ``members=True``, ``{key}_members`` with the member axis first: ``(M, S, ...)`` or
     lists of ``(M, n_i, ...)``.
     """
@@ -120,10 +120,10 @@ def as_records(model: Model, data: Sequence[Any], cutoff: float | None = None) -
                                   name=f"{name} ({s.get_chemical_formula()})",
                                   max_neighbors=spec.max_neighbors)
         else:
-            raise ValueError(f"{name}: expected ASE Atoms or jaxmat.graph.Record, got "
+            raise ValueError(f"{name}: expected ASE Atoms or jaxmat.core.graph.Record, got "
                              f"{type(s).__name__}")
         if spec.line_graph and r.line_senders is None:
-            from jaxmat.linegraph import add_line_graph
+            from jaxmat.core.linegraph import add_line_graph
 
             r = add_line_graph(r)
         out.append(r)

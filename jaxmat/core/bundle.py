@@ -2,8 +2,8 @@
 
 ``path/bundle.json``
     ``format``, ``format_version``, ``jaxmat_version``; ``model`` (builder name, model
-    name and config, nested for wrappers such as :func:`jaxmat.potential.potential`);
-    ``graph`` (:class:`jaxmat.protocol.GraphSpec`); ``references`` (eV per element symbol),
+    name and config, nested for wrappers such as :func:`jaxmat.core.potential.potential`);
+    ``graph`` (:class:`jaxmat.core.protocol.GraphSpec`); ``references`` (eV per element symbol),
     ``scale`` and ``shift`` (eV/atom) as read from the config; ``units``; ``params`` (file,
     ``n_members`` — null for a single model, M for a committee with a leading member axis —
     and the shape and dtype of every array); ``metadata`` (free JSON).
@@ -32,7 +32,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxmat.protocol import GraphSpec, Model, Params
+from jaxmat.core.protocol import GraphSpec, Model, Params
 
 FORMAT = "jaxmat-bundle"
 FORMAT_VERSION = 1
@@ -91,7 +91,7 @@ def _registry() -> dict[str, Builder]:
         from jaxmat.models.schnet import SchNetConfig
         from jaxmat.models.spectral import (SiteHeadConfig, painn_site_spectral,
                                             schnet_site_spectral)
-        from jaxmat.potential import potential
+        from jaxmat.core.potential import potential
 
         for name, fn, t in [
                 ("schnet", schnet, (SchNetConfig,)), ("painn", painn, (PaiNNConfig,)),
@@ -116,7 +116,7 @@ def innermost_config(model: Model) -> Any:
 
 
 # --------------------------------------------------------------------------- describe a model
-_HOWTO = ("register its constructor with jaxmat.bundle.register(name, builder, config_type="
+_HOWTO = ("register its constructor with jaxmat.core.bundle.register(name, builder, config_type="
           "YourConfig) and build the model with config=YourConfig(...) (from_nnx/from_linen "
           "take config=)")
 
@@ -242,7 +242,7 @@ def _build(desc: Any, where: str) -> Model:
     b = reg.get(desc["builder"])
     if b is None:
         raise ValueError(f"{where}: unknown builder {desc['builder']!r} (registered: "
-                         f"{sorted(reg)}); register it with jaxmat.bundle.register before "
+                         f"{sorted(reg)}); register it with jaxmat.core.bundle.register before "
                          "loading")
     wrapper = b.config_types is None
     keys = {"builder", "name", *(("options", "model") if wrapper else ("config",))}

@@ -45,10 +45,10 @@ Two layouts share these names (``layout=`` in :func:`batch` and :class:`GraphLoa
   :func:`convolve` and :func:`graph_sum`, which accept both layouts; a model that
   indexes ``senders``/``receivers`` itself must only be given sparse batches.
   Molecules are independent, so a dense batch also splits into equal chunks of graphs
-  (:func:`split_dense`, :func:`merge_chunks`); :func:`jaxmat.potential.potential` maps
+  (:func:`split_dense`, :func:`merge_chunks`); :func:`jaxmat.core.potential.potential` maps
   over such chunks so that every chunk's edge arrays stay in cache.
 
-Optional line graph (bond graph, :mod:`jaxmat.linegraph`; sparse layout only): when the
+Optional line graph (bond graph, :mod:`jaxmat.core.linegraph`; sparse layout only): when the
 records carry one, ``edges["line"]`` holds ``senders``/``receivers`` (T,) edge indices and
 ``mask`` (T,) for T triplets (T = ``Budget.n_triplet``). Padding triplets join the last
 edge to itself and are masked. Batches without line graphs are unchanged.
@@ -230,7 +230,7 @@ class Record:
 
     ``targets`` holds graph-level labels (``energy`` eV, ``stress`` eV/Å³ (3, 3), or any
     array); ``node_targets`` holds per-atom labels (``forces`` eV/Å, ...). ``line_senders``/
-    ``line_receivers`` (optional, from :func:`jaxmat.linegraph.add_line_graph`) index pairs
+    ``line_receivers`` (optional, from :func:`jaxmat.core.linegraph.add_line_graph`) index pairs
     of edges that share an atom.
     """
 

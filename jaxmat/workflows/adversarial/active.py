@@ -4,13 +4,13 @@ Generations:
 
 * 0 — the seed structures are labelled by the oracle (or kept with their own labels).
 * g ≥ 1 — committee ``C_g`` is trained on every label of generations < g; it proposes
-  candidates (``strategy``: ``adversarial`` attacks of :mod:`jaxmat.attack`, ``random``
+  candidates (``strategy``: ``adversarial`` attacks of :mod:`jaxmat.workflows.adversarial.attack`, ``random``
   Gaussian displacements, or ``md`` Langevin dynamics driven by the committee); the chosen
   ones are written to the store as *pending* in one transaction, then labelled one by one,
   each label stored as soon as it is computed.
 * After the last generation G, ``C_{G+1}`` is trained on everything and returned.
 
-Resuming: everything lives in ``workdir`` — ``labels.db`` (:class:`jaxmat.store.Store`),
+Resuming: everything lives in ``workdir`` — ``labels.db`` (:class:`jaxmat.workflows.adversarial.store.Store`),
 ``committee/`` (orbax checkpoint of ``C_g`` per generation), ``config.toml`` and
 ``progress.jsonl``. Rerunning :func:`run` after a crash (even ``kill -9``) restores the
 latest committee, skips proposals already written, labels only rows still pending, so no
@@ -30,15 +30,15 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxmat import ensemble, graph, train
-from jaxmat.attack import AttackConfig, Boltzmann, attack
-from jaxmat.checkpoint import Checkpointer
-from jaxmat.linegraph import add_line_graph
-from jaxmat.oracle import Oracle
-from jaxmat.predict import resolve_cutoff
-from jaxmat.protocol import Model, Params
-from jaxmat.select import SelectConfig, committee_predict, select, too_close, variance_threshold
-from jaxmat.store import Store
+from jaxmat.core import ensemble, graph, train
+from jaxmat.workflows.adversarial.attack import AttackConfig, Boltzmann, attack
+from jaxmat.core.checkpoint import Checkpointer
+from jaxmat.core.linegraph import add_line_graph
+from jaxmat.workflows.adversarial.oracle import Oracle
+from jaxmat.core.predict import resolve_cutoff
+from jaxmat.core.protocol import Model, Params
+from jaxmat.workflows.adversarial.select import SelectConfig, committee_predict, select, too_close, variance_threshold
+from jaxmat.workflows.adversarial.store import Store
 
 STRATEGIES = ("adversarial", "random", "md")
 # settings that may change between a run and its resumption
@@ -71,14 +71,14 @@ class ActiveConfig:
     """Settings of :func:`run` (units: kT eV, distances Å, temperature K, time fs).
 
     Training: ``n_members`` committee members trained per generation with ``fit``
-    (:class:`jaxmat.ensemble.CommitteeConfig`: ``epochs``, ``lr`` → ``lr_end``,
+    (:class:`jaxmat.core.ensemble.CommitteeConfig`: ``epochs``, ``lr`` → ``lr_end``,
     ``batch_size``, ...; its seed is derived from ``seed`` per generation), loss
     ``energy_weight``·(eV/atom)² + ``forces_weight``·(eV/Å)², warm-started from the previous
     generation's committee (``warm_start``).
     Adversarial: ``n_starts`` training geometries attacked with ``attack``
-    (:class:`jaxmat.attack.AttackConfig`: steps, lr, δ₀ ~ N(0, sigma²), clamp, skin, axes;
+    (:class:`jaxmat.workflows.adversarial.attack.AttackConfig`: steps, lr, δ₀ ~ N(0, sigma²), clamp, skin, axes;
     seed derived per generation), Boltzmann factor at ``kT`` (``per_atom`` energies
-    optional). Selection: ``select`` (:class:`jaxmat.select.SelectConfig`: committee force
+    optional). Selection: ``select`` (:class:`jaxmat.workflows.adversarial.select.SelectConfig`: committee force
     variance above a ``percentile`` of the training set's, RMSD dedup, at most
     ``max_per_generation``), deduplicated also against the training set with
     ``dedup_against_train``. Candidates with two atoms closer than ``min_distance`` (Å) are
@@ -91,7 +91,7 @@ class ActiveConfig:
     ``train_final`` trains C_{G+1} on all labels after the last generation (else the result
     is C_G). ``max_energy`` (eV above the lowest label; eV/atom with ``per_atom``) keeps
     higher-energy labels in the store but out of training. The per-generation retraining
-    reuses one compiled step (:mod:`jaxmat.engine`).
+    reuses one compiled step (:mod:`jaxmat.core.engine`).
 
     ``fit``, ``attack`` and ``select`` may be given as dicts. In TOML they are the tables
     ``[active.fit]``, ``[active.attack]``, ``[active.select]``; a flat file written before
@@ -615,7 +615,7 @@ def run(config: ActiveConfig, model: Model, oracle: Oracle, seeds: Sequence[Any]
     """Run (or resume) an active-learning loop in ``config.workdir``.
 
     ``model``: a potential (``energy`` eV and ``forces`` eV/Å, e.g.
-    :func:`jaxmat.potential.potential` of any energy model); ``oracle`` labels structures;
+    :func:`jaxmat.core.potential.potential` of any energy model); ``oracle`` labels structures;
     ``seeds``: the initial ASE structures (relabelled by the oracle unless
     ``relabel_seeds=False``). Neighbour lists follow ``model.graph``; ``cutoff`` (Å) only
     for a model without a graph cutoff (ValueError if it disagrees). ``evaluate(g, params,

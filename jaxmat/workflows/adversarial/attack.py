@@ -10,7 +10,7 @@ with ``F_m`` the forces (eV/Å) of committee member ``m``, ``Ē`` the committee-
 energy (eV; or eV/atom with ``per_atom``), energies shifted so that the training minimum
 is 0, and kT in eV. A is in eV²/Å². The variance
 term is ``forces_var_graph``, the population variance over members averaged over atoms and
-xyz (:func:`jaxmat.committee.stats`). δ starts from N(0, σ²), is optimised by ``jax.grad``
+xyz (:func:`jaxmat.core.committee.stats`). δ starts from N(0, σ²), is optimised by ``jax.grad``
 through the committee with an optax optimiser, and is optionally clamped per component.
 
 Many starts are attacked at once: they are packed into one padded graph batch, and the
@@ -36,9 +36,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxmat import committee, ensemble, graph
-from jaxmat.predict import resolve_cutoff
-from jaxmat.protocol import Model, Params
+from jaxmat.core import committee, ensemble, graph
+from jaxmat.core.predict import resolve_cutoff
+from jaxmat.core.protocol import Model, Params
 
 
 # --------------------------------------------------------------------------- structures
@@ -49,7 +49,7 @@ def as_structure(s: Any, name: str = "structure") -> tuple[np.ndarray, np.ndarra
     if hasattr(s, "get_positions") and hasattr(s, "numbers"):
         return graph.validate_structure(s.numbers, s.get_positions(), np.asarray(s.cell),
                                         s.pbc, name)
-    raise ValueError(f"{name}: expected ASE Atoms or jaxmat.graph.Record, got {type(s).__name__}")
+    raise ValueError(f"{name}: expected ASE Atoms or jaxmat.core.graph.Record, got {type(s).__name__}")
 
 
 def structure_energy(s: Any) -> float | None:
@@ -281,17 +281,17 @@ def attack(
     """Maximise the adversarial objective for every start geometry (ASE Atoms or Records).
 
     ``model`` is a potential (``apply`` gives ``energy`` eV and ``forces`` eV/Å, e.g.
-    :func:`jaxmat.potential.potential`), ``params`` a committee (leading member axis),
+    :func:`jaxmat.core.potential.potential`), ``params`` a committee (leading member axis),
     ``reference`` the training-set :class:`Boltzmann` factor. Neighbour lists use
     ``model.graph``; ``cutoff`` (Å) only for a model without one (ValueError if it
     disagrees). ``optimizer`` (an optax transformation) overrides ``config.optimizer``/``lr``.
     """
     cfg = config or AttackConfig()
     if not isinstance(cfg, AttackConfig):
-        raise ValueError(f"config must be a jaxmat.attack.AttackConfig, got {cfg!r} (the "
+        raise ValueError(f"config must be a jaxmat.workflows.adversarial.attack.AttackConfig, got {cfg!r} (the "
                          "cutoff is a keyword argument, read from model.graph)")
     if not isinstance(reference, Boltzmann):
-        raise ValueError("reference must be a jaxmat.attack.Boltzmann (see Boltzmann.from_structures)")
+        raise ValueError("reference must be a jaxmat.workflows.adversarial.attack.Boltzmann (see Boltzmann.from_structures)")
     if reference.kT <= 0:
         raise ValueError(f"kT must be positive (eV), got {reference.kT}")
     cutoff = resolve_cutoff(model, cutoff)
@@ -360,7 +360,7 @@ def _attack_batch(model, params, structs, deltas0, ref, cutoff, cfg, opt) -> dic
         recs = [graph.make_record(z, p, rc, c, pbc, name=f"attacked structure {k}")
                 for k, ((z, _, c, pbc), p) in enumerate(zip(structs, cur))]
         if model.graph.line_graph:
-            from jaxmat.linegraph import add_line_graph
+            from jaxmat.core.linegraph import add_line_graph
 
             recs = [add_line_graph(r) for r in recs]
         complete = np.array([not pbc.any() and r.n_edge == len(z) * (len(z) - 1)

@@ -6,8 +6,8 @@ Names (population variance over members, axis 0 of the outputs):
 * ``forces_var`` (N, 3) eV²/Å², ``forces_var_atom`` (N,) eV²/Å²: summed over xyz;
 * ``forces_var_graph`` (G,) eV²/Å² (given the batch): the mean of ``forces_var`` over the
   real atoms and xyz components of each graph (0 for padding graphs) — the variance in
-  the adversarial objective (:mod:`jaxmat.attack`) and the selection score
-  (:mod:`jaxmat.select`); its square root is the committee force σ (eV/Å).
+  the adversarial objective (:mod:`jaxmat.workflows.adversarial.attack`) and the selection score
+  (:mod:`jaxmat.workflows.adversarial.select`); its square root is the committee force σ (eV/Å).
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxmat import graph
+from jaxmat.core import graph
 
 
 def stats(outputs: dict[str, jax.Array], keys: Sequence[str] | None = None,

@@ -1,5 +1,5 @@
-"""Structure -> spectrum workflow on XANES records: train (jaxmat.train.fit with the spectrum
-loss, or a committee with jaxmat.ensemble.fit), predict molecule spectra in record order
+"""Structure -> spectrum workflow on XANES records: train (jaxmat.core.train.fit with the spectrum
+loss, or a committee with jaxmat.core.ensemble.fit), predict molecule spectra in record order
 (committee mean), and measure inference throughput."""
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
-from jaxmat import ensemble, graph
+from jaxmat.core import ensemble, graph
 from jaxmat.models.spectral import spectrum_loss
-from jaxmat.predict import compiled, plan, predict
-from jaxmat.protocol import Model, Params
-from jaxmat.train import FitConfig, FitResult, fit
+from jaxmat.core.predict import compiled, plan, predict
+from jaxmat.core.protocol import Model, Params
+from jaxmat.core.train import FitConfig, FitResult, fit
 
 
 def train_spectra(model: Model, train: Sequence[graph.Record], val: Sequence[graph.Record] | None,
@@ -25,7 +25,7 @@ def train_spectra(model: Model, train: Sequence[graph.Record], val: Sequence[gra
     ``"xanes_site"``; ``slope_weight``: see :func:`spectrum_loss`); returns the best
     parameters (by validation loss) and the fit result.
 
-    ``n_members > 1`` trains a committee in one vmapped step (:func:`jaxmat.ensemble.fit`,
+    ``n_members > 1`` trains a committee in one vmapped step (:func:`jaxmat.core.ensemble.fit`,
     independent initialisations and data orders, best epoch per member); the returned
     params then carry a leading member axis and :func:`predict_spectra` averages them.
     """
@@ -54,7 +54,7 @@ def train_spectra(model: Model, train: Sequence[graph.Record], val: Sequence[gra
 def predict_spectra(model: Model, params: Params, records: Sequence[graph.Record],
                     batch_size: int = 64, key: str = "xanes") -> np.ndarray:
     """Molecule spectra ``(len(records), P)`` in record order (the committee mean when
-    ``params`` hold several members); :func:`jaxmat.predict.predict` of ``key``."""
+    ``params`` hold several members); :func:`jaxmat.core.predict.predict` of ``key``."""
     if not records:
         raise ValueError("no records to predict")
     return predict(model, params, records, batch_size=batch_size, keys=(key,))[key]
@@ -64,7 +64,7 @@ def throughput(model: Model, params: Params, records: Sequence[graph.Record],
                batch_size: int = 64, repeats: int = 5, key: str = "xanes") -> dict[str, float]:
     """Inference speed of one model (``params`` of a single member): median spectra per
     second over ``repeats`` passes through ``records`` with the batches and compiled
-    function of :func:`jaxmat.predict.predict` (host batching and compile excluded)."""
+    function of :func:`jaxmat.core.predict.predict` (host batching and compile excluded)."""
     p = plan(model, records, batch_size)
     batches = [graph.to_device(b) for b in p.batches()]
     apply = compiled(model, params, batches[0], keys=(key,))

@@ -2,7 +2,7 @@
 stopping, orbax checkpoints, resume and a metrics log.
 
 A single model is a committee of one: :func:`fit` adds a member axis and runs
-:func:`jaxmat.engine.run` (the same compiled step as :func:`jaxmat.ensemble.fit`).
+:func:`jaxmat.core.engine.run` (the same compiled step as :func:`jaxmat.core.ensemble.fit`).
 A *loss* is ``loss(outputs, batch) -> (scalar, stats)`` where ``stats`` maps a metric
 name to ``(sum, count)``; ``sum / count`` over an epoch gives the metric (e.g. a MAE).
 """
@@ -11,11 +11,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from jaxmat import engine
-from jaxmat.engine import (  # noqa: F401  (the training API of one model)
+from jaxmat.core import engine
+from jaxmat.core.engine import (  # noqa: F401  (the training API of one model)
     Callback, EnergyForceLoss, FitConfig, FitResult, Loss, TargetLoss, energy_force_loss,
     make_optimizer, make_step, target_loss)
-from jaxmat.protocol import Model, Params
+from jaxmat.core.protocol import Model, Params
 
 
 def evaluate(model: Model, params: Params, batches: Iterable, loss: Loss) -> dict[str, float]:
@@ -38,7 +38,7 @@ def fit(
 ) -> FitResult:
     """Train ``params`` of ``model`` with Adam + cosine schedule (see :class:`FitConfig`).
 
-    ``train_data``/``val_data`` are loaders with ``.epoch(k)`` (e.g. :class:`jaxmat.graph.GraphLoader`)
+    ``train_data``/``val_data`` are loaders with ``.epoch(k)`` (e.g. :class:`jaxmat.core.graph.GraphLoader`)
     or fixed lists of batches. With ``config.checkpoint_dir`` the state is saved every
     ``checkpoint_every`` epochs and at the end, and a later call resumes from the latest
     checkpoint. ``max_epochs`` caps the epochs run by this call (the schedule still follows

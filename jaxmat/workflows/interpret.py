@@ -10,7 +10,7 @@ gives all per-sample gradients. Gradients carry the output's units per input uni
 
 Composition gradients are also given as directional derivatives on the simplex: add
 element X at the expense of all others (in proportion to their fractions) or of a named
-host. Committee tools take stacked params (:mod:`jaxmat.ensemble`) and ``vmap`` over
+host. Committee tools take stacked params (:mod:`jaxmat.core.ensemble`) and ``vmap`` over
 members. :func:`suggest_directions` ranks alloying directions; plotting helpers import
 matplotlib lazily.
 """
@@ -23,8 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmat.committee import stats
-from jaxmat.protocol import Model, Params
+from jaxmat.core.committee import stats
+from jaxmat.core.protocol import Model, Params
 
 Path = str | Sequence[str]
 

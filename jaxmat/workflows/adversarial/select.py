@@ -2,9 +2,9 @@
 percentile of the training set's, near-duplicates dropped by RMSD after optimal
 alignment (Kabsch rotation, optional permutation of like atoms), a cap per generation.
 
-The score is ``forces_var_graph`` (:mod:`jaxmat.committee`): the committee force variance
+The score is ``forces_var_graph`` (:mod:`jaxmat.core.committee`): the committee force variance
 averaged over atoms and xyz (eV²/Å²), the quantity in the adversarial objective
-(:mod:`jaxmat.attack`); σ = sqrt of it (eV/Å).
+(:mod:`jaxmat.workflows.adversarial.attack`); σ = sqrt of it (eV/Å).
 """
 from __future__ import annotations
 
@@ -16,19 +16,19 @@ from typing import Any
 
 import numpy as np
 
-from jaxmat import graph
-from jaxmat.attack import as_structure
-from jaxmat.predict import as_records, predict
-from jaxmat.protocol import Model, Params
+from jaxmat.core import graph
+from jaxmat.workflows.adversarial.attack import as_structure
+from jaxmat.core.predict import as_records, predict
+from jaxmat.core.protocol import Model, Params
 
 
 # --------------------------------------------------------------------------- committee statistics
 def committee_predict(model: Model, params: Params, structures: Sequence[Any],
                       cutoff: float | None = None, batch_size: int = 64) -> dict[str, Any]:
     """Committee predictions per structure (Atoms or Records), in input order, from
-    :func:`jaxmat.predict.predict`: ``energy`` (eV, member mean), ``energy_var`` (eV²),
+    :func:`jaxmat.core.predict.predict`: ``energy`` (eV, member mean), ``energy_var`` (eV²),
     ``forces`` (list of (n, 3) eV/Å), ``forces_var``, ``forces_var_atom`` and
-    ``forces_var_graph`` (eV²/Å², :mod:`jaxmat.committee`). The graph comes from
+    ``forces_var_graph`` (eV²/Å², :mod:`jaxmat.core.committee`). The graph comes from
     ``model.graph``; ``cutoff`` (Å) only for a model without one (ValueError if it
     disagrees with the model's).
     """

@@ -12,8 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmat import graph
-from jaxmat.protocol import Model, Outputs, Params
+from jaxmat.core import graph
+from jaxmat.core.protocol import Model, Outputs, Params
 
 
 def strained(batch: graph.Batch, positions: jax.Array, strain: jax.Array) -> graph.Batch:
@@ -31,7 +31,7 @@ def potential(energy_model: Model, stress: bool = True,
     ``energy`` (eV), ``forces`` (eV/Å) and, if ``stress``, ``stress`` (eV/Å³).
     A training-mode ``apply_train`` (dropout) of the energy model is kept, with its derivatives.
 
-    Dense batches (small molecules, :mod:`jaxmat.graph`) are non-periodic: their stress
+    Dense batches (small molecules, :mod:`jaxmat.core.graph`) are non-periodic: their stress
     is zero and no strain derivative is taken. They are evaluated in equal chunks of
     graphs with at most ``chunk_slots`` pair slots each (``None``: one piece; ``"auto"``:
     2048 on CPU, one piece on accelerators) by ``lax.map`` with rematerialisation, so that

@@ -35,7 +35,7 @@ class GraphSpec:
     """The graph a model reads. ``cutoff`` (Å) of the neighbour list (None: the model reads
     no graph, e.g. a spectrum CNN); ``max_neighbors``: keep only the k nearest neighbours
     within the cutoff (k-NN graph); ``line_graph``: batches need bond graphs (ALIGNN);
-    ``layouts``: the batch layouts (:mod:`jaxmat.graph`) on which the model gives correct
+    ``layouts``: the batch layouts (:mod:`jaxmat.core.graph`) on which the model gives correct
     outputs. The default, sparse only, is right for any model that indexes
     ``senders``/``receivers`` itself."""
 
@@ -86,7 +86,7 @@ def check_batch(spec: GraphSpec, batch: Any, name: str = "model") -> None:
                          f"{layout!r} batch; build batches with layout="
                          f"{spec.layouts[0]!r} (or let GraphLoader(model=...) choose)")
     if spec.line_graph and "line" not in batch.edges:
-        raise ValueError(f"{name} needs batches with line graphs (jaxmat.linegraph)")
+        raise ValueError(f"{name} needs batches with line graphs (jaxmat.core.linegraph)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,7 +95,7 @@ class Model:
 
     ``graph`` declares the graph the model reads (:class:`GraphSpec`); ``config`` is a
     JSON-able description of how to rebuild the model (set by built-in constructors and
-    read by :mod:`jaxmat.bundle`; None for a user's own model)."""
+    read by :mod:`jaxmat.core.bundle`; None for a user's own model)."""
 
     init: Callable[[jax.Array, Batch], Params]
     apply: Callable[[Params, Batch], Outputs]

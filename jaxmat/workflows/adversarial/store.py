@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxmat.oracle import Label, Oracle
+from jaxmat.workflows.adversarial.oracle import Label, Oracle
 
 PENDING, DONE, FAILED = "pending", "done", "failed"
 

@@ -3,7 +3,7 @@
 ``params = init(model, key, batch, n)`` has shape ``(n, ...)`` on every leaf;
 ``apply(model, params, batch)`` evaluates all members in one ``vmap`` and returns the
 per-member outputs stacked on axis 0; :func:`stats` gives mean and variance.
-Training (:func:`fit`, the engine of :mod:`jaxmat.engine`) updates all members in one
+Training (:func:`fit`, the engine of :mod:`jaxmat.core.engine`) updates all members in one
 jitted, vmapped step, each member with its own data order (:class:`CommitteeLoader`); :func:`shard_members` spreads the member axis
 over devices with :mod:`jax.sharding`.
 """
@@ -19,11 +19,11 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxmat import engine, graph
-from jaxmat.committee import stats  # noqa: F401  (committee mean and variance)
-from jaxmat.engine import (  # noqa: F401  (the committee training API)
+from jaxmat.core import engine, graph
+from jaxmat.core.committee import stats  # noqa: F401  (committee mean and variance)
+from jaxmat.core.engine import (  # noqa: F401  (the committee training API)
     Callback, CommitteeFitResult, FitConfig, Loss, energy_force_loss, evaluate, where_members)
-from jaxmat.protocol import Model, Outputs, Params
+from jaxmat.core.protocol import Model, Outputs, Params
 
 
 def size(params: Params) -> int:
@@ -229,7 +229,7 @@ def make_step(model: Model, loss: Loss, optimizer: optax.GradientTransformation)
 
 @dataclasses.dataclass
 class CommitteeConfig(FitConfig):
-    """:class:`jaxmat.engine.FitConfig` plus ``batch_size`` (graphs per member step, used when
+    """:class:`jaxmat.core.engine.FitConfig` plus ``batch_size`` (graphs per member step, used when
     training data are records) and an optional ``mesh`` to shard the member axis on.
     ``patience`` and ``monitor`` act per member; ``seed`` sets the member data orders."""
 
@@ -249,7 +249,7 @@ def fit(
     callbacks: Iterable[Callback] = (),
 ) -> CommitteeFitResult:
     """Train every member of committee ``params`` (leading member axis) in one jitted step
-    (:func:`jaxmat.engine.run`, compiled once per model, loss and shapes and reused).
+    (:func:`jaxmat.core.engine.run`, compiled once per model, loss and shapes and reused).
 
     ``train_data``: records, a :class:`graph.GraphLoader`, a list of same-shape batches, or a
     :class:`CommitteeLoader`; each member gets its own data order (and resample with

@@ -3,7 +3,7 @@ the scaffold split; no quantum chemistry).
 
 Every absorbing atom (symmetry-equivalent atoms share the sticks of their computed
 representative) gets a spectrum: sticks shifted by the element's calibration, broadened
-(:class:`jaxmat.xanes.broaden.Broadening`, edge = calibrated ionisation energy) onto the
+(:class:`jaxmat.workflows.xanes.broaden.Broadening`, edge = calibrated ionisation energy) onto the
 fixed grid.  Arrays of the packed file (``M`` molecules, ``A`` atoms, ``S_X`` sites of
 element ``X``, ``P_X`` grid points):
 
@@ -26,7 +26,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from jaxmat.xanes.broaden import GRIDS, REFERENCES, Broadening, broaden, grid
+from jaxmat.workflows.xanes.broaden import GRIDS, REFERENCES, Broadening, broaden, grid
 
 SPLITS = ("train", "val", "test")
 #: scaffolds with more molecules than this in the full list always go to training
@@ -91,7 +91,7 @@ def pack_store(store: str, out: str, molecules_csv: str | None = None,
     earlier molecules (its ``stereo_of`` column); refuses to overwrite ``out`` unless
     ``overwrite``.
     """
-    from jaxmat.xanes.generate import site_sticks, store_status
+    from jaxmat.workflows.xanes.generate import site_sticks, store_status
 
     if not os.path.isdir(store):
         raise FileNotFoundError(store)
@@ -107,7 +107,7 @@ def pack_store(store: str, out: str, molecules_csv: str | None = None,
     done, failed = store_status(store)
     reference = None
     if molecules_csv is not None:
-        from jaxmat.xanes.molecules import read_list
+        from jaxmat.workflows.xanes.molecules import read_list
 
         listed = read_list(molecules_csv)
         reference = [r["smiles"] for r in listed]
@@ -168,7 +168,7 @@ def pack_store(store: str, out: str, molecules_csv: str | None = None,
     t_cpu = np.array([float(r["cpu_time"]) for r in results])
     heavy = np.array([int((r["numbers"] > 1).sum()) for r in results])
     meta = {
-        "description": "O and N K-edge XANES, transition-potential Hartree-Fock (jaxmat.xanes)",
+        "description": "O and N K-edge XANES, transition-potential Hartree-Fock (jaxmat.workflows.xanes)",
         "settings": settings,
         "calibration": cal,
         "references": {k: list(v) for k, v in REFERENCES.items()},

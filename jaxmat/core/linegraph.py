@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmat import graph
+from jaxmat.core import graph
 
 
 def line_graph(
@@ -79,7 +79,7 @@ def records_from_atoms(
 def bond_cosines(batch: graph.Batch, vectors: jax.Array | None = None) -> jax.Array:
     """cos θ (T,) of every triplet: the angle at the shared atom between its two bonds.
 
-    ``vectors`` are the edge vectors (Å, from :func:`jaxmat.graph.edge_vectors` if not
+    ``vectors`` are the edge vectors (Å, from :func:`jaxmat.core.graph.edge_vectors` if not
     given). Finite with finite gradients for zero-length (padding) bonds; 1 there.
     """
     line = batch.edges["line"]

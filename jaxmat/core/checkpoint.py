@@ -102,7 +102,7 @@ def save_params(directory: str | os.PathLike, params: Any, meta: dict | None = N
 
 def load_params(directory: str | os.PathLike, template: Any,
                 key: str | None = None) -> tuple[Any, dict]:
-    """Load the latest params saved by :func:`save_params` or :func:`jaxmat.train.fit`.
+    """Load the latest params saved by :func:`save_params` or :func:`jaxmat.core.train.fit`.
 
     ``key`` picks the saved tree: by default ``"best_params"`` when present (a directory
     written by ``fit``), else ``"params"``; ``key="params"`` gives ``fit``'s last params.

@@ -9,7 +9,7 @@ declare the batch entries they need in ``targets`` and apply padding masks with
 
 The learning rate is an argument of the compiled step, computed on the host from each
 member's step count (Adam, linear warm-up, cosine decay over ``epochs``), so runs of any
-length share one compiled step. :mod:`jaxmat.train` (one model) and :mod:`jaxmat.ensemble`
+length share one compiled step. :mod:`jaxmat.core.train` (one model) and :mod:`jaxmat.core.ensemble`
 (committees) are thin fronts of :func:`run`.
 """
 from __future__ import annotations
@@ -28,8 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxmat.checkpoint import Checkpointer
-from jaxmat.protocol import Model, Params
+from jaxmat.core.checkpoint import Checkpointer
+from jaxmat.core.protocol import Model, Params
 
 Stats = dict[str, tuple[jax.Array, jax.Array]]
 Loss = Callable[[dict, Any], tuple[jax.Array, Stats]]

@@ -22,7 +22,7 @@ Per molecule (one geometry and one ground-state SCF shared by every O and N site
 4. transition energies ``eps_a - eps_1s`` (eV) to every virtual ``a``, dipole oscillator
    strengths ``f = 2/3 dE |<1s|r|a>|^2`` (atomic units), ionisation edge ``-eps_1s``.
 
-Raw (uncalibrated) sticks are stored per molecule; :mod:`jaxmat.xanes.pack` adds one shift
+Raw (uncalibrated) sticks are stored per molecule; :mod:`jaxmat.workflows.xanes.pack` adds one shift
 per element (calibrated on acetone O1s->pi* 531.4 eV and pyridine N1s->pi* 398.8 eV, see
 :func:`calibrate`) and broadens onto fixed grids.
 
@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxmat.xanes.broaden import REFERENCES, first_strong
+from jaxmat.workflows.xanes.broaden import REFERENCES, first_strong
 
 HARTREE = 27.211386245988  # eV
 ELEMENTS = ("O", "N")

@@ -96,6 +96,11 @@ def run_element(el: str, args) -> dict:
     n_committee = args.members or MEMBERS[el]
     if n_committee > 1:
         models[f"SchNet site head x{n_committee}"] = (schnet_head, n_committee)
+    if args.models:
+        unknown = sorted(set(args.models) - set(models))
+        if unknown:
+            raise SystemExit(f"unknown --models {unknown}; choose from {sorted(models)}")
+        models = {k: v for k, v in models.items() if k in args.models}
     for name, (model, members) in models.items():
         t = time.perf_counter()
         params, res = train_spectra(model, tr.records, va.records, epochs=args.epochs,
@@ -136,6 +141,9 @@ def main() -> None:
     ap.add_argument("--cutoff", type=float, default=4.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-plots", dest="plots", action="store_false")
+    ap.add_argument("--models", nargs="*", default=None,
+                    help="train only these models (names as in the table; baseline always)")
+    ap.add_argument("--out", default="xanes", help="results name (results/<out>.json/.md)")
     args = ap.parse_args()
     meta = xanes_meta()
     rows = [run_element(el, args) for el in args.elements]
@@ -158,7 +166,7 @@ def main() -> None:
             f"{meta['counts']['O']['molecules']} with O, {meta['counts']['N']['molecules']} "
             f"with N spectra), transition-potential HF; scaffold split. MAE in units of the "
             f"dataset scale (median site-spectrum maximum).")
-    write_results("xanes", {"device": device_info(), "settings": vars(args),
+    write_results(args.out, {"device": device_info(), "settings": vars(args),
                             "dataset": {k: meta[k] for k in ("n_molecules", "counts",
                                                              "split_sizes",
                                                              "seconds_per_molecule")},

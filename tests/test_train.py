@@ -316,3 +316,24 @@ def test_time_budget_and_a_stopping_callback(setup):
     cb = StopAtTwo()
     res = train.fit(model, params, tl, None, loss, config(), callbacks=[cb])
     assert cb.seen == [1, 2] and len(res.history) == 2 and not res.timed_out
+
+
+def test_progress_without_a_terminal_prints_few_plain_lines(capsys):
+    """Logs and pipes get one line per interval and the last epoch, not a bar redraw per
+    epoch (a bar would write carriage returns)."""
+    import io
+
+    from jaxmat.core.engine import Progress
+
+    class Run:
+        single, n, stop_epoch = True, 1, 50
+        config = train.FitConfig(epochs=50)
+
+    out = io.StringIO()
+    p = Progress(every_s=3600.0, stream=out)
+    for e in range(1, 51):
+        p.on_epoch_end(Run, {"epoch": e, "train_loss": 1.0 / e})
+    p.on_end(Run)
+    lines = out.getvalue().splitlines()
+    assert lines == ["fit: epoch 1/50 loss 1", "fit: epoch 50/50 loss 0.02"]
+    assert "\r" not in out.getvalue()

@@ -19,6 +19,7 @@ import dataclasses
 import functools
 import math
 import os
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -507,24 +508,41 @@ class CSVLog(Callback):
 
 
 class Progress(Callback):
-    """A tqdm bar over the epochs of this call, showing the monitored metric."""
+    """Progress over the epochs of this call with the monitored metric: a tqdm bar on a
+    terminal; otherwise (logs, pipes) one plain line every ``every_s`` seconds and at the end,
+    so a log file does not fill with bar redraws."""
 
-    bar = None
+    def __init__(self, every_s: float = 30.0, stream: Any = None):
+        self.every_s, self.stream = every_s, stream
+        self.bar, self.last, self.pending = None, None, None
 
     def on_epoch_end(self, run: Run, row: dict) -> None:
-        if self.bar is None:
+        stream = self.stream or sys.stderr
+        desc = "fit" if run.single else f"fit x{run.n}"
+        metric = " ".join(f"{x:.4g}" for x in np.atleast_1d(
+            row.get(f"val_{run.config.monitor}", row["train_loss"])))
+        if self.bar is None and self.last is None and stream.isatty():
             from tqdm.auto import tqdm
 
             self.bar = tqdm(total=run.stop_epoch - run.epoch + 1, unit="epoch", leave=False,
-                            desc="fit" if run.single else f"fit x{run.n}", mininterval=2.0)
-        self.bar.update(1)
-        self.bar.set_postfix({run.config.monitor: " ".join(
-            f"{x:.3g}" for x in np.atleast_1d(row.get(f"val_{run.config.monitor}",
-                                                      row["train_loss"])))})
+                            desc=desc, mininterval=2.0, file=stream)
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix({run.config.monitor: metric}, refresh=False)
+            return
+        line = f"{desc}: epoch {row['epoch']}/{run.stop_epoch} {run.config.monitor} {metric}"
+        now = time.monotonic()
+        if self.last is None or now - self.last >= self.every_s:
+            print(line, file=stream, flush=True)
+            self.last, self.pending = now, None
+        else:
+            self.pending = line
 
     def on_end(self, run: Run) -> None:
         if self.bar is not None:
             self.bar.close()
+        elif self.pending:  # the last epoch, whatever stopped the run
+            print(self.pending, file=self.stream or sys.stderr, flush=True)
 
 
 def default_callbacks(cfg: FitConfig) -> list[Callback]:

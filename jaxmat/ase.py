@@ -17,6 +17,7 @@ compiles once (``calc.n_compiles``).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -112,15 +113,12 @@ class JaxmatCalculator(Calculator):
     def _fit_budget(self, rec: graph.Record) -> graph.Budget:
         b = self.budget
         if b is None or not b.fits(rec.n_node, rec.n_edge, 1, rec.n_triplet):
-            def grow(n: int, old: int) -> int:  # one structure plus head-room for MD
-                return graph._round_up(max(math.ceil(n * self.margin), old), self.multiple)
-
-            n_node = graph._round_up(max(rec.n_node + 1, b.n_node if b else 0), self.multiple)
-            n_edge = grow(rec.n_edge, b.n_edge if b else 0)
-            n_triplet = grow(rec.n_triplet, b.n_triplet if b else 0) if self.line_graph else 0
-            if b is not None:
+            new = graph.fixed_budget([rec], 1, multiple=self.multiple, edge_margin=self.margin)
+            if b is not None:  # grow, never shrink: an MD run keeps one program
                 self.n_repads += 1
-            self.budget = graph.Budget(n_node, n_edge, 2, n_triplet)
+                new = graph.Budget(*(max(x, y) for x, y in zip(dataclasses.astuple(new),
+                                                               dataclasses.astuple(b))))
+            self.budget = new
         return self.budget
 
     def calculate(self, atoms: Any = None, properties: Any = ("energy",),

@@ -16,6 +16,7 @@ import jax
 import numpy as np
 
 from jaxmat.core import graph, train
+from jaxmat.core.predict import predict
 from jaxmat.core.protocol import Model
 
 
@@ -57,7 +58,6 @@ def cross_val_predict(
         raise ValueError(f"records {missing[:5]} have no target '{key}'")
     folds = kfold(len(records), k, seed)
     budget = budget or graph.estimate_budget(records, batch_size)
-    apply = jax.jit(model.apply)
     y = np.stack([np.asarray(r.targets[key], np.float64) for r in records])
     pred = np.zeros_like(y)
     fold_of = np.zeros(len(records), int)
@@ -72,8 +72,7 @@ def cross_val_predict(
                               progress=False)
         params = train.fit(model, model.init(jax.random.key(seed + f), next(iter(loader))),
                            loader, None, train.target_loss(key), cfg).last_params
-        test_recs = [records[i] for i in test]
-        for grp in graph.pack(test_recs, budget):
-            out = apply(params, graph.batch([test_recs[g] for g in grp], budget))
-            pred[test[grp]] = np.asarray(out[key])[: len(grp)] * std + mean
+        out = predict(model, params, [records[i] for i in test], batch_size=batch_size,
+                      keys=(key,))
+        pred[test] = np.asarray(out[key]) * std + mean
     return pred, fold_of

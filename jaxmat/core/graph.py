@@ -580,6 +580,11 @@ def batch(records: Sequence[Record], budget: Budget | None = None, dtype=np.floa
         if any(with_line):
             raise ValueError("line graphs need layout='sparse'")
         return _batch_dense(records, budget, dtype)
+    return _batch_sparse(records, budget, dtype)
+
+
+def _batch_sparse(records: Sequence[Record], budget: Budget | None, dtype) -> Batch:
+    """The sparse layout (module docstring): concatenated edge lists, one padding graph."""
     n_real_nodes = sum(r.n_node for r in records)
     n_real_edges = sum(r.n_edge for r in records)
     n_real_trip = sum(r.n_triplet for r in records)
@@ -625,18 +630,8 @@ def batch(records: Sequence[Record], budget: Budget | None = None, dtype=np.floa
         "mask": np.arange(N) < n_real_nodes,
     }
     edges = {"shifts": shifts, "mask": np.arange(E) < n_real_edges}
-    if all(with_line):
-        T = budget.n_triplet
-        e_off = np.concatenate([[0], np.cumsum(n_edge[:g])])[:-1]
-        l_send = np.full(T, E - 1, np.int32)
-        l_recv = np.full(T, E - 1, np.int32)
-        if n_real_trip:
-            l_send[:n_real_trip] = np.concatenate(
-                [r.line_senders + o for r, o in zip(records, e_off)])
-            l_recv[:n_real_trip] = np.concatenate(
-                [r.line_receivers + o for r, o in zip(records, e_off)])
-        edges["line"] = {"senders": l_send, "receivers": l_recv,
-                         "mask": np.arange(T) < n_real_trip}
+    if records[0].line_senders is not None:
+        edges["line"] = _line_edges(records, n_edge[:g], E, budget.n_triplet)
     globals_ = {
         "cell": cell,
         "pbc": pbc,
@@ -648,6 +643,18 @@ def batch(records: Sequence[Record], budget: Budget | None = None, dtype=np.floa
         nodes=nodes, edges=edges, senders=senders, receivers=receivers,
         globals=globals_, n_node=n_node, n_edge=n_edge,
     )
+
+
+def _line_edges(records: Sequence[Record], n_edge: np.ndarray, E: int, T: int) -> dict:
+    """Bond-graph triplets of a sparse batch; padding triplets join the last edge to itself."""
+    n_real = sum(r.n_triplet for r in records)
+    e_off = np.concatenate([[0], np.cumsum(n_edge)])[:-1]
+    l_send = np.full(T, E - 1, np.int32)
+    l_recv = np.full(T, E - 1, np.int32)
+    if n_real:
+        l_send[:n_real] = np.concatenate([r.line_senders + o for r, o in zip(records, e_off)])
+        l_recv[:n_real] = np.concatenate([r.line_receivers + o for r, o in zip(records, e_off)])
+    return {"senders": l_send, "receivers": l_recv, "mask": np.arange(T) < n_real}
 
 
 def _fill_targets(records: Sequence[Record], nodes: dict, globals_: dict,

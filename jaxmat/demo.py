@@ -43,6 +43,20 @@ def parity_plot(path: str, e_true, e_pred, f_true, f_pred) -> None:
     plt.close(fig)
 
 
+def held_out(model, params, te) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
+    """Test energies (eV) and forces (eV/Å), true and predicted, and their MAEs."""
+    pred = predict(model, params, te, keys=("energy", "forces"))
+    e_true = np.array([r.targets["energy"] for r in te])
+    f_true = np.concatenate([r.node_targets["forces"] for r in te])
+    e_pred, f_pred = np.array(pred["energy"]), np.concatenate(pred["forces"])
+    n_atoms = np.array([r.n_node for r in te])
+    f_mae = float(np.mean(np.abs(f_true - f_pred)))
+    return e_true, e_pred, f_true, f_pred, {
+        "energy_mae_eV": float(np.mean(np.abs(e_true - e_pred))),
+        "energy_mae_meV_per_atom": float(1e3 * np.mean(np.abs(e_true - e_pred) / n_atoms)),
+        "forces_mae_eV_A": f_mae, "forces_mae_kcal_mol_A": f_mae / data.KCAL_MOL}
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="runs/demo")
@@ -74,20 +88,10 @@ def main(argv: list[str] | None = None) -> dict:
         config=train.FitConfig(epochs=args.epochs, lr=3e-3, lr_end=1e-5, seed=args.seed,
                                checkpoint_dir=os.path.join(out_dir, "checkpoints"), keep=1),
     )
-    pred = predict(model, result.params, te, keys=("energy", "forces"))
-    e_true = np.array([r.targets["energy"] for r in te])
-    f_true = np.concatenate([r.node_targets["forces"] for r in te])
-    e_pred = np.array(pred["energy"])
-    f_pred = np.concatenate(pred["forces"])
-    kcal = data.KCAL_MOL
-    metrics = {
-        "n_train": len(tr), "n_val": len(va), "n_test": len(te), "epochs_run": len(result.history),
-        "best_epoch": result.best_epoch, "train_seconds": round(result.seconds, 1),
-        "energy_mae_eV": float(np.mean(np.abs(e_true - e_pred))),
-        "energy_mae_meV_per_atom": float(1e3 * np.mean(np.abs(e_true - e_pred)) / 4),
-        "forces_mae_eV_A": float(np.mean(np.abs(f_true - f_pred))),
-        "forces_mae_kcal_mol_A": float(np.mean(np.abs(f_true - f_pred)) / kcal),
-    }
+    e_true, e_pred, f_true, f_pred, errors = held_out(model, result.params, te)
+    metrics = {"n_train": len(tr), "n_val": len(va), "n_test": len(te),
+               "epochs_run": len(result.history), "best_epoch": result.best_epoch,
+               "train_seconds": round(result.seconds, 1), **errors}
     path = bundle.save(os.path.join(out_dir, "bundle"), model, result.params, overwrite=True,
                        metadata={"dataset": "ammonia", "seed": args.seed, "metrics": metrics})
     reloaded = jaxmat.load(path)

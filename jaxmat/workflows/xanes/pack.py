@@ -83,6 +83,43 @@ def _load(path: str) -> dict:
         return {k: z[k] for k in z.files}
 
 
+def _pack_edge(el: str, results: list, ids: list, cal: dict, broadening: Broadening,
+               arrays: dict) -> dict:
+    """Broadened site spectra (every atom of element ``el``; symmetry-equivalent atoms share
+    their class's computed site) and molecule means into ``arrays``; returns the counts."""
+    from jaxmat.workflows.xanes.generate import site_sticks
+
+    g = grid(el)
+    z = {"O": 8, "N": 7}[el]
+    site_mol, site_atom, site_edge, spectra = [], [], [], []
+    for m, r in enumerate(results):
+        rep = {int(r["classes"][a]): k for k, a in enumerate(r["site_atoms"])}
+        cache = {}
+        for a in np.flatnonzero(r["numbers"] == z):
+            k = rep.get(int(r["classes"][a]))
+            if k is None:
+                raise ValueError(f"{ids[m]}: atom {a} ({el}) has no computed site")
+            if k not in cache:
+                e, f = site_sticks(r, k)
+                edge = float(r["site_edge"][k]) + cal["edge_shift"]
+                cache[k] = (broaden(e + cal["shift"], f, g, edge, broadening), edge)
+            site_mol.append(m)
+            site_atom.append(int(a))
+            spectra.append(cache[k][0])
+            site_edge.append(cache[k][1])
+    sm = np.array(site_mol, np.int32)
+    site_spec = np.array(spectra, np.float32).reshape(-1, len(g))
+    mols = np.unique(sm)
+    arrays.update({
+        f"{el}_grid": g, f"{el}_site_mol": sm, f"{el}_site_atom": np.array(site_atom, np.int32),
+        f"{el}_site_edge": np.array(site_edge, np.float32), f"{el}_site_spectrum": site_spec,
+        f"{el}_mol_index": mols,
+        f"{el}_mol_spectrum": np.array([site_spec[sm == m].mean(0) for m in mols],
+                                       np.float32).reshape(-1, len(g))})
+    return {"molecules": int(len(mols)), "sites": len(site_mol),
+            "computed_sites": int(sum((r["site_element"] == el).sum() for r in results))}
+
+
 def pack_store(store: str, out: str, molecules_csv: str | None = None,
                broadening: Broadening = Broadening(), overwrite: bool = False) -> dict:
     """Pack every finished molecule of ``store`` into ``out`` (npz); returns the metadata.
@@ -91,7 +128,7 @@ def pack_store(store: str, out: str, molecules_csv: str | None = None,
     earlier molecules (its ``stereo_of`` column); refuses to overwrite ``out`` unless
     ``overwrite``.
     """
-    from jaxmat.workflows.xanes.generate import site_sticks, store_status
+    from jaxmat.workflows.xanes.generate import store_status
 
     if not os.path.isdir(store):
         raise FileNotFoundError(store)
@@ -129,41 +166,8 @@ def pack_store(store: str, out: str, molecules_csv: str | None = None,
     }
     counts = {}
     for el in GRIDS:
-        if el not in cal:
-            continue
-        g = grid(el)
-        shift, edge_shift = cal[el]["shift"], cal[el]["edge_shift"]
-        z = {"O": 8, "N": 7}[el]
-        site_mol, site_atom, site_edge, spectra = [], [], [], []
-        for m, r in enumerate(results):
-            rep = {int(r["classes"][a]): k for k, a in enumerate(r["site_atoms"])}
-            cache = {}
-            for a in np.flatnonzero(r["numbers"] == z):
-                k = rep.get(int(r["classes"][a]))
-                if k is None:
-                    raise ValueError(f"{ids[m]}: atom {a} ({el}) has no computed site")
-                if k not in cache:
-                    e, f = site_sticks(r, k)
-                    edge = float(r["site_edge"][k]) + edge_shift
-                    cache[k] = (broaden(e + shift, f, g, edge, broadening), edge)
-                site_mol.append(m)
-                site_atom.append(int(a))
-                spectra.append(cache[k][0])
-                site_edge.append(cache[k][1])
-        arrays[f"{el}_grid"] = g
-        arrays[f"{el}_site_mol"] = np.array(site_mol, np.int32)
-        arrays[f"{el}_site_atom"] = np.array(site_atom, np.int32)
-        arrays[f"{el}_site_edge"] = np.array(site_edge, np.float32)
-        site_spec = np.array(spectra, np.float32).reshape(-1, len(g))
-        arrays[f"{el}_site_spectrum"] = site_spec
-        mols = np.unique(np.array(site_mol, np.int32))
-        sm = np.array(site_mol, np.int32)
-        arrays[f"{el}_mol_index"] = mols
-        arrays[f"{el}_mol_spectrum"] = np.array(
-            [site_spec[sm == m].mean(0) for m in mols], np.float32).reshape(-1, len(g))
-        counts[el] = {"molecules": int(len(set(site_mol))), "sites": len(site_mol),
-                      "computed_sites": int(sum((r["site_element"] == el).sum()
-                                                for r in results))}
+        if el in cal:
+            counts[el] = _pack_edge(el, results, ids, cal[el], broadening, arrays)
     t_wall = np.array([float(r["time_total"]) for r in results])
     t_cpu = np.array([float(r["cpu_time"]) for r in results])
     heavy = np.array([int((r["numbers"] > 1).sum()) for r in results])

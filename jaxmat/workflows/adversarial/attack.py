@@ -287,29 +287,8 @@ def attack(
     disagrees). ``optimizer`` (an optax transformation) overrides ``config.optimizer``/``lr``.
     """
     cfg = config or AttackConfig()
-    if not isinstance(cfg, AttackConfig):
-        raise ValueError(f"config must be a jaxmat.workflows.adversarial.attack.AttackConfig, got {cfg!r} (the "
-                         "cutoff is a keyword argument, read from model.graph)")
-    if not isinstance(reference, Boltzmann):
-        raise ValueError("reference must be a jaxmat.workflows.adversarial.attack.Boltzmann (see Boltzmann.from_structures)")
-    if reference.kT <= 0:
-        raise ValueError(f"kT must be positive (eV), got {reference.kT}")
-    cutoff = resolve_cutoff(model, cutoff)
-    if model.graph.max_neighbors is not None:
-        raise ValueError(f"{model.name} reads a k-nearest-neighbour graph (max_neighbors="
-                         f"{model.graph.max_neighbors}); attacks need a plain cutoff graph")
     starts = list(starts)
-    if not starts:
-        raise ValueError("attack needs at least one start geometry (empty start set)")
-    ensemble.size(params)
-    structs = [as_structure(s, f"start {k}") for k, s in enumerate(starts)]
-    if reference.species is not None:
-        known = set(reference.species)
-        for k, (z, *_) in enumerate(structs):
-            unknown = sorted(set(int(v) for v in z) - known)
-            if unknown:
-                raise ValueError(f"start {k}: mismatched species: elements {unknown} are not in "
-                                 f"the training set (species {sorted(known)})")
+    structs, cutoff = _checked_inputs(model, params, starts, reference, cfg, cutoff)
     t0 = time.perf_counter()
     opt = optimizer or (cfg.optimizer, float(cfg.lr))
     rng = np.random.default_rng(cfg.seed)
@@ -337,6 +316,33 @@ def attack(
                       forces_var_graph=float(res.forces_var_graph[k]),
                       energy_mean=float(res.energy_mean[k]), energy_std=float(res.energy_std[k]))
     return res
+
+
+def _checked_inputs(model: Model, params: Params, starts: list, reference: Boltzmann,
+                    cfg: AttackConfig, cutoff: float | None) -> tuple[list, float]:
+    """Start structures as arrays and the graph cutoff (Å), or ValueError naming the problem."""
+    if not isinstance(cfg, AttackConfig):
+        raise ValueError(f"config must be an AttackConfig, got {cfg!r} (the cutoff is a "
+                         "keyword argument, read from model.graph)")
+    if not isinstance(reference, Boltzmann):
+        raise ValueError("reference must be a Boltzmann (see Boltzmann.from_structures)")
+    if reference.kT <= 0:
+        raise ValueError(f"kT must be positive (eV), got {reference.kT}")
+    cutoff = resolve_cutoff(model, cutoff)
+    if model.graph.max_neighbors is not None:
+        raise ValueError(f"{model.name} reads a k-nearest-neighbour graph (max_neighbors="
+                         f"{model.graph.max_neighbors}); attacks need a plain cutoff graph")
+    if not starts:
+        raise ValueError("attack needs at least one start geometry (empty start set)")
+    ensemble.size(params)
+    structs = [as_structure(s, f"start {k}") for k, s in enumerate(starts)]
+    known = None if reference.species is None else set(reference.species)
+    for k, (z, *_) in enumerate(structs if known is not None else []):
+        unknown = sorted(set(int(v) for v in z) - known)
+        if unknown:
+            raise ValueError(f"start {k}: mismatched species: elements {unknown} are not in "
+                             f"the training set (species {sorted(known)})")
+    return structs, cutoff
 
 
 def _attacked_atoms(start: Any, numbers, positions, cell, pbc):

@@ -103,11 +103,14 @@ def test_config_toml_round_trip_and_errors(tmp_path):
     top = active.ActiveConfig.from_toml(tmp_path / "top.toml")
     assert top.strategy == "md" and top.select.rmsd == 0.2
     (tmp_path / "bad.toml").write_text("[active]\nkt = 1.0\n")
-    with pytest.raises(ValueError, match="unknown active-learning setting.*'kt'"):
+    with pytest.raises(ValueError, match="bad.toml: active .ActiveConfig.: unknown keys .'kt'"):
         active.ActiveConfig.from_toml(tmp_path / "bad.toml")
     (tmp_path / "bad2.toml").write_text("[active.attack]\nsteps = 10\n")
-    with pytest.raises(ValueError, match="unknown attack setting.*'steps'"):
+    with pytest.raises(ValueError, match="active.attack .AttackConfig.: unknown keys .'steps'"):
         active.ActiveConfig.from_toml(tmp_path / "bad2.toml")
+    (tmp_path / "bad3.toml").write_text('[active.fit]\nepochs = "ten"\n')
+    with pytest.raises(ValueError, match="bad3.toml: active.fit.epochs must be int, got 'ten'"):
+        active.ActiveConfig.from_toml(tmp_path / "bad3.toml")
     with pytest.raises(FileNotFoundError):
         active.ActiveConfig.from_toml(tmp_path / "missing.toml")
     with pytest.raises(ValueError, match="strategy"):

@@ -23,7 +23,6 @@ import json
 import os
 import re
 import shutil
-import types
 import typing
 import uuid
 from collections.abc import Callable
@@ -32,6 +31,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from jaxmat.core.config import check, from_dict, to_json
 from jaxmat.core.protocol import GraphSpec, Model, Params
 
 FORMAT = "jaxmat-bundle"
@@ -128,7 +128,7 @@ def _describe(model: Model) -> dict:
         if b is None or b.config_types is not None:
             raise ValueError(f"model {model.name!r} records wrapper {cfg['builder']!r}, which "
                              f"is not a registered wrapper; {_HOWTO}")
-        options = {k: _to_json(v, f"option {k!r} of wrapper {b.name!r}")
+        options = {k: to_json(v, f"option {k!r} of wrapper {b.name!r}")
                    for k, v in cfg.items() if k not in ("builder", "model")}
         return {"builder": b.name, "name": model.name, "options": options,
                 "model": _describe(cfg["model"])}
@@ -140,100 +140,12 @@ def _describe(model: Model) -> dict:
     if not found:
         raise ValueError(f"no bundle builder is registered for the config of model "
                          f"{model.name!r} ({', '.join(type(c).__name__ for c in cfgs)}); {_HOWTO}")
-    js = [_to_json(c, type(c).__name__) for c in cfgs]
+    js = [to_json(c, type(c).__name__) for c in cfgs]
     return {"builder": found[0].name, "name": model.name,
             "config": js if isinstance(cfg, tuple) else js[0]}
 
 
-def _to_json(v: Any, where: str) -> Any:
-    if dataclasses.is_dataclass(v) and not isinstance(v, type):
-        return {f.name: _to_json(getattr(v, f.name), f"{where}.{f.name}")
-                for f in dataclasses.fields(v)}
-    if isinstance(v, np.generic):
-        v = v.item()
-    if v is None or isinstance(v, (bool, int, str)):
-        return v
-    if isinstance(v, float):
-        if not np.isfinite(v):
-            raise ValueError(f"{where} is {v}; a bundle stores only finite numbers")
-        return v
-    if isinstance(v, (tuple, list)):
-        return [_to_json(x, f"{where}[{k}]") for k, x in enumerate(v)]
-    if isinstance(v, dict) and all(isinstance(k, str) for k in v):
-        return {k: _to_json(x, f"{where}.{k}") for k, x in v.items()}
-    raise ValueError(f"{where} holds a {type(v).__name__}, which a bundle cannot store as JSON")
-
-
 # --------------------------------------------------------------------------- rebuild a model
-class _Mismatch(Exception):
-    pass
-
-
-def _coerce(v: Any, tp: Any, where: str) -> Any:
-    """``v`` (from JSON) as type ``tp``; ``_Mismatch`` when it is not one."""
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if tp is Any:
-        return v
-    if origin in (typing.Union, types.UnionType):
-        for a in args:
-            try:
-                return _coerce(v, a, where)
-            except _Mismatch:
-                pass
-        raise _Mismatch
-    if tp is type(None) or tp is None:
-        if v is None:
-            return None
-        raise _Mismatch
-    if tp in (bool, int, float, str):
-        ok = (isinstance(v, bool) if tp is bool else
-              isinstance(v, (int, float) if tp is float else tp) and not isinstance(v, bool))
-        if not ok:
-            raise _Mismatch
-        return float(v) if tp is float else v
-    if origin in (tuple, list):
-        if not isinstance(v, list):
-            raise _Mismatch
-        if origin is list or (len(args) == 2 and args[1] is Ellipsis) or not args:
-            item = args[0] if args else Any
-            out = [_coerce(x, item, where) for x in v]
-        elif len(args) == len(v):
-            out = [_coerce(x, a, where) for x, a in zip(v, args)]
-        else:
-            raise _Mismatch
-        return tuple(out) if origin is tuple else out
-    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
-        return _config_from_json(tp, v, where)
-    return v  # an annotation this reader does not know: taken as written
-
-
-def _checked(v: Any, tp: Any, where: str) -> Any:
-    try:
-        return _coerce(v, tp, where)
-    except _Mismatch:
-        name = getattr(tp, "__name__", None) or str(tp)
-        raise ValueError(f"{where} must be {name}, got {v!r} ({type(v).__name__})") from None
-
-
-def _config_from_json(cls: type, raw: Any, where: str) -> Any:
-    if not isinstance(raw, dict):
-        raise ValueError(f"{where} must be a JSON object of {cls.__name__} fields, got {raw!r}")
-    try:
-        hints = typing.get_type_hints(cls)
-    except NameError:  # unresolvable annotations: values are taken as written
-        hints = {}
-    names = [f.name for f in dataclasses.fields(cls) if f.init]
-    unknown, missing = sorted(set(raw) - set(names)), [n for n in names if n not in raw]
-    if unknown or missing:
-        raise ValueError(f"{where} ({cls.__name__}): unknown keys {unknown}, missing keys "
-                         f"{missing}; the keys are {names}")
-    values = {n: _checked(raw[n], hints.get(n, Any), f"{where}.{n}") for n in names}
-    try:
-        return cls(**values)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{where}: invalid {cls.__name__}: {e}") from None
-
-
 def _build(desc: Any, where: str) -> Model:
     """Rebuild a model from its ``_describe`` record (``where``: file and JSON path)."""
     if not isinstance(desc, dict) or not {"builder", "name"} <= set(desc):
@@ -257,7 +169,7 @@ def _build(desc: Any, where: str) -> Model:
                                             and len(raw) == len(b.config_types)):
             raise ValueError(f"{where}.config must be a list of {len(b.config_types)} configs")
         raws = raw if len(b.config_types) > 1 else [raw]
-        cfgs = [_config_from_json(t, r, f"{where}.config") for t, r in zip(b.config_types, raws)]
+        cfgs = [from_dict(t, r, f"{where}.config", complete=True) for t, r in zip(b.config_types, raws)]
         for c in cfgs:
             _references(c, f"{where}.config")
         model = _call(b, cfgs, {}, where)
@@ -277,7 +189,7 @@ def _wrap(b: Builder, inner: Model, options: Any, where: str) -> Model:
         raise ValueError(f"{where}.options do not fit wrapper {b.name!r}: {e}") from None
     except NameError:  # unresolvable annotations: options are passed as written
         hints = {}
-    opts = {k: _checked(v, hints.get(k, Any), f"{where}.options.{k}") for k, v in options.items()}
+    opts = {k: check(v, hints.get(k, Any), f"{where}.options.{k}") for k, v in options.items()}
     return _call(b, [inner], opts, where)
 
 
@@ -403,7 +315,7 @@ def save(path: str | os.PathLike, model: Model, params: Params, *,
            "params": {"file": PARAMS_FILE, "n_members": n_members,
                       "arrays": {k: {"shape": list(a.shape), "dtype": str(a.dtype)}
                                  for k, a in sorted(arrays.items())}},
-           "metadata": _to_json(metadata or {}, "metadata")}
+           "metadata": to_json(metadata or {}, "metadata")}
     _check_target(path, overwrite)
     parent, base = os.path.split(path)
     os.makedirs(parent, exist_ok=True)

@@ -30,7 +30,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxmat.core import ensemble, graph, train
+from jaxmat.core import config, ensemble, graph, train
 from jaxmat.workflows.adversarial.attack import AttackConfig, Boltzmann, attack
 from jaxmat.core.checkpoint import Checkpointer
 from jaxmat.core.linegraph import add_line_graph
@@ -173,7 +173,10 @@ class ActiveConfig:
             data = tomllib.load(f)
         data = dict(data.get("active", data))
         data.update(overrides)
-        return cls.from_dict(data)
+        try:
+            return cls.from_dict(data)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
 
     @classmethod
     def from_dict(cls, data: dict) -> "ActiveConfig":
@@ -190,11 +193,7 @@ class ActiveConfig:
         for old, why in _OBSOLETE.items():
             if data.pop(old, None) is not None:
                 print(f"active: setting {old!r} is obsolete and ignored ({why})", file=sys.stderr)
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"unknown active-learning setting(s): {unknown}")
-        return cls(**data)
+        return config.from_dict(cls, data, "active")
 
     def to_dict(self) -> dict[str, Any]:
         """Flat ``{"name" or "section.name": value}`` of every setting."""
@@ -227,15 +226,8 @@ class ActiveConfig:
 
 
 def _section(name: str, values: dict) -> Any:
-    cls = _SECTIONS[name]
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"unknown {name} setting(s) {unknown}; {cls.__name__} has "
-                         f"{sorted(known)}")
-    base = _default_fit() if name == "fit" else cls()
-    vals = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-    return dataclasses.replace(base, **vals)
+    base = _default_fit() if name == "fit" else _SECTIONS[name]()
+    return config.from_dict(_SECTIONS[name], values, f"active.{name}", base=base)
 
 
 def _default_of(key: str) -> Any:

@@ -337,3 +337,12 @@ def test_progress_without_a_terminal_prints_few_plain_lines(capsys):
     lines = out.getvalue().splitlines()
     assert lines == ["fit: epoch 1/50 loss 1", "fit: epoch 50/50 loss 0.02"]
     assert "\r" not in out.getvalue()
+
+
+@pytest.mark.parametrize("total, warmup", [(50, 0), (50, 7), (3, 0), (10, 10)])
+def test_host_learning_rates_equal_the_optax_schedule(total, warmup):
+    from jaxmat.core.engine import learning_rates, schedule
+
+    host = learning_rates(3e-3, total, 1e-5, warmup)
+    ref = np.array([float(schedule(3e-3, total, 1e-5, warmup)(s)) for s in range(total + 1)])
+    np.testing.assert_allclose(host, ref, rtol=1e-5, atol=1e-12)  # optax rounds in float32

@@ -163,6 +163,21 @@ def schedule(lr: float, total_steps: int, lr_end: float = 1e-5,
         end_value=lr_end)
 
 
+def learning_rates(lr: float, total_steps: int, lr_end: float = 1e-5,
+                   warmup_steps: int = 0) -> np.ndarray:
+    """:func:`schedule` at steps ``0..total_steps`` (float32), computed on the host: no
+    device program per run length."""
+    warm = max(warmup_steps, 1)
+    decay = max(total_steps, warmup_steps + 1) - warm
+    start = 0.0 if warmup_steps else lr
+    t = np.arange(total_steps + 1, dtype=np.float64)
+    linear = start + (lr - start) * np.minimum(t, warm) / warm
+    c = np.minimum(np.maximum(t - warm, 0.0), decay) / decay
+    alpha = lr_end / lr if lr else 0.0
+    cosine = lr * ((1 - alpha) * 0.5 * (1 + np.cos(np.pi * c)) + alpha)
+    return np.where(t < warm, linear, cosine).astype(np.float32)
+
+
 def make_optimizer(lr: float = 1e-3, total_steps: int = 1000, lr_end: float = 1e-5,
                    warmup_steps: int = 0, clip: float | None = 10.0) -> optax.GradientTransformation:
     """Adam on :func:`schedule`, gradients clipped to global norm ``clip``."""
@@ -202,13 +217,18 @@ def where_members(active: jax.Array, new: Any, old: Any) -> Any:
         new, old)
 
 
+_select_members = jax.jit(where_members)  # one program instead of one op per leaf
+
+
 @functools.lru_cache(maxsize=64)
 def compiled_step(model: Model, loss: Loss, clip: float | None, ema_decay: float | None):
     """The jitted committee step, cached per (model, loss, clip, ema_decay):
 
-    ``(params, opt_state, ema, batches, keys, active, lr) -> (params, opt_state, ema, loss,
-    stats)``; every argument has a leading member axis (``ema`` is None without EMA).
-    Members with ``active`` False keep params, optimizer state and EMA."""
+    ``(params, opt_state, ema, batches, key, counter, active, lr) -> (params, opt_state, ema,
+    loss, stats)``; every argument but ``key`` (the run's key) and ``counter`` (the step
+    number) has a leading member axis (``ema`` is None without EMA). Member keys are
+    ``split(fold_in(key, counter), N)``, derived on the device. Members with ``active``
+    False keep params, optimizer state and EMA."""
     tx = _adam(clip)
 
     def member(params, opt_state, ema, batch, key, active, lr):
@@ -221,7 +241,11 @@ def compiled_step(model: Model, loss: Loss, clip: float | None, ema_decay: float
                                               ema, new), ema)
         return keep(new, params), keep(new_state, opt_state), ema, value, stats
 
-    return jax.jit(jax.vmap(member), donate_argnums=(0, 1, 2))
+    def step(params, opt_state, ema, batches, key, counter, active, lr):
+        keys = jax.random.split(jax.random.fold_in(key, counter), active.shape[0])
+        return jax.vmap(member)(params, opt_state, ema, batches, keys, active, lr)
+
+    return jax.jit(step, donate_argnums=(0, 1, 2))
 
 
 def init_opt_state(params: Params, clip: float | None) -> Any:
@@ -403,7 +427,7 @@ class Run:
                                      f"{self.epoch + 1} for member(s) {bad_members.tolist()}")
         improved = (metric < self.best_metric) & ~self.stopped
         if improved.any():
-            self.state["best_params"] = where_members(jnp.asarray(improved), self.evaluated,
+            self.state["best_params"] = _select_members(improved, self.evaluated,
                                                       self.state["best_params"])
         self.best_metric = np.where(improved, metric, self.best_metric)
         self.best_epoch = np.where(improved, self.epoch + 1, self.best_epoch)
@@ -602,8 +626,7 @@ def run(model: Model, params: Params, loader: Any, val_data: Any, loss: Loss, cf
             cb.on_start(r)
         r.state = put(r.state)
         r.stop_epoch = stop if max_epochs is None else min(stop, r.epoch + max_epochs)
-        lrs = np.asarray(jax.vmap(schedule(cfg.lr, cfg.epochs * spe, cfg.lr_end,
-                                           cfg.warmup_epochs * spe))(jnp.arange(cfg.epochs * spe + 1)))
+        lrs = learning_rates(cfg.lr, cfg.epochs * spe, cfg.lr_end, cfg.warmup_epochs * spe)
         while not r.done:
             te = time.perf_counter()
             row = _train_epoch(r, model, loss, loader, put, lrs, spe)
@@ -636,13 +659,12 @@ def _train_epoch(r: Run, model: Model, loss: Loss, loader: Any, put: Callable,
     s = r.state
     stats, losses, actives = [], [], []
     for k, (b, act) in enumerate(loader.epoch(r.epoch)):
-        keys = jax.random.split(jax.random.fold_in(key0, r.epoch * spe + k), r.n)
         act = act & ~r.stopped
         lr = lrs[np.minimum(r.steps, len(lrs) - 1)]
         r.steps = r.steps + act
         s["params"], s["opt_state"], ema, value, st = step(
-            s["params"], s["opt_state"], s.get("ema"), put(b), put(keys), put(jnp.asarray(act)),
-            put(jnp.asarray(lr)))
+            s["params"], s["opt_state"], s.get("ema"), put(b), key0,
+            np.int32(r.epoch * spe + k), put(act), put(lr))
         if ema is not None:
             s["ema"] = ema
         stats.append(st)

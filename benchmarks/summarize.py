@@ -8,9 +8,9 @@ import glob
 import os
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ORDER = ["speed", "peers", "mlearn", "committee", "ammonia_committee", "adversarial_ammonia", "adversarial_data",
+ORDER = ["speed", "ab_speed", "fit_speed", "ab_fit_speed", "peers", "mlearn", "committee", "ammonia_committee", "adversarial_ammonia", "adversarial_data",
          "adversarial_ammonia_large", "adversarial_data_large", "adversarial_data_large_55",
-         "photoanode", "xanes", "xanes_committee", "xanes_committee_N", "xanes_committee_painn", "xanes_curve", "crystal", "mlearn_painn_equal", "mlearn_painn"]
+         "photoanode", "xanes", "xanes_single_check", "xanes_committee", "xanes_committee_N", "xanes_committee_painn", "xanes_curve", "crystal", "mlearn_painn_equal", "mlearn_painn_equal_check", "mlearn_painn"]
 
 HEADER = """# Benchmarks
 
@@ -22,6 +22,8 @@ is a shared 2-core VM: its load average is recorded in every JSON file.
 | script | what it measures |
 |---|---|
 | `speed.py` | training/inference throughput, compilations per epoch (ammonia, mlearn-Si) |
+| `fit_speed.py` | epoch time of the training loops users call (`train.fit`, `ensemble.fit`) |
+| `ab.py` | any of these side by side against an earlier commit, alternated rounds (`results/ab_*.md`) |
 | `peers/schnet_peers.py` | jaxmat vs SchNetPack vs PyG SchNet, alternated A/B (separate torch env: `peers/setup.sh`) |
 | `mlearn.py` | SchNet test MAE on the six mlearn elements beside published figures |
 | `committee.py`, `ammonia_committee.py` | vmapped committees: cost vs size, accuracy and calibration |

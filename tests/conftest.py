@@ -32,3 +32,22 @@ def ammonia() -> Atoms:
     atoms = data.load_ammonia()[5].copy()
     atoms.calc = None
     return atoms
+
+
+def random_molecules(sizes, cutoff: float, seed: int = 0, spread: float = 1.4) -> list:
+    """Random compact molecules (atoms >= 1 Å apart, H/C/N/O) with energy/force labels."""
+    from jaxmat.core import graph
+
+    rng = np.random.default_rng(seed)
+    recs = []
+    for n in sizes:
+        pos = []
+        while len(pos) < n:
+            p = rng.normal(size=3) * spread
+            if all(np.linalg.norm(p - q) > 1.0 for q in pos):
+                pos.append(p)
+        z = rng.choice([1, 6, 7, 8], size=n)
+        recs.append(graph.make_record(z, np.array(pos), cutoff,
+                                      targets={"energy": float(rng.normal())},
+                                      node_targets={"forces": rng.normal(size=(n, 3))}))
+    return recs

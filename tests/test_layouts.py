@@ -13,23 +13,13 @@ from jaxmat.models import (ALIGNNConfig, PaiNNConfig, SchNetConfig, alignn, pain
 from jaxmat.models.coordinate import coordinate_mlp
 from jaxmat.models.mpnn import MPNNConfig, mpnn
 from jaxmat.models.spectral import SiteHeadConfig, painn_site_spectral, schnet_site_spectral
+from conftest import random_molecules
 
 CUTOFF = 4.0
 
 
 def _molecules(sizes, seed=0):
-    rng = np.random.default_rng(seed)
-    recs = []
-    for n in sizes:
-        pos = []
-        while len(pos) < n:
-            p = rng.normal(size=3) * 1.3
-            if all(np.linalg.norm(p - q) > 1.0 for q in pos):
-                pos.append(p)
-        recs.append(graph.make_record(rng.choice([1, 6, 7, 8], size=n), np.array(pos), CUTOFF,
-                                      targets={"energy": float(rng.normal())},
-                                      node_targets={"forces": rng.normal(size=(n, 3))}))
-    return recs
+    return random_molecules(sizes, CUTOFF, seed, spread=1.3)
 
 
 def _jitter(params, seed=1):

@@ -10,25 +10,13 @@ import pytest
 from jaxmat import graph, potential, train
 from jaxmat.models import SchNetConfig, schnet
 from jaxmat.models.layers import shifted_softplus
+from conftest import random_molecules
 
 CUTOFF = 4.0
 
 
 def _molecules(sizes, seed=0):
-    """Random compact molecules (atoms >= 1 Å apart) with energy/force labels."""
-    rng = np.random.default_rng(seed)
-    recs = []
-    for n in sizes:
-        pos = []
-        while len(pos) < n:
-            p = rng.normal(size=3) * 1.4
-            if all(np.linalg.norm(p - q) > 1.0 for q in pos):
-                pos.append(p)
-        z = rng.choice([1, 6, 7, 8], size=n)
-        recs.append(graph.make_record(z, np.array(pos), CUTOFF,
-                                      targets={"energy": float(rng.normal())},
-                                      node_targets={"forces": rng.normal(size=(n, 3))}))
-    return recs
+    return random_molecules(sizes, CUTOFF, seed)
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,7 @@ from jaxmat.data.xanes import load_xanes  # noqa: E402
 from jaxmat.workflows.xanes.learn import predict_spectra, train_spectra  # noqa: E402
 from xanes import site_head  # noqa: E402
 
-KEYS = ("pred_peaks_within_tol", "peaks_within_tol", "n_pred_peaks", "n_peaks", "mae", "cosine")
+KEYS = ("precision", "recall", "pred_peaks_within_tol", "peaks_within_tol", "n_pred_peaks", "n_peaks", "mae", "cosine")
 
 
 def main() -> None:
@@ -70,8 +70,8 @@ def main() -> None:
         mine = [r for r in rows if r["element"] == el]
         chosen[el] = max(mine, key=lambda r: (round(r["val"]["pred_peaks_within_tol"], 6),
                                               -r["members"]))["members"]
-    lines = ["| edge | members | val: pred. peaks within 1 eV | val: ref. peaks within 1 eV "
-             "| val MAE | val cosine | test: pred. peaks within 1 eV | test: ref. peaks within 1 eV |",
+    lines = ["| edge | members | val: precision (pred. peaks) | val: recall (ref. peaks) "
+             "| val MAE | val cosine | test: precision | test: recall |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         v, t = r["val"], r["test"]

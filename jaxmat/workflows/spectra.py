@@ -1,10 +1,19 @@
 """Spectral metrics and plots (numpy; matplotlib only for the plots).
 
-Spectra are arrays on a common energy grid (eV).  A *prominent* peak is a local maximum
-whose topographic prominence is at least ``prominence`` times the spectrum's maximum.
-Peak scores follow Carbone et al. (PRL 124, 156401, 2020): every prominent peak of the
-reference spectrum is matched one-to-one (nearest first) to a peak of the prediction; the
-headline number is the fraction of reference peaks with a partner within ``tol`` eV.
+Spectra are arrays on a common energy grid (eV).  A *significant* peak is a local maximum
+whose topographic prominence is at least :data:`SIGNIFICANT_PROMINENCE` (10 %) of the
+spectrum's maximum; this one definition is used by every XANES metric, table and combiner.
+Significant peaks of the reference and of the prediction are matched one to one, nearest
+first (Carbone et al., PRL 124, 156401, 2020), and both sides are always reported:
+
+* **precision** — fraction of predicted peaks with a reference partner within
+  :data:`PEAK_TOL_EV` (1 eV): are the predicted peaks real?
+* **recall** — fraction of reference peaks with a predicted partner within 1 eV: are the
+  real peaks reproduced?  (Smoothing, e.g. averaging a committee, raises precision and
+  lowers recall.)
+* **peak-height error** — mean |h_pred - h_ref| / max(reference) over the matched pairs.
+
+:func:`peak_metrics` gives all three with bootstrap intervals over spectra.
 """
 from __future__ import annotations
 
@@ -12,6 +21,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
+#: a *significant* peak: prominence >= this fraction of the spectrum's maximum (one
+#: definition for every XANES metric, table and combiner)
+SIGNIFICANT_PROMINENCE = 0.1
+#: peaks closer than this (eV) count as the same peak
+PEAK_TOL_EV = 1.0
 
 
 def _check_pair(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -42,7 +57,7 @@ def prominences(y: np.ndarray, peaks: np.ndarray) -> np.ndarray:
     return out
 
 
-def find_peaks(grid: np.ndarray, y: np.ndarray, prominence: float = 0.1
+def find_peaks(grid: np.ndarray, y: np.ndarray, prominence: float = SIGNIFICANT_PROMINENCE
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Prominent peaks of one spectrum: ``(energies eV, heights, prominences)``.
 
@@ -98,8 +113,8 @@ def match_peaks(ref: np.ndarray, pred: np.ndarray) -> list[tuple[int, int, float
 
 
 def peak_scores(grid: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray,
-                prominence: float = 0.1, pred_prominence: float | None = None,
-                tol: float = 1.0) -> dict[str, Any]:
+                prominence: float = SIGNIFICANT_PROMINENCE, pred_prominence: float | None = None,
+                tol: float = PEAK_TOL_EV) -> dict[str, Any]:
     """Peak comparison of one spectrum pair.
 
     Prominent peaks of the reference (prominence >= ``prominence`` x its max) and of the
@@ -143,39 +158,95 @@ def cosine_similarity(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
     return np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0)
 
 
-def evaluate_spectra(grid: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray,
-                     prominence: float = 0.1, tol: float = 1.0) -> dict[str, Any]:
-    """All metrics over many spectra (M, P), peaks pooled over spectra:
-    ``peaks_within_tol`` (fraction of prominent reference peaks with a predicted partner
-    within ``tol`` eV), ``pred_peaks_within_tol`` (fraction of prominent predicted peaks with
-    a reference partner), ``first_peak_within_tol`` (fraction of spectra whose lowest-energy
-    prominent peak has a partner within ``tol``), mean |shift| (eV) and height error of the matched pairs,
-    mean/median spectral MAE and cosine similarity; per-spectrum ``mae`` and ``cosine``
-    arrays for ranking."""
-    y_true, y_pred = _check_pair(y_true, y_pred)
-    if y_true.ndim != 2:
-        raise ValueError(f"expected (n_spectra, n_grid) arrays, got {y_true.shape}")
-    n_ref = n_pred = n_within = 0
-    shifts, herr, first = [], [], []
+def _counts(grid: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray, prominence: float,
+            tol: float) -> tuple[np.ndarray, list, list, list]:
+    """Per-spectrum ``(n_ref, n_pred, n_within, height-error sum)`` rows, shifts, height
+    errors and first-peak flags."""
+    rows, shifts, herr, first = [], [], [], []
     for t, p in zip(y_true, y_pred):
         s = peak_scores(grid, t, p, prominence, tol=tol)
         if s["first_within"] is not None:
             first.append(s["first_within"])
-        n_ref += s["n_ref"]
-        n_pred += s["n_pred"]
-        n_within += s["n_within"]
+        rows.append((s["n_ref"], s["n_pred"], s["n_within"], float(np.sum(s["height_errors"]))))
         shifts.append(s["shifts"])
         herr.append(s["height_errors"])
+    return np.array(rows, dtype=np.float64).reshape(-1, 4), shifts, herr, first
+
+
+def _ratios(c: np.ndarray) -> np.ndarray:
+    """(precision, recall, height error) of summed counts ``c`` (..., 4)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.stack([c[..., 2] / c[..., 1], c[..., 2] / c[..., 0], c[..., 3] / c[..., 2]], -1)
+
+
+def peak_metrics(grid: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray,
+                 prominence: float = SIGNIFICANT_PROMINENCE, tol: float = PEAK_TOL_EV,
+                 n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> dict[str, Any]:
+    """Significant-peak precision, recall and height error over spectra (M, P), peaks
+    pooled over spectra, each with a percentile bootstrap interval (``level``; spectra
+    resampled with replacement ``n_boot`` times, ``seed``): ``precision``,
+    ``precision_ci`` (lo, hi), ``recall``, ``recall_ci``, ``height_error``,
+    ``height_error_ci`` (|Δh| / max(reference) per matched pair), ``n_peaks``,
+    ``n_pred_peaks``, ``n_matched``, ``n_spectra``.  NaN where a count is zero."""
+    y_true, y_pred = _check_pair(y_true, y_pred)
+    if y_true.ndim != 2:
+        raise ValueError(f"expected (n_spectra, n_grid) arrays, got {y_true.shape}")
+    if n_boot < 1 or not 0 < level < 1:
+        raise ValueError(f"need n_boot >= 1 and 0 < level < 1, got {n_boot}, {level}")
+    c, _, _, _ = _counts(grid, y_true, y_pred, prominence, tol)
+    point = _ratios(c.sum(0))
+    idx = np.random.default_rng(seed).integers(0, len(c), size=(n_boot, len(c)))
+    boot = _ratios(c[idx].sum(1))
+    a = (1 - level) / 2
+    with np.errstate(invalid="ignore"):
+        lo, hi = np.nanquantile(boot, a, axis=0), np.nanquantile(boot, 1 - a, axis=0)
+    out = {"n_spectra": len(c), "n_peaks": int(c[:, 0].sum()), "n_pred_peaks": int(c[:, 1].sum()),
+           "n_matched": int(c[:, 2].sum()), "tol_ev": tol, "prominence": prominence,
+           "n_boot": n_boot, "level": level}
+    for k, name in enumerate(("precision", "recall", "height_error")):
+        out[name] = float(point[k])
+        out[f"{name}_ci"] = (float(lo[k]), float(hi[k]))
+    return out
+
+
+def format_peaks(m: dict[str, Any]) -> str:
+    """``P 90.1 % [88.0, 92.0] / R 70.2 % [..] / Δh 0.120`` for a :func:`peak_metrics` dict."""
+    p, r = m["precision_ci"], m["recall_ci"]
+    return (f"P {100 * m['precision']:.1f} % [{100 * p[0]:.1f}, {100 * p[1]:.1f}] / "
+            f"R {100 * m['recall']:.1f} % [{100 * r[0]:.1f}, {100 * r[1]:.1f}] / "
+            f"Δh {m['height_error']:.3f}")
+
+
+def evaluate_spectra(grid: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray,
+                     prominence: float = SIGNIFICANT_PROMINENCE, tol: float = PEAK_TOL_EV,
+                     n_boot: int = 0, seed: int = 0) -> dict[str, Any]:
+    """All metrics over many spectra (M, P), significant peaks pooled over spectra:
+    ``precision`` (= ``pred_peaks_within_tol``: fraction of predicted peaks with a
+    reference partner within ``tol`` eV) and ``recall`` (= ``peaks_within_tol``: fraction
+    of reference peaks with a predicted partner), ``first_peak_within_tol`` (fraction of
+    spectra whose lowest-energy significant peak has a partner within ``tol``), mean |shift|
+    (eV) and height error of the matched pairs, mean/median spectral MAE and cosine
+    similarity; per-spectrum ``mae`` and ``cosine`` arrays for ranking.  ``n_boot > 0``
+    adds the bootstrap intervals of :func:`peak_metrics` (``precision_ci``, ...)."""
+    y_true, y_pred = _check_pair(y_true, y_pred)
+    if y_true.ndim != 2:
+        raise ValueError(f"expected (n_spectra, n_grid) arrays, got {y_true.shape}")
+    c, shifts, herr, first = _counts(grid, y_true, y_pred, prominence, tol)
+    n_ref, n_pred, n_within = (int(x) for x in c[:, :3].sum(0))
     shifts = np.concatenate(shifts) if shifts else np.zeros(0)
     herr = np.concatenate(herr) if herr else np.zeros(0)
     mae = spectral_mae(y_true, y_pred)
     cos = cosine_similarity(y_true, y_pred)
-    return {
+    precision = float(n_within / n_pred) if n_pred else float("nan")
+    recall = float(n_within / n_ref) if n_ref else float("nan")
+    out = {
         "n_spectra": len(y_true),
-        "n_peaks": int(n_ref),
-        "n_pred_peaks": int(n_pred),
-        "peaks_within_tol": float(n_within / n_ref) if n_ref else float("nan"),
-        "pred_peaks_within_tol": float(n_within / n_pred) if n_pred else float("nan"),
+        "n_peaks": n_ref,
+        "n_pred_peaks": n_pred,
+        "precision": precision,
+        "recall": recall,
+        "peaks_within_tol": recall,
+        "pred_peaks_within_tol": precision,
         "first_peak_within_tol": float(np.mean(first)) if first else float("nan"),
         "tol_ev": tol,
         "mean_abs_shift_ev": float(np.mean(np.abs(shifts))) if shifts.size else float("nan"),
@@ -187,6 +258,10 @@ def evaluate_spectra(grid: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray,
         "per_spectrum_mae": mae,
         "per_spectrum_cosine": cos,
     }
+    if n_boot:
+        m = peak_metrics(grid, y_true, y_pred, prominence, tol, n_boot=n_boot, seed=seed)
+        out.update({k: m[k] for k in ("precision_ci", "recall_ci", "height_error_ci")})
+    return out
 
 
 def rank_examples(score: np.ndarray, higher_is_better: bool = True) -> dict[str, int]:
@@ -201,7 +276,7 @@ def rank_examples(score: np.ndarray, higher_is_better: bool = True) -> dict[str,
 
 def plot_examples(grid: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray,
                   labels: Sequence[str] | None = None, score: np.ndarray | None = None,
-                  title: str = "", prominence: float = 0.1, axes: Any = None):
+                  title: str = "", prominence: float = SIGNIFICANT_PROMINENCE, axes: Any = None):
     """Predicted vs computed spectra of the best, median and worst molecules (by cosine
     similarity unless ``score`` is given, higher = better); prominent reference peaks
     marked.  Returns the matplotlib figure."""

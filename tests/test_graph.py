@@ -65,6 +65,19 @@ def test_pairs_match_ase_cutoff_larger_than_cell():
     assert reference(li, cutoff) == ours(li, cutoff)
 
 
+def test_pairs_match_ase_large_rattled_triclinic_cell():
+    """A 432-atom sheared, rattled supercell: the cell-list path of the host list."""
+    from ase.build import bulk
+
+    atoms = bulk("Si", "diamond", a=5.43) * (6, 6, 6)
+    atoms.set_cell(np.asarray(atoms.cell) + [[0, 0, 0], [1.1, 0, 0], [0.7, -0.4, 0]],
+                   scale_atoms=True)
+    atoms.rattle(0.1, seed=3)
+    ref = reference(atoms, 4.6)
+    assert len(ref) > 20 * len(atoms)
+    assert ref == ours(atoms, 4.6)
+
+
 def test_pairs_with_unwrapped_positions():
     rng = np.random.default_rng(1)
     atoms = triclinic_pair()

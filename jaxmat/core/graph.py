@@ -64,6 +64,7 @@ import jax
 import jax.numpy as jnp
 import jraph
 import numpy as np
+import vesin
 
 MIN_DISTANCE = 0.1  # Å; closer atoms are rejected as overlapping
 PAD_DISTANCE = 100.0  # Å; length of padding edges, beyond any cutoff
@@ -125,60 +126,22 @@ def validate_structure(
 def neighbor_list(
     positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cutoff: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """All pairs closer than ``cutoff`` (Å), including periodic images.
+    """All pairs closer than ``cutoff`` (Å), including periodic images (vesin, O(N)).
 
     Returns ``(i, j, shifts, d)``: receivers, senders, integer cell offsets (E, 3)
-    and distances, such that ``R[j] - R[i] + shifts @ cell`` has length ``d``.
-    Works for any triclinic cell and for cutoffs larger than the cell (many images).
+    and distances, such that ``R[j] - R[i] + shifts @ cell`` has length ``d``; sorted
+    by ``i`` then ``j``. Works for any triclinic cell, mixed boundaries (slabs, wires),
+    atoms outside the cell and cutoffs larger than the cell (many images).
     """
-    positions = np.asarray(positions, dtype=np.float64)
+    positions = np.ascontiguousarray(positions, dtype=np.float64)
     pbc = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,))
-    n = len(positions)
-    if pbc.any():
-        # complete non-periodic directions by an orthonormal basis of the complement of
-        # the periodic vectors, so that the cell is invertible (any completion gives the
-        # same pairs: images are only taken along periodic vectors)
-        full = np.array(cell, dtype=np.float64)
-        if not pbc.all():
-            full[~pbc] = np.linalg.svd(full[pbc])[2][int(pbc.sum()):]
-        frac = positions @ np.linalg.inv(full)
-        k = np.where(pbc, np.floor(frac), 0.0)
-        wrapped = positions - k @ full
-        vol = abs(np.linalg.det(full))
-        heights = vol / np.linalg.norm(np.cross(full[[1, 2, 0]], full[[2, 0, 1]]), axis=1)
-        reps = np.where(pbc, np.ceil(cutoff / heights), 0).astype(int)
-        grid = np.stack(
-            np.meshgrid(*[np.arange(-r, r + 1) for r in reps], indexing="ij"), -1
-        ).reshape(-1, 3)
-        cart = grid @ full
-    else:
-        k = np.zeros((n, 3))
-        wrapped = positions
-        grid = np.zeros((1, 3), dtype=int)
-        cart = np.zeros((1, 3))
-
-    out_i, out_j, out_s, out_d = [], [], [], []
-    zero_shift = int(np.flatnonzero((grid == 0).all(1))[0])
-    chunk = max(1, int(4e6 // max(1, n * len(grid))))
-    cut2 = cutoff * cutoff
-    for start in range(0, n, chunk):
-        sl = slice(start, min(n, start + chunk))
-        # (ci, n, S, 3) displacement from atom i to image of atom j
-        d = wrapped[None, :, None, :] + cart[None, None, :, :] - wrapped[sl, None, None, :]
-        d2 = np.einsum("ijsk,ijsk->ijs", d, d)
-        keep = d2 < cut2
-        ii = np.arange(sl.start, sl.stop)
-        keep[ii - sl.start, ii, zero_shift] = False  # no self-pairs in the home cell
-        a, b, s = np.nonzero(keep)
-        out_i.append(a + sl.start)
-        out_j.append(b)
-        out_s.append(grid[s])
-        out_d.append(np.sqrt(d2[a, b, s]))
-    i = np.concatenate(out_i).astype(np.int32)
-    j = np.concatenate(out_j).astype(np.int32)
-    shifts = np.concatenate(out_s).astype(np.float64)
-    shifts = shifts - k[j] + k[i]  # back to the unwrapped positions
-    return i, j, shifts, np.concatenate(out_d)
+    box = np.zeros((3, 3)) if cell is None else np.asarray(cell, dtype=np.float64)
+    if (len(positions) < 2 and not pbc.any()) or cutoff <= 0:
+        return (np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros((0, 3)), np.zeros(0))
+    nl = vesin.NeighborList(cutoff=float(cutoff), full_list=True, sorted=True)
+    i, j, shifts, d = nl.compute(positions, box, [bool(p) for p in pbc], quantities="ijSd")
+    return (i.astype(np.int32), j.astype(np.int32), shifts.astype(np.float64),
+            d.astype(np.float64))
 
 
 def knn_neighbor_list(

@@ -136,7 +136,11 @@ def test_pack_copies_equivalent_sites(tmp_path):
     with np.load(str(tmp_path / "x.npz")) as z:
         np.testing.assert_allclose(z["O_mol_spectrum"][0], z["O_site_spectrum"].mean(0))
         assert z["O_mol_index"].tolist() == [0] and z["O_site_atom"].tolist() == [0, 2]
-    rec = load_xanes("O", "all", path=str(tmp_path / "x.npz")).records[0]
+    with pytest.raises(ValueError, match="normalize"):  # a user's file is never rescaled silently
+        load_xanes("O", "all", path=str(tmp_path / "x.npz"))
+    data = load_xanes("O", "all", path=str(tmp_path / "x.npz"), normalize=True)
+    assert data.meta["normalized_by"] == data.scale > 0
+    rec = data.records[0]
     site = rec.node_targets["xanes_site"]
     assert rec.node_targets["xanes_absorber"].tolist() == [1.0, 0.0, 1.0]
     np.testing.assert_allclose(site[0], site[2])

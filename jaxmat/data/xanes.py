@@ -98,13 +98,22 @@ def xanes_meta(path: str | None = None) -> dict:
 
 
 def load_xanes(element: str = "O", split: str = "train", cutoff: float = 5.0,
-               path: str | None = None, normalize: bool = True) -> XanesData:
+               path: str | None = None, normalize: bool | None = None) -> XanesData:
     """Shipped O or N K-edge dataset: molecules of ``split`` (``"train"``, ``"val"``,
     ``"test"`` or ``"all"``) that contain ``element``; graph edges within ``cutoff`` Å.
 
-    With ``normalize`` the spectra (1/eV) are divided by the median site-spectrum maximum of
-    the whole file (``data.scale``), so that typical peaks are of order one.
+    ``normalize=True`` divides the spectra (1/eV) by the median site-spectrum maximum of the
+    whole file (``data.scale``, also in ``data.meta["normalized_by"]``), so that typical
+    peaks are of order one; ``False`` keeps 1/eV.  The default (None) normalizes the
+    shipped file only: another file (``path``) is never rescaled unless asked, and
+    ``normalize`` must then be given explicitly (ValueError otherwise).
     """
+    if normalize is None:
+        if path is not None:
+            raise ValueError(f"{path}: pass normalize=False to keep the file's spectra as they "
+                             "are, or normalize=True to divide them by their median site-spectrum "
+                             "maximum (the factor is reported as data.scale)")
+        normalize = True
     _check_element(element, ("O", "N"))
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose from {SPLITS}")
@@ -135,6 +144,7 @@ def load_xanes(element: str = "O", split: str = "train", cutoff: float = 5.0,
                                     name=str(a["mol_id"][m])))
         ids.append(str(a["mol_id"][m]))
         smiles.append(str(a["smiles"][m]))
+    meta["normalized_by"] = scale
     return XanesData(element, a[f"{element}_grid"], records, ids, smiles, scale, meta)
 
 

@@ -228,19 +228,37 @@ def _gs_site(mol, gs, S, r_ints, loc, settings: Settings):
 
 
 def compute_molecule(smiles: str, settings: Settings = Settings(),
-                     sites: Sequence[int] | None = None) -> dict[str, np.ndarray]:
+                     sites: Sequence[int] | None = None,
+                     geometry: tuple[np.ndarray, np.ndarray] | None = None
+                     ) -> dict[str, np.ndarray]:
     """Raw XANES sticks of every O/N site of one molecule (uncalibrated, eV).
 
     Returns arrays: ``numbers`` (n,), ``positions`` (n, 3) Å, ``classes`` (n,) symmetry
     class, ``site_atoms`` (k,) computed sites, ``site_edge`` (k,) ionisation edge eV,
     ``stick_energy``/``stick_strength`` concatenated, ``stick_offsets`` (k+1,),
     ``site_hole_population`` (k,), timings (s).  ``sites`` restricts the computed atoms.
+    ``geometry`` ``(atomic numbers, positions Å)`` replaces the SMILES embedding (then
+    every site is its own symmetry class and ``smiles`` is only recorded).
     """
     t0 = time.perf_counter()
     c0 = time.process_time()
-    mol_rd, numbers, positions, ff = embed(smiles, settings.seed)
-    classes = site_classes(mol_rd)
-    symbols = np.array([a.GetSymbol() for a in mol_rd.GetAtoms()])
+    if geometry is None:
+        mol_rd, numbers, positions, ff = embed(smiles, settings.seed)
+        classes = site_classes(mol_rd)
+        symbols = np.array([a.GetSymbol() for a in mol_rd.GetAtoms()])
+    else:
+        numbers = np.asarray(geometry[0], dtype=np.int32)
+        positions = np.asarray(geometry[1], dtype=np.float64)
+        if numbers.ndim != 1 or positions.shape != (len(numbers), 3):
+            raise ValueError(f"geometry: {numbers.shape} atomic numbers and positions of shape "
+                             f"{positions.shape}; expected (n,) and (n, 3)")
+        bad = sorted(set(int(z) for z in numbers) - set(CORE_Z.values()) - {1})
+        if bad:
+            raise ValueError(f"geometry: atomic numbers {bad} are outside H, C, N, O, F")
+        classes = np.arange(len(numbers), dtype=np.int32)
+        names = {1: "H", **{z: s for s, z in CORE_Z.items()}}
+        symbols = np.array([names[int(z)] for z in numbers])
+        ff = "given"
     absorbers = [int(a) for a in np.flatnonzero(np.isin(symbols, settings.elements))]
     if sites is not None:
         absorbers = [a for a in absorbers if a in set(int(s) for s in sites)]

@@ -20,7 +20,7 @@ def train_spectra(model: Model, train: Sequence[graph.Record], val: Sequence[gra
                   epochs: int = 100, batch_size: int = 32, lr: float = 1e-3, seed: int = 0,
                   site_weight: float = 1.0, slope_weight: float = 0.0,
                   patience: int | None = None, n_members: int = 1,
-                  progress: bool = False) -> tuple[Params, FitResult]:
+                  progress: bool = True) -> tuple[Params, FitResult]:
     """Fit ``model`` to the ``"xanes"`` targets (and per-site targets when the model gives
     ``"xanes_site"``; ``slope_weight``: see :func:`spectrum_loss`); returns the best
     parameters (by validation loss) and the fit result.
@@ -28,6 +28,8 @@ def train_spectra(model: Model, train: Sequence[graph.Record], val: Sequence[gra
     ``n_members > 1`` trains a committee in one vmapped step (:func:`jaxmat.core.ensemble.fit`,
     independent initialisations and data orders, best epoch per member); the returned
     params then carry a leading member axis and :func:`predict_spectra` averages them.
+    ``progress``: the engine's progress output (epoch, losses, time; a line every 30 s when
+    stderr is not a terminal).
     """
     if not train:
         raise ValueError("no training records")

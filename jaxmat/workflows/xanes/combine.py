@@ -5,7 +5,7 @@ position, so real peaks flatten and spurious ones survive at reduced height.  He
 
 * ``"mean"``, ``"median"`` (pointwise over members);
 * ``"aligned"``: the members' significant peaks (:func:`jaxmat.workflows.spectra.find_peaks`)
-  are clustered across members (peaks of different members within ``tol`` eV of the
+  are clustered across members (peaks of different members within ``tol`` eV, 1 eV, of the
   cluster's first peak); clusters holding at least ``quorum`` of the members are consensus
   peaks at the members' median energy.  Each member's energy axis is warped piecewise
   linearly so that its consensus peaks sit at the consensus energies, then the pointwise
@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from jaxmat.workflows.spectra import SIGNIFICANT_PROMINENCE, find_peaks
+from jaxmat.workflows.spectra import PEAK_TOL_EV, SIGNIFICANT_PROMINENCE, find_peaks
 
 COMBINERS = ("mean", "median", "aligned")
 
 
-def consensus_peaks(grid: np.ndarray, members: np.ndarray, tol: float = 0.5,
+def consensus_peaks(grid: np.ndarray, members: np.ndarray, tol: float = PEAK_TOL_EV,
                     quorum: float = 0.5, prominence: float = SIGNIFICANT_PROMINENCE
                     ) -> list[dict[int, float]]:
     """Clusters of member peaks held by at least ``quorum`` (fraction) of the members:
@@ -41,7 +41,7 @@ def consensus_peaks(grid: np.ndarray, members: np.ndarray, tol: float = 0.5,
     return [c for c in clusters if len(c) >= need]
 
 
-def align(grid: np.ndarray, members: np.ndarray, tol: float = 0.5, quorum: float = 0.5,
+def align(grid: np.ndarray, members: np.ndarray, tol: float = PEAK_TOL_EV, quorum: float = 0.5,
           prominence: float = SIGNIFICANT_PROMINENCE) -> np.ndarray:
     """Members (M, P) with their energy axes warped onto the consensus peak energies
     (piecewise linear, grid ends fixed); see the module docstring."""
@@ -67,7 +67,7 @@ def align(grid: np.ndarray, members: np.ndarray, tol: float = 0.5, quorum: float
     return out
 
 
-def combine(members: np.ndarray, grid: np.ndarray, how: str = "mean", tol: float = 0.5,
+def combine(members: np.ndarray, grid: np.ndarray, how: str = "mean", tol: float = PEAK_TOL_EV,
             quorum: float = 0.5) -> np.ndarray:
     """One spectrum (P,) from committee members (M, P) on ``grid`` (eV); ``how`` one of
     :data:`COMBINERS`."""

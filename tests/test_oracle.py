@@ -118,3 +118,29 @@ def test_thread_cap_and_bad_threads():
     assert oracle.double_well().threads is None
     with pytest.raises(ValueError, match="threads"):
         oracle.Oracle("x", oracle.DoubleWell, threads=0)
+
+
+def test_oracles_pickle_for_worker_processes():
+    import pickle
+
+    from ase.calculators.lj import LennardJones
+
+    nh3 = load_ammonia()[0]
+    h2 = Atoms("H2", [[0, 0, 0], [0, 0, 0.74]])
+    cases = [(oracle.xtb(), nh3), (oracle.double_well(), h2),
+             (oracle.Oracle.from_calculator(LennardJones(sigma=1.1)), h2)]
+    try:
+        import pyscf  # noqa: F401
+        cases.append((oracle.pyscf(xc=None, basis="sto-3g"), h2))
+    except ImportError:
+        pass
+    for orc, atoms in cases:
+        with orc.limit_threads():  # a thread controller in use is not part of the pickle
+            pass
+        back = pickle.loads(pickle.dumps(orc))
+        assert (back.name, back.settings, back.threads) == (orc.name, orc.settings, orc.threads)
+        a, b = orc.label(atoms), back.label(atoms)
+        assert a.ok and b.ok and a.energy == b.energy, orc.name
+        np.testing.assert_array_equal(a.forces, b.forces)
+    with pytest.raises(Exception, match="pickle"):
+        pickle.dumps(oracle.Oracle("local", lambda: oracle.DoubleWell()))

@@ -9,11 +9,18 @@ non-finite numbers gives a *failed* label with the error text instead of an exce
 Adapters: :func:`xtb` (GFN1/GFN2-xTB through ``tblite``, optional extra ``oracles``),
 :func:`pyscf` (HF/DFT through PySCF, optional), :func:`double_well` (analytic 1-D toy
 ``E = 5x⁴ − 10x² + 1.5x`` of each atom's x coordinate).
+
+Oracles pickle (their factories are module-level callables), so they label in other
+processes: :func:`local_pool` makes the process pool the active-learning loop uses by
+default; any ``concurrent.futures.Executor`` works the same way.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import os
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -72,6 +79,10 @@ class Oracle:
     calculator (``stress`` only for periodic structures). ``threads`` caps the OpenMP
     threads of the calculation (``threadpoolctl``; None leaves them alone): small molecules
     run far faster on one thread, and a loaded machine makes spinning OpenMP threads crawl.
+
+    To label in worker processes the oracle is pickled: ``factory`` must then be picklable
+    (a module-level class or function, or a ``functools.partial`` of one; not a lambda).
+    ``calls`` counts the calls made in this process only.
     """
 
     def __init__(self, name: str, factory: Callable[[], Calculator], settings: dict | None = None,
@@ -88,6 +99,11 @@ class Oracle:
         self.threads = threads
         self.calls = 0
         self._pools = None
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_pools"] = None  # a thread-pool controller belongs to one process
+        return state
 
     def limit_threads(self):
         """Context capping OpenMP threads at ``threads`` (no-op when None)."""
@@ -106,7 +122,7 @@ class Oracle:
         """Wrap an existing calculator instance (reused for every label; its ``parameters``
         become the recorded settings)."""
         params = dict(getattr(calc, "parameters", {}) or {})
-        return cls(name or type(calc).__name__, lambda: calc, params)
+        return cls(name or type(calc).__name__, _Same(calc), params)
 
     def describe(self) -> dict:
         return {"name": self.name, "settings": self.settings}
@@ -148,6 +164,54 @@ class Oracle:
         return f"Oracle({self.name!r}, {self.settings})"
 
 
+class _Same:
+    """A factory returning one calculator instance (picklable when the calculator is)."""
+
+    def __init__(self, calc: Calculator):
+        self.calc = calc
+
+    def __call__(self) -> Calculator:
+        return self.calc
+
+
+# --------------------------------------------------------------------------- worker pools
+def local_pool(workers: int, threads: int | None = 1):
+    """A ``ProcessPoolExecutor`` of ``workers`` fresh (spawned) processes for labelling.
+
+    Each worker caps OpenMP/BLAS threads at ``threads`` (environment variables set before
+    any calculator library loads; None leaves them alone) and exits when the process that
+    made the pool dies (checked every second), so a killed loop leaves no orphan
+    calculations. Spawned, not forked: forking a process that runs JAX can deadlock. A
+    script whose oracle classes live in its own ``__main__`` must guard its entry point
+    with ``if __name__ == "__main__":`` (the workers import it).
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    if int(workers) < 1:
+        raise ValueError(f"a process pool needs workers >= 1, got {workers}")
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be >= 1 or None, got {threads}")
+    return ProcessPoolExecutor(int(workers), mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_worker_init, initargs=(os.getpid(), threads))
+
+
+_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def _worker_init(parent: int, threads: int | None) -> None:
+    if threads is not None:
+        for var in _THREAD_VARS:
+            os.environ[var] = str(threads)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)  # the loop died: stop computing labels nobody will store
+
+    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
+
+
 def _version(package: str) -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -167,19 +231,21 @@ def xtb(method: str = "GFN2-xTB", accuracy: float = 1.0, electronic_temperature:
     OpenMP threads per calculation (1: best for small molecules; None: tblite's default).
     """
     try:
-        from tblite.ase import TBLite
+        import tblite.ase  # noqa: F401  (imported again where the labels are computed)
     except ImportError as err:  # pragma: no cover - depends on the environment
         raise ImportError("the xtb oracle needs tblite: pip install 'jaxmat[oracles]'") from err
     if method not in ("GFN1-xTB", "GFN2-xTB", "IPEA1-xTB"):
         raise ValueError(f"unknown tblite method {method!r}")
     settings = dict(method=method, accuracy=accuracy, electronic_temperature=electronic_temperature,
                     max_iterations=max_iterations, charge=charge, multiplicity=multiplicity)
+    return Oracle(f"tblite:{method}", functools.partial(_tblite, **settings),
+                  {**settings, "tblite_version": _version("tblite")}, threads=threads)
 
-    def factory():
-        return TBLite(verbosity=0, **settings)
 
-    return Oracle(f"tblite:{method}", factory, {**settings, "tblite_version": _version("tblite")},
-                  threads=threads)
+def _tblite(**settings: Any) -> Calculator:
+    from tblite.ase import TBLite
+
+    return TBLite(verbosity=0, **settings)
 
 
 # --------------------------------------------------------------------------- PySCF
@@ -234,7 +300,7 @@ def pyscf(xc: str | None = "pbe", basis: str = "def2-svp", charge: int = 0, spin
     settings = dict(xc=xc, basis=basis, charge=charge, spin=spin, conv_tol=conv_tol,
                     max_cycle=max_cycle)
     name = f"pyscf:{'HF' if xc in (None, 'hf', 'HF') else xc}/{basis}"
-    return Oracle(name, lambda: PySCFCalculator(**settings),
+    return Oracle(name, functools.partial(PySCFCalculator, **settings),
                   {**settings, "pyscf_version": _version("pyscf")}, ("energy", "forces"), threads)
 
 
@@ -268,6 +334,6 @@ def double_well_energy(x: Any, a: float = 5.0, b: float = 10.0, c: float = 1.5) 
 
 def double_well(a: float = 5.0, b: float = 10.0, c: float = 1.5) -> Oracle:
     """Analytic oracle for the 1-D double well ``a x⁴ − b x² + c x`` (eV, x in Å)."""
-    return Oracle("analytic:double-well", lambda: DoubleWell(a=a, b=b, c=c),
+    return Oracle("analytic:double-well", functools.partial(DoubleWell, a=a, b=b, c=c),
                   {"a": a, "b": b, "c": c}, ("energy", "forces"))
 

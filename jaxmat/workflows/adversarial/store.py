@@ -7,11 +7,17 @@ may carry ``sigma`` (committee force σ at selection, eV/Å) and ``score``. Labe
 written as soon as they are computed, one transaction per label; a batch of planned
 candidates is written in one transaction, so a run killed at any point either has the
 whole plan or none of it, and every finished label. Existing rows are never deleted.
+Labels may be computed elsewhere (an executor's workers); only the process holding the
+store writes to it.
 """
 from __future__ import annotations
 
+import functools
+import itertools
 import os
+import queue
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import CancelledError
 from typing import Any
 
 import numpy as np
@@ -84,18 +90,65 @@ class Store:
 
     # ------------------------------------------------------------------ labelling
     def label_pending(self, oracle: Oracle, generation: int | None = None,
-                      progress: Callable[[int, int, Label], None] | None = None) -> dict[str, int]:
-        """Label every ``pending`` row (of ``generation``, if given) in id order, storing each
-        label as soon as it is computed. Returns counts of ``done`` and ``failed``."""
+                      progress: Callable[[int, int, Label], None] | None = None,
+                      executor: Any = None, in_flight: int | None = None) -> dict[str, int]:
+        """Label every ``pending`` row (of ``generation``, if given), storing each label as
+        soon as it is computed. Returns counts of ``done`` and ``failed``.
+
+        Without ``executor`` the oracle runs here, in id order. With one (any
+        ``concurrent.futures.Executor``: :func:`~jaxmat.workflows.adversarial.oracle.local_pool`,
+        a thread pool, ``dask.distributed.Client``; anything whose ``submit(fn, arg)``
+        returns a future with ``add_done_callback`` and ``result``) at most ``in_flight``
+        rows (None: all) are submitted at a time and this process, the single writer,
+        stores each label as its future completes (completion order). A run killed mid-way
+        keeps every stored label; rows whose results had not arrived stay pending and are
+        labelled on the next call (at most ``in_flight`` calls are then repeated; a pool's
+        queue may hold submitted calls that can no longer be cancelled).
+        A future that raises (a worker died, the oracle cannot be pickled) cancels the rest
+        and raises ``RuntimeError`` naming the row; labels stored before stay.
+        """
         rows = self.rows(status=PENDING, generation=generation)
         counts = {DONE: 0, FAILED: 0}
-        for k, row in enumerate(rows):
-            atoms = row.toatoms()
-            label = oracle.label(atoms)
+
+        def store(row, atoms, label):
             self.record(row.id, atoms, label)
             counts[DONE if label.ok else FAILED] += 1
             if progress is not None:
-                progress(k + 1, len(rows), label)
+                progress(counts[DONE] + counts[FAILED], len(rows), label)
+
+        if executor is None:
+            for row in rows:
+                atoms = row.toatoms()
+                store(row, atoms, oracle.label(atoms))
+            return counts
+        if in_flight is not None and in_flight < 1:
+            raise ValueError(f"in_flight must be >= 1 or None, got {in_flight}")
+        finished: queue.Queue = queue.Queue()
+        running = {}
+        todo = iter(enumerate(rows))
+
+        def submit(n: int) -> None:
+            for k, row in itertools.islice(todo, n):
+                atoms = row.toatoms()
+                fut = executor.submit(oracle.label, atoms)
+                running[k] = (row, atoms, fut)
+                fut.add_done_callback(functools.partial(_put, finished, k))
+
+        try:
+            submit(len(rows) if in_flight is None else in_flight)
+            while running:
+                row, atoms, fut = running.pop(finished.get())
+                try:
+                    label = fut.result()
+                except (Exception, CancelledError) as err:
+                    raise RuntimeError(f"labelling row {row.id} failed outside the oracle "
+                                       f"({type(err).__name__}: {err}); stored labels are "
+                                       "kept, unfinished rows stay pending") from err
+                store(row, atoms, label)
+                submit(1)
+        finally:
+            for _, _, fut in running.values():
+                fut.cancel()
         return counts
 
     # ------------------------------------------------------------------ reading
@@ -129,6 +182,10 @@ class Store:
 
     def summary(self) -> dict[str, int]:
         return {s: self.count(status=s) for s in (PENDING, DONE, FAILED)}
+
+
+def _put(q: queue.Queue, key: int, _future: Any) -> None:
+    q.put(key)
 
 
 def _settings_json(settings: dict) -> str:

@@ -17,49 +17,57 @@ from jaxmat.workflows.adversarial.select import SelectConfig
 from jaxmat.workflows.adversarial.store import Store
 
 # A runnable toy: 1-D double well E = 5x^4 - 10x^2 + 1.5x, seeds only where E < -5.5
-# (the lower well), a 4-member coordinate-MLP committee. The oracle logs every call.
+# (the lower well), a 4-member coordinate-MLP committee. The oracle logs every call
+# ("x pid"). Labels in this process unless ``workers`` is given.
 TOY = r'''
-import json, os, sys, time
+import functools, json, os, sys, time
 import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import all_changes
 from jaxmat import active, oracle, potential
 from jaxmat.models.coordinate import coordinate_mlp
 
-workdir, opts = sys.argv[1], json.loads(sys.argv[2])
-delay = opts.pop("delay", 0.0)
-fail_x = opts.pop("fail_x", None)
-log = workdir + "_calls.log"
-
 
 class Logged(oracle.DoubleWell):
+    # logs "x pid" of every call; picklable, so it labels in worker processes too
+    def __init__(self, log, delay=0.0, fail_x=None, **kw):
+        super().__init__(**kw)
+        self.log, self.delay, self.fail_x = log, delay, fail_x
+
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         x = float(atoms.positions[0, 0])
-        with open(log, "a") as f:
-            f.write(repr(x) + "\n")
-        time.sleep(delay)
-        if fail_x is not None and abs(x - fail_x) < 1e-9:
+        with open(self.log, "a") as f:
+            f.write(f"{x!r} {os.getpid()}\n")
+        time.sleep(self.delay)
+        if self.fail_x is not None and abs(x - self.fail_x) < 1e-9:
             raise RuntimeError("SCF not converged (test)")
         super().calculate(atoms, properties, system_changes)
 
 
-orc = oracle.Oracle("analytic:double-well", Logged, {"a": 5.0, "b": 10.0, "c": 1.5})
-xs = np.linspace(-1.2, -0.82, 8)
-assert np.all(oracle.double_well_energy(xs) < -5.5)
-seeds = [Atoms("H", [[x, 0.0, 0.0]]) for x in xs]
-model = potential.potential(coordinate_mlp(features=(16, 16), shift=-5.0), stress=False)
-settings = dict(n_members=4, energy_weight=1.0, forces_weight=1.0, kT=3.0, n_starts=64,
-                max_energy=20.0, train_final=False, random_sigma=0.3, md_temperature=3000.0,
-                md_steps=100, md_interval=10, md_starts=2,
-                fit=dict(epochs=100, lr=1e-2, batch_size=8),
-                attack=dict(n_steps=40, lr=0.1, sigma=0.2, clamp=1.5, axes=(0,)),
-                select=dict(percentile=50.0, rmsd=0.1, permute=False, align=False,
-                            max_per_generation=4))
-for key, value in opts.items():  # nested settings are merged into their section
-    settings[key] = {**settings[key], **value} if isinstance(value, dict) else value
-cfg = active.ActiveConfig(workdir=workdir, **settings)
-res = active.run(cfg, model, orc, seeds, cutoff=1.0)  # the coordinate model has no cutoff
-print("RESULT " + json.dumps({"reports": res.reports}))
+def main(workdir, opts):
+    factory = functools.partial(Logged, workdir + "_calls.log", opts.pop("delay", 0.0),
+                                opts.pop("fail_x", None))
+    orc = oracle.Oracle("analytic:double-well", factory, {"a": 5.0, "b": 10.0, "c": 1.5})
+    xs = np.linspace(-1.2, -0.82, 8)
+    assert np.all(oracle.double_well_energy(xs) < -5.5)
+    seeds = [Atoms("H", [[x, 0.0, 0.0]]) for x in xs]
+    model = potential.potential(coordinate_mlp(features=(16, 16), shift=-5.0), stress=False)
+    settings = dict(n_members=4, energy_weight=1.0, forces_weight=1.0, kT=3.0, n_starts=64,
+                    max_energy=20.0, train_final=False, random_sigma=0.3, md_temperature=3000.0,
+                    md_steps=100, md_interval=10, md_starts=2, workers=0,
+                    fit=dict(epochs=100, lr=1e-2, batch_size=8),
+                    attack=dict(n_steps=40, lr=0.1, sigma=0.2, clamp=1.5, axes=(0,)),
+                    select=dict(percentile=50.0, rmsd=0.1, permute=False, align=False,
+                                max_per_generation=4))
+    for key, value in opts.items():  # nested settings are merged into their section
+        settings[key] = {**settings[key], **value} if isinstance(value, dict) else value
+    cfg = active.ActiveConfig(workdir=workdir, **settings)
+    res = active.run(cfg, model, orc, seeds, cutoff=1.0)  # the coordinate model has no cutoff
+    print("RESULT " + json.dumps({"reports": res.reports}))
+
+
+if __name__ == "__main__":  # worker processes import this file
+    main(sys.argv[1], json.loads(sys.argv[2]))
 '''
 
 
@@ -224,10 +232,32 @@ def test_double_well_attack_finds_the_second_well(tmp_path):
     assert "gen 1 [adversarial]" in out  # progress per generation
 
 
-def test_kill_minus_nine_then_resume_loses_and_repeats_no_label(tmp_path):
+def _calls(workdir) -> list[tuple[float, int]]:
+    """(x, pid) of every oracle call of the toy run in ``workdir``."""
+    path = str(workdir) + "_calls.log"
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [(float(x), int(pid)) for x, pid in (ln.split() for ln in f if ln.strip())]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("workers,resume_workers", [(0, 0), (2, 1)])
+def test_kill_minus_nine_then_resume_loses_and_repeats_no_label(tmp_path, workers,
+                                                                 resume_workers):
+    """kill -9 while generation 1 is labelled (in this process, or by 2 worker processes),
+    resume (the pooled run with 1 worker): every planned structure is stored exactly once,
+    only calls in flight at the kill are repeated, and the workers die with the loop."""
     workdir = tmp_path / "kill"
     db = os.path.join(workdir, "labels.db")
-    proc = _run(tmp_path, workdir, generations=2, delay=0.4, fail_x=-1.2,
+    proc = _run(tmp_path, workdir, generations=2, delay=0.4, fail_x=-1.2, workers=workers,
                 select={"max_per_generation": 6})
     planned = None
     t0 = time.time()
@@ -256,11 +286,20 @@ def test_kill_minus_nine_then_resume_loses_and_repeats_no_label(tmp_path):
     finally:
         proc.wait()
     assert proc.returncode == -signal.SIGKILL
+    workers_pids = {pid for _, pid in _calls(workdir)} - {proc.pid}
+    assert len(workers_pids) == workers
+    t0 = time.time()
+    while any(_alive(p) for p in workers_pids) and time.time() - t0 < 15:
+        time.sleep(0.2)
+    orphans = [p for p in workers_pids if _alive(p)]
+    for p in orphans:  # our own test's workers: clean up before failing
+        os.kill(p, signal.SIGKILL)
+    assert not orphans, "worker processes outlived the killed loop"
     st, rows = _labels(str(workdir))
     assert st.count(generation=1) == planned and st.count(status="pending") > 0
     done_before = {r.id: (r.toatoms().positions[0, 0], r.energy) for r in rows if r.status == "done"}
 
-    res, out = _finish(_run(tmp_path, workdir, generations=2, fail_x=-1.2,
+    res, out = _finish(_run(tmp_path, workdir, generations=2, fail_x=-1.2, workers=resume_workers,
                             select={"max_per_generation": 6}))
     st, rows = _labels(str(workdir))
     assert st.count(status="pending") == 0
@@ -269,13 +308,12 @@ def test_kill_minus_nine_then_resume_loses_and_repeats_no_label(tmp_path):
     for r in rows:
         if r.id in done_before:
             assert (r.toatoms().positions[0, 0], r.energy) == done_before[r.id]
-    # each stored structure was computed once; only the call in flight at the kill repeats
-    with open(str(workdir) + "_calls.log") as f:
-        calls = [float(v) for v in f.read().split()]
+    # each stored structure was computed once; only the calls in flight at the kill repeat
+    calls = [x for x, _ in _calls(workdir)]
     stored = [r.toatoms().positions[0, 0] for r in rows]
     assert len(set(stored)) == len(stored)
     assert sorted(set(calls)) == sorted(stored)
-    assert len(calls) - len(stored) <= 1
+    assert len(calls) - len(stored) <= max(2 * workers, 1)  # the calls in flight
     # the failing seed is recorded as failed, never trained on, and did not stop the loop
     failed = st.rows(status="failed")
     assert len(failed) == 1 and "SCF not converged" in failed[0].error
@@ -306,15 +344,11 @@ def test_repeated_kills_at_random_moments(tmp_path):
     are killed 0-2 s after the oracle has made fresh progress, so that the kills land mid-run
     whatever the machine's speed; later attempts run to completion."""
     workdir = tmp_path / "chaos"
-    calls_log = str(workdir) + "_calls.log"
     rng = np.random.default_rng(7)
     opts = dict(generations=3, delay=0.05, select={"max_per_generation": 5})
 
     def n_calls() -> int:
-        if not os.path.exists(calls_log):
-            return 0
-        with open(calls_log) as f:
-            return len(f.read().split())
+        return len(_calls(workdir))
 
     kills = 0
     for attempt in range(8):
@@ -339,8 +373,7 @@ def test_repeated_kills_at_random_moments(tmp_path):
     assert st.count(status="pending") == 0 and st.count(status="failed") == 0
     stored = [r.toatoms().positions[0, 0] for r in rows]
     assert len(set(stored)) == len(stored)
-    with open(str(workdir) + "_calls.log") as f:
-        calls = [float(v) for v in f.read().split()]
+    calls = [x for x, _ in _calls(workdir)]
     assert sorted(set(calls)) == sorted(stored)
     assert len(calls) - len(stored) <= kills  # at most the call in flight at each kill
     for g in (1, 2, 3):
@@ -371,3 +404,26 @@ def test_stored_overlapping_labels_stay_out_of_training(tmp_path):
     kept = loop.training_atoms(1)
     assert [a.info["row_id"] for a in kept] == [1, 3]
     assert loop.store.count(status="done") == 3  # nothing deleted
+
+
+def test_workers_setting_and_executor_choice(tmp_path):
+    from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+
+    cfg = active.ActiveConfig(workdir=str(tmp_path / "w"), workers=3, progress=False)
+    (tmp_path / "c.toml").write_text(cfg.to_toml())
+    assert active.ActiveConfig.from_toml(tmp_path / "c.toml").workers == 3
+    assert active.ActiveConfig().workers == 1  # a local process pool by default
+    with pytest.raises(ValueError, match="workers must be >= 0"):
+        active.ActiveConfig(workers=-1)
+    with pytest.raises(ValueError, match="active.workers must be int"):
+        active.ActiveConfig.from_dict({"workers": "two"})
+    loop = active._Loop(cfg, _free_model(), None, [], 1.0, None, None)
+    pool = loop.pool()  # started lazily: no process runs before the first label
+    assert isinstance(pool, ProcessPoolExecutor) and pool._max_workers == 3
+    assert loop.pool() is pool
+    pool.shutdown()
+    # the worker count may change when a run resumes; an executor replaces the pool
+    serial = dataclasses.replace(cfg, workers=0)
+    assert active._Loop(serial, _free_model(), None, [], 1.0, None, None).pool() is None
+    with ThreadPoolExecutor(2) as ex:
+        assert active._Loop(serial, _free_model(), None, [], 1.0, None, None, ex).pool() is ex

@@ -6,16 +6,18 @@ Generations:
 * g ≥ 1 — committee ``C_g`` is trained on every label of generations < g; it proposes
   candidates (``strategy``: ``adversarial`` attacks of :mod:`jaxmat.workflows.adversarial.attack`, ``random``
   Gaussian displacements, or ``md`` Langevin dynamics driven by the committee); the chosen
-  ones are written to the store as *pending* in one transaction, then labelled one by one,
-  each label stored as soon as it is computed.
+  ones are written to the store as *pending* in one transaction, then labelled by the
+  oracle in ``workers`` local processes (or any ``concurrent.futures.Executor`` given to
+  :func:`run`), each label stored by this process as soon as it arrives.
 * After the last generation G, ``C_{G+1}`` is trained on everything and returned.
 
 Resuming: everything lives in ``workdir`` — ``labels.db`` (:class:`jaxmat.workflows.adversarial.store.Store`),
 ``committee/`` (orbax checkpoint of ``C_g`` per generation), ``config.toml`` and
 ``progress.jsonl``. Rerunning :func:`run` after a crash (even ``kill -9``) restores the
 latest committee, skips proposals already written, labels only rows still pending, so no
-finished label is lost or recomputed. Proposals and training are seeded per generation,
-so a retrained committee equals the lost one.
+stored label is lost or stored twice (only calls in flight at the kill are computed again).
+Proposals and training are seeded per generation, so a retrained committee equals the lost
+one.
 """
 from __future__ import annotations
 
@@ -42,7 +44,7 @@ from jaxmat.workflows.adversarial.store import Store
 
 STRATEGIES = ("adversarial", "random", "md")
 # settings that may change between a run and its resumption
-_RESUMABLE_CHANGES = {"generations", "progress", "train_final", "fit.progress"}
+_RESUMABLE_CHANGES = {"generations", "progress", "train_final", "fit.progress", "workers"}
 # settings of older versions that no longer exist and never changed results: dropped on reading
 _OBSOLETE = {"compile_cache": "the training step is now compiled once per model and reused"}
 # nested settings the loop sets itself (per generation); they must keep their defaults
@@ -88,6 +90,12 @@ class ActiveConfig:
     ``md_starts`` Langevin runs of ``md_steps`` steps at ``md_temperature`` with the
     committee, a frame every ``md_interval`` steps, then the same selection as the attack.
 
+    Labelling: ``workers`` local processes (:func:`jaxmat.workflows.adversarial.oracle.local_pool`,
+    the oracle's ``threads`` OpenMP threads each, default 1) label the pending structures
+    in parallel; 0 labels in this process, one after another. An executor given to
+    :func:`run` replaces the pool. Labels do not depend on where they are computed, so
+    ``workers`` may change when a run resumes.
+
     ``train_final`` trains C_{G+1} on all labels after the last generation (else the result
     is C_G). ``max_energy`` (eV above the lowest label; eV/atom with ``per_atom``) keeps
     higher-energy labels in the store but out of training. The per-generation retraining
@@ -107,6 +115,7 @@ class ActiveConfig:
     progress: bool = True
     train_final: bool = True
     max_energy: float | None = None
+    workers: int = 1
     # committee training
     n_members: int = 4
     fit: ensemble.CommitteeConfig = dataclasses.field(default_factory=_default_fit)
@@ -154,6 +163,8 @@ class ActiveConfig:
             raise ValueError("need generations >= 0, n_members >= 1 and fit.epochs >= 1")
         if not self.min_distance >= 0:
             raise ValueError(f"min_distance must be >= 0 Å, got {self.min_distance}")
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0 (0: label in this process), got {self.workers}")
         if self.n_starts < 1 or self.select.max_per_generation < 0:
             raise ValueError("need n_starts >= 1 and select.max_per_generation >= 0")
 
@@ -258,8 +269,9 @@ class ActiveResult:
 class _Loop:
     def __init__(self, cfg: ActiveConfig, model: Model, oracle: Oracle, seeds: Sequence[Any],
                  cutoff: float | None, evaluate: Callable | None,
-                 md_calculator: Callable | None):
+                 md_calculator: Callable | None, executor: Any = None):
         self.cfg, self.model, self.oracle = cfg, model, oracle
+        self.executor, self._pool = executor, None
         self.evaluate = evaluate
         self.md_calculator = md_calculator
         self.workdir = os.path.abspath(cfg.workdir)
@@ -468,6 +480,15 @@ class _Loop:
         return frames
 
     # ------------------------------------------------------------------ driver
+    def pool(self) -> Any:
+        """The executor that labels: the one given, else ``workers`` local processes
+        (started on first use, kept for the run), else None (this process)."""
+        if self.executor is None and self._pool is None and self.cfg.workers > 0:
+            from jaxmat.workflows.adversarial.oracle import local_pool
+
+            self._pool = local_pool(self.cfg.workers, getattr(self.oracle, "threads", None) or 1)
+        return self.executor if self.executor is not None else self._pool
+
     def label(self, generation: int | None) -> dict[str, int]:
         t0 = time.perf_counter()
         n = self.store.count(status="pending", generation=generation)
@@ -476,11 +497,28 @@ class _Loop:
             if self.cfg.progress and (k == total or k % 50 == 0):
                 self.log(f"  labelled {k}/{total}" + ("" if label.ok else f" (failed: {label.error})"))
 
-        counts = self.store.label_pending(self.oracle, generation, progress if n else None)
+        # the loop's own pool gets 2 calls per worker at a time (a kill repeats at most
+        # those); a given executor gets every pending row at once
+        in_flight = 2 * self.cfg.workers if self.executor is None else None
+        counts = (self.store.label_pending(self.oracle, generation, progress, self.pool(),
+                                           in_flight) if n else {"done": 0, "failed": 0})
         counts["seconds"] = time.perf_counter() - t0
         return counts
 
     def run(self) -> ActiveResult:
+        """Run or resume; a pool started here is shut down at the end (or on any error,
+        without waiting for calculations in flight)."""
+        try:
+            result = self._run()
+        except BaseException:
+            if self._pool is not None:
+                self._pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+        return result
+
+    def _run(self) -> ActiveResult:
         cfg, store = self.cfg, self.store
         if store.count(origin="seed") == 0:
             if not self.seeds:
@@ -603,7 +641,8 @@ def _format(r: dict) -> str:
 
 def run(config: ActiveConfig, model: Model, oracle: Oracle, seeds: Sequence[Any],
         cutoff: float | None = None, evaluate: Callable[[int, Params, Store], dict] | None = None,
-        md_calculator: Callable[[Model, Params, float], Any] | None = None) -> ActiveResult:
+        md_calculator: Callable[[Model, Params, float], Any] | None = None,
+        executor: Any = None) -> ActiveResult:
     """Run (or resume) an active-learning loop in ``config.workdir``.
 
     ``model``: a potential (``energy`` eV and ``forces`` eV/Å, e.g.
@@ -614,10 +653,14 @@ def run(config: ActiveConfig, model: Model, oracle: Oracle, seeds: Sequence[Any]
     store) -> dict`` is merged into the report of generation ``g`` (keys starting with
     ``eval_`` are printed). ``md_calculator(model, params, cutoff)`` makes the ASE calculator
     used by the ``md`` baseline (default :class:`jaxmat.ase` committee calculator).
+    ``executor``: any ``concurrent.futures.Executor`` (thread pool, ``dask.distributed``
+    client, ...) that labels instead of the ``config.workers`` local processes; it is
+    not shut down here. With the default process pool the oracle must pickle and a script
+    defining its own oracle classes needs an ``if __name__ == "__main__":`` guard.
     """
     if md_calculator is None and config.strategy == "md":
         md_calculator = _default_md_calculator
-    return _Loop(config, model, oracle, seeds, cutoff, evaluate, md_calculator).run()
+    return _Loop(config, model, oracle, seeds, cutoff, evaluate, md_calculator, executor).run()
 
 
 def _default_md_calculator(model: Model, params: Params, cutoff: float):

@@ -4,6 +4,9 @@ tables shipped with the MIT-licensed ``chemicals`` package (needs ``rdkit`` and
 
 Kept: neutral, single-fragment molecules with 1-9 heavy atoms, all of them C, N, O or F
 (hydrogens allowed), no isotopes, no radicals; deduplicated by RDKit canonical SMILES.
+
+:func:`enumerate_list` extends the list under the same rules with molecules one RDKit edit
+away from listed ones; RDKit's bundled NCI lists (:func:`reserved_smiles`) are kept out.
 """
 from __future__ import annotations
 
@@ -130,3 +133,106 @@ def read_list(path: str) -> list[dict]:
         r.setdefault("stereo_of", "")
         r["stereo_of"] = r["stereo_of"] or ""
     return rows
+
+
+# --------------------------------------------------------------------------- enumeration
+#: bonds between these element pairs are not enumerated (peroxides, N/O-F, hydrazines' kin)
+UNSTABLE = frozenset({frozenset("OO"), frozenset("OF"), frozenset("NF"), frozenset("FF")})
+
+
+def reserved_smiles() -> set[str]:
+    """Canonical SMILES of RDKit's bundled NCI lists (``first_5K.smi``, ``first_200``):
+    reserved for independent checks, never enumerated for training."""
+    from rdkit import Chem, RDConfig, RDLogger
+
+    RDLogger.DisableLog("rdApp.*")
+    base = os.path.join(RDConfig.RDDataDir, "NCI")
+    out = set()
+    smi = os.path.join(base, "first_5K.smi")
+    if os.path.exists(smi):
+        with open(smi) as f:
+            for line in f:
+                parts = line.split()
+                mol = Chem.MolFromSmiles(parts[0]) if parts else None
+                if mol is not None:
+                    out.add(Chem.MolToSmiles(mol, isomericSmiles=False))
+    sdf = os.path.join(base, "first_200.props.sdf")
+    if os.path.exists(sdf):
+        for mol in Chem.SDMolSupplier(sdf):
+            if mol is not None:
+                out.add(Chem.MolToSmiles(mol, isomericSmiles=False))
+    if not out:
+        raise FileNotFoundError(f"no NCI lists under {base}")
+    return out
+
+
+def _edits(mol) -> Iterable:
+    """Molecules one edit away: swap a heavy atom's element (C, N, O), attach a new C, N, O
+    or F by a single bond, or raise a single bond between two atoms holding H to double."""
+    from rdkit import Chem
+
+    for atom in mol.GetAtoms():
+        for z in (6, 7, 8):
+            if z != atom.GetAtomicNum() and not atom.GetIsAromatic():
+                rw = Chem.RWMol(mol)
+                rw.GetAtomWithIdx(atom.GetIdx()).SetAtomicNum(z)
+                yield rw
+        if atom.GetTotalNumHs() > 0 and mol.GetNumAtoms() < MAX_HEAVY:
+            for z in (6, 7, 8, 9):
+                rw = Chem.RWMol(mol)
+                new = rw.AddAtom(Chem.Atom(z))
+                rw.AddBond(atom.GetIdx(), new, Chem.BondType.SINGLE)
+                yield rw
+    for bond in mol.GetBonds():
+        a, b = bond.GetBeginAtom(), bond.GetEndAtom()
+        if (bond.GetBondType() == Chem.BondType.SINGLE and not bond.GetIsAromatic()
+                and a.GetTotalNumHs() > 0 and b.GetTotalNumHs() > 0):
+            rw = Chem.RWMol(mol)
+            rw.GetBondWithIdx(bond.GetIdx()).SetBondType(Chem.BondType.DOUBLE)
+            yield rw
+
+
+def enumerate_list(seeds: Iterable[str], exclude: Iterable[str] = (), limit: int = 5000,
+                   start: int = 0, prefix: str = "enu") -> list[dict]:
+    """New QM9-like molecules one edit (:func:`_edits`) away from the ``seeds``, under the
+    filter of :func:`canonical` (no stereo marks), without bonds of :data:`UNSTABLE`,
+    with at least one O or N, and neither a seed nor in ``exclude`` (canonical SMILES, e.g.
+    the existing list and :func:`reserved_smiles`).  Deterministic: candidates ordered by a hash of
+    their SMILES (a uniform sample of the edits, not the first seeds' neighbours); the
+    first ``limit`` get ids ``<prefix>00000``... from ``start``.  Rows as
+    :func:`build_list`'s."""
+    import hashlib
+
+    from rdkit import Chem, RDLogger
+
+    RDLogger.DisableLog("rdApp.*")
+    seeds = list(seeds)
+    known = set(exclude) | {c[0] for c in map(canonical, seeds) if c is not None}
+    found: dict[str, dict] = {}
+    for smi in seeds:
+        mol = Chem.MolFromSmiles(smi)
+        if mol is None:
+            continue
+        Chem.RemoveStereochemistry(mol)
+        for rw in _edits(mol):
+            try:
+                new = rw.GetMol()
+                Chem.SanitizeMol(new)
+            except Exception:  # an edit RDKit rejects (valence): not a molecule
+                continue
+            if any(frozenset((b.GetBeginAtom().GetSymbol(), b.GetEndAtom().GetSymbol()))
+                   in UNSTABLE for b in new.GetBonds()):
+                continue
+            got = canonical(Chem.MolToSmiles(new, isomericSmiles=False))
+            if got is None or got[0] in known or got[0] in found:
+                continue
+            can, counts = got
+            if counts["O"] + counts["N"] == 0:
+                continue
+            found[can] = {"smiles": can, "pubchem_cid": "", "n_heavy": sum(counts.values()),
+                          **{f"n_{k}": v for k, v in counts.items()}, "stereo_of": ""}
+    key = (lambda s: hashlib.sha256(f"jaxmat-enumerate:{s}".encode()).hexdigest())
+    recs = sorted(found.values(), key=lambda r: key(r["smiles"]))[:limit]
+    for k, r in enumerate(recs):
+        r["mol_id"] = f"{prefix}{start + k:05d}"
+    return recs

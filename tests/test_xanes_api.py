@@ -88,3 +88,10 @@ def test_spectrum_reproduces_the_shipped_methanol_spectrum():
     np.testing.assert_allclose(again["spectrum"], got["spectrum"], atol=1e-4 * want.max())
     with pytest.raises(ValueError, match="no N atom"):
         jaxmat.xanes.spectrum("CO", "N")
+
+
+def test_committee_training_shows_progress(tiny, capfd):
+    data, model, _, _ = tiny
+    train_spectra(model, data.records[:8], data.records[:4], epochs=1, n_members=2)
+    err = capfd.readouterr().err
+    assert "fit x2" in err and "epoch 1/1" in err

@@ -1,7 +1,11 @@
 """Callbacks of the training loop (:func:`jaxmat.core.engine.run`): early stopping, orbax
-checkpoints (save and resume), the CSV metrics log and the progress display.
+checkpoints (save and resume), the CSV metrics log, TensorBoard event files and the progress
+display.
 
-Each hook receives the engine's :class:`~jaxmat.core.engine.Run` (mutable state of one fit)."""
+Each hook receives the engine's :class:`~jaxmat.core.engine.Run` (mutable state of one fit).
+The engine's metric keys (``val_energy_mae``, ...) stay as they are; :func:`unit_name` maps
+them to names that carry their unit (``val_energy_mae_eV_per_atom``) for logs read by people.
+"""
 from __future__ import annotations
 
 import csv
@@ -17,6 +21,34 @@ from jaxmat.core.checkpoint import Checkpointer
 
 if TYPE_CHECKING:
     from jaxmat.core.engine import FitConfig, Run
+
+# units of the stats of jaxmat.core.engine.EnergyForceLoss (energy per atom, force and
+# stress components); the loss itself is a weighted sum without one unit
+UNITS = {"energy_mae": "eV_per_atom", "forces_mae": "eV_per_A", "stress_mae": "eV_per_A3"}
+
+
+def unit_name(key: str) -> str:
+    """``key`` with its unit appended when it names a stat of
+    :class:`~jaxmat.core.engine.EnergyForceLoss` (``train_``, ``val_``, ``val_committee_``
+    prefixes and ``_m<k>`` member suffixes kept): ``val_energy_mae`` ->
+    ``val_energy_mae_eV_per_atom``, ``train_forces_mae_m2`` -> ``train_forces_mae_eV_per_A_m2``;
+    other keys unchanged."""
+    base, member = key, ""
+    head, _, tail = key.rpartition("_m")
+    if head and tail.isdigit():
+        base, member = head, f"_m{tail}"
+    for stat, unit in UNITS.items():
+        if base == stat or base.endswith("_" + stat):
+            return f"{base}_{unit}{member}"
+    return key
+
+
+def flat_row(row: dict) -> dict:
+    """A history row with per-member lists as ``<name>_m<k>`` entries."""
+    flat = {}
+    for k, v in row.items():
+        flat.update({f"{k}_m{m}": x for m, x in enumerate(v)} if isinstance(v, list) else {k: v})
+    return flat
 
 
 class Callback:
@@ -72,15 +104,20 @@ class Checkpoint(Callback):
 @dataclasses.dataclass
 class CSVLog(Callback):
     """Append one row per epoch to ``path`` (header from the first row written;
-    per-member values as ``<name>_m<k>`` columns)."""
+    per-member values as ``<name>_m<k>`` columns; with ``units`` the columns are named by
+    :func:`unit_name`)."""
 
     path: str
+    units: bool = False
+    _started: bool = dataclasses.field(default=False, init=False, repr=False)
 
     def on_epoch_end(self, run: Run, row: dict) -> None:
-        flat = {}
-        for k, v in run.history[-1].items():
-            flat.update({f"{k}_m{m}": x for m, x in enumerate(v)} if isinstance(v, list)
-                        else {k: v})
+        flat = flat_row(run.history[-1])
+        if self.units:
+            flat = {unit_name(k): v for k, v in flat.items()}
+        if not self._started:
+            self._drop_from(int(flat["epoch"]))
+            self._started = True
         new = not os.path.exists(self.path)
         fields = list(flat)
         if not new:
@@ -92,15 +129,35 @@ class CSVLog(Callback):
                 w.writeheader()
             w.writerow(flat)
 
+    def _drop_from(self, epoch: int) -> None:
+        """Remove rows of ``epoch`` and later: a run resumed from an older checkpoint
+        (e.g. after a kill) repeats them."""
+        if not os.path.exists(self.path):
+            return
+        with open(self.path, newline="") as f:
+            rows = list(csv.reader(f))
+        if not rows or "epoch" not in rows[0]:
+            return
+        col = rows[0].index("epoch")
+        keep = rows[:1] + [r for r in rows[1:] if r and int(float(r[col])) < epoch]
+        if len(keep) < len(rows):
+            with open(self.path, "w", newline="") as f:
+                csv.writer(f).writerows(keep)
+
 
 class Progress(Callback):
     """Progress over the epochs of this call with the monitored metric: a tqdm bar on a
     terminal; otherwise (logs, pipes) one plain line every ``every_s`` seconds and at the end,
-    so a log file does not fill with bar redraws."""
+    so a log file does not fill with bar redraws. ``keys``: further row entries shown, by
+    their :func:`unit_name` (e.g. ``("val_energy_mae", "val_forces_mae")``)."""
 
-    def __init__(self, every_s: float = 30.0, stream: Any = None):
-        self.every_s, self.stream = every_s, stream
+    def __init__(self, every_s: float = 30.0, stream: Any = None, keys: tuple[str, ...] = ()):
+        self.every_s, self.stream, self.keys = every_s, stream, tuple(keys)
         self.bar, self.last, self.pending = None, None, None
+
+    def _extra(self, row: dict) -> dict[str, str]:
+        return {unit_name(k): " ".join(f"{x:.4g}" for x in np.atleast_1d(row[k]))
+                for k in self.keys if k in row}
 
     def on_epoch_end(self, run: Run, row: dict) -> None:
         stream = self.stream or sys.stderr
@@ -114,9 +171,11 @@ class Progress(Callback):
                             desc=desc, mininterval=2.0, file=stream)
         if self.bar is not None:
             self.bar.update(1)
-            self.bar.set_postfix({run.config.monitor: metric}, refresh=False)
+            self.bar.set_postfix({run.config.monitor: metric, **self._extra(row)},
+                                 refresh=False)
             return
         line = f"{desc}: epoch {row['epoch']}/{run.stop_epoch} {run.config.monitor} {metric}"
+        line += "".join(f" {k} {v}" for k, v in self._extra(row).items())
         now = time.monotonic()
         if self.last is None or now - self.last >= self.every_s:
             print(line, file=stream, flush=True)
@@ -129,6 +188,39 @@ class Progress(Callback):
             self.bar.close()
         elif self.pending:  # the last epoch, whatever stopped the run
             print(self.pending, file=self.stream or sys.stderr, flush=True)
+
+
+def tensorboard_available() -> bool:
+    """Whether tensorboardX (the ``logging`` extra) can be imported."""
+    import importlib.util
+
+    return importlib.util.find_spec("tensorboardX") is not None
+
+
+class TensorBoard(Callback):
+    """TensorBoard event files in ``logdir``: every numeric entry of each epoch's row as a
+    scalar named by :func:`unit_name` (per-member values as ``<name>_m<k>``), step = epoch.
+    Needs tensorboardX (the ``logging`` extra: ``pip install 'jaxmat[logging]'``); a resumed
+    run adds a new event file beside the old ones and continues the epoch count."""
+
+    def __init__(self, logdir: str):
+        try:
+            from tensorboardX import SummaryWriter
+        except ImportError:
+            raise ImportError("TensorBoard logging needs tensorboardX, which is not installed; "
+                              "install the 'logging' extra: pip install 'jaxmat[logging]'") from None
+        self.logdir = os.path.abspath(logdir)
+        self.writer = SummaryWriter(self.logdir)
+
+    def on_epoch_end(self, run: Run, row: dict) -> None:
+        for k, v in flat_row(run.history[-1]).items():
+            if k != "epoch" and isinstance(v, (int, float)) and not isinstance(v, bool) \
+                    and np.isfinite(v):
+                self.writer.add_scalar(unit_name(k), float(v), run.epoch)
+        self.writer.flush()
+
+    def on_end(self, run: Run) -> None:
+        self.writer.close()
 
 
 def default_callbacks(cfg: FitConfig) -> list[Callback]:

@@ -176,7 +176,7 @@ def test_workers_are_other_processes_with_one_thread(tmp_path, pool):
 
 def test_interrupted_pool_labelling_resumes_with_every_label_once(tmp_path, pool):
     """Labelling by 2 worker processes (2 calls in flight) stops after 3 stored labels (the
-    main process raises); a second call labels the rest. Each row is written exactly once;
+    main process raises in the progress report); a second call labels the rest. Each row is written exactly once;
     the only repeated calls are those in flight at the interruption."""
     st = Store(tmp_path / "labels.db")
     xs = np.linspace(-1.2, 1.2, 10)
@@ -193,8 +193,9 @@ def test_interrupted_pool_labelling_resumes_with_every_label_once(tmp_path, pool
 
     with pytest.raises(KeyboardInterrupt):
         st.label_pending(orc, progress=stop_after_three, executor=pool, in_flight=2)
-    assert st.summary() == {"pending": 7, "done": 3, "failed": 0}
-    assert st.label_pending(orc, executor=pool) == {"done": 7, "failed": 0}
+    n = st.count(status="done")  # 3, or 4 when two labels arrived together
+    assert n in (3, 4) and st.summary() == {"pending": 10 - n, "done": n, "failed": 0}
+    assert st.label_pending(orc, executor=pool) == {"done": 10 - n, "failed": 0}
     assert sorted(writes) == ids  # every row written exactly once
     ref = Store(tmp_path / "serial.db")
     ref.plan(_points(xs), generation=1, origin="attack")

@@ -1,0 +1,12 @@
+"""Jitted molecular dynamics over replicas (``lax.scan`` chunks, ``vmap``-free batching of
+replicas as graphs of one batch, on-device neighbour lists, failure detection).
+
+``simulate(model, params, atoms, steps, ensemble="nvt", ...)`` is the entry point;
+units are fs, K, eV, Å (and eV/Å³ for pressure).
+"""
+from jaxmat.md.failure import REASONS, FailureCriteria
+from jaxmat.md.integrators import ENSEMBLES, MDState, Settings
+from jaxmat.md.run import MDResult, simulate
+
+__all__ = ["simulate", "MDResult", "FailureCriteria", "Settings", "MDState", "REASONS",
+           "ENSEMBLES"]

@@ -1,0 +1,334 @@
+"""The MD driver: ASE Atoms in, many steps per compiled call, Atoms and logs out.
+
+:func:`simulate` runs R replicas of one system (same atoms, any positions, velocities and
+cells) with the integrators of :mod:`jaxmat.md.integrators`. Steps run in chunks, each one
+``lax.scan`` compiled once; the log (energies, temperature, committee σ, volume) is
+recorded every ``log_every`` steps inside the scan, trajectory frames are written between
+chunks (outside ``jit``), and a neighbour-list overflow reallocates the lists and reruns
+the chunk from its start.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from ase import Atoms, units
+
+from jaxmat.core import neighbors
+from jaxmat.core.ensemble import is_committee
+from jaxmat.core import graph
+from jaxmat.core.predict import as_records, resolve_cutoff
+from jaxmat.core.protocol import Model, Params
+from jaxmat.md import failure
+from jaxmat.md.forces import force_fn
+from jaxmat.md.integrators import MDState, Settings, edge_lengths, kinetic_energy, make_step
+
+LOG_KEYS = ("energy", "kinetic", "temperature", "energy_std", "forces_std_max", "volume",
+            "alive")
+
+
+@dataclasses.dataclass
+class MDResult:
+    """What a run gives back. ``log[k]`` (T, R) arrays at ``log_steps`` (T,): ``energy``
+    (potential, eV), ``kinetic`` eV, ``temperature`` K, ``energy_std`` eV,
+    ``forces_std_max`` eV/Å, ``volume`` Å³ (0 for molecules), ``alive``. ``failed`` (R,),
+    ``fail_step`` (R,) (-1 if fine), ``fail_reason`` (R,) str. ``atoms``: final replicas
+    with velocities (a failed one at its last good step). ``seconds``: wall time of the
+    steps (compiles included), ``n_builds`` device list builds, ``n_reallocations``."""
+
+    atoms: list[Atoms]
+    log_steps: np.ndarray
+    log: dict[str, np.ndarray]
+    failed: np.ndarray
+    fail_step: np.ndarray
+    fail_reason: list[str]
+    steps: int
+    seconds: float
+    n_builds: int
+    n_reallocations: int
+
+    @property
+    def replica_steps_per_s(self) -> float:
+        return len(self.atoms) * self.steps / max(self.seconds, 1e-12)
+
+    @property
+    def success_fraction(self) -> float:
+        return float(1.0 - np.mean(self.failed))
+
+
+def _replicas(atoms: Atoms | Sequence[Atoms], replicas: int | None) -> list[Atoms]:
+    if isinstance(atoms, Atoms):
+        return [atoms.copy() for _ in range(replicas or 1)]
+    atoms = [a.copy() for a in atoms]
+    if not atoms:
+        raise ValueError("no structures given")
+    if replicas not in (None, len(atoms)):
+        raise ValueError(f"replicas={replicas} but {len(atoms)} structures were given")
+    z0, p0 = atoms[0].numbers, atoms[0].pbc
+    for k, a in enumerate(atoms):
+        if not (np.array_equal(a.numbers, z0) and np.array_equal(a.pbc, p0)):
+            raise ValueError(f"replica {k} ({a.get_chemical_formula()}, pbc {a.pbc.tolist()}) "
+                             f"differs from replica 0 ({atoms[0].get_chemical_formula()}, pbc "
+                             f"{p0.tolist()}); replicas must be the same atoms in the same order")
+    return atoms
+
+
+def _velocities(atoms: list[Atoms], temperature_K: float | None, seed: int,
+                remove_com: bool) -> np.ndarray:
+    """Given velocities, or Maxwell–Boltzmann draws at ``temperature_K`` (one stream per
+    replica), in ASE units (Å per ASE time unit)."""
+    out = []
+    rng = np.random.default_rng(seed)
+    for a in atoms:
+        m = a.get_masses()
+        if temperature_K is None:
+            v = a.get_velocities()
+        else:
+            v = rng.normal(size=(len(a), 3)) * np.sqrt(units.kB * temperature_K / m)[:, None]
+            if remove_com and len(a) > 1:
+                v -= (m[:, None] * v).sum(0) / m.sum()
+        out.append(v)
+    return np.asarray(out)
+
+
+def simulate(model: Model, params: Params, atoms: Atoms | Sequence[Atoms], steps: int, *,
+             ensemble: str = "nvt", timestep_fs: float = 0.5, temperature_K: float = 300.0,
+             friction_per_fs: float = 0.01, pressure: float = 0.0,
+             barostat_time_fs: float = 500.0, compressibility: float | None = None,
+             replicas: int | None = None, init_temperature_K: float | None | str = "auto",
+             seed: int = 0, log_every: int = 10, chunk_steps: int = 1000,
+             trajectory: str | None = None, traj_every: int | None = None,
+             skin: float = 0.5, criteria: failure.FailureCriteria = failure.FailureCriteria(),
+             committee: bool | None = None, progress: bool | None = None,
+             dtype: Any = jnp.float32) -> MDResult:
+    """Run ``steps`` MD steps of ``timestep_fs`` fs for R replicas of one system.
+
+    ``model`` is a potential (``energy``/``forces``/``stress``, e.g. a bundle's ``model``);
+    ``params`` a model's or a committee's (mean forces drive, σ logged). ``atoms``: one
+    Atoms (copied ``replicas`` times) or a list (one per replica). ``ensemble``: ``"nve"``
+    (velocity Verlet), ``"nvt"`` (Langevin, ``friction_per_fs``), ``"npt"`` (Langevin +
+    Berendsen, ``pressure`` eV/Å³, ``barostat_time_fs``, ``compressibility`` Å³/eV).
+    Initial velocities: Maxwell–Boltzmann at ``init_temperature_K`` (``"auto"``: at
+    ``temperature_K`` unless every replica carries velocities; ``None``: the Atoms'
+    velocities). Frames every ``traj_every`` steps (a multiple of ``log_every``) go to
+    ``trajectory`` (any ASE-writable name; with several replicas ``name_r{k}.ext``).
+    ``criteria``: the failure detector (:class:`jaxmat.md.failure.FailureCriteria`).
+    """
+    if steps < 1 or log_every < 1 or chunk_steps < 1:
+        raise ValueError(f"steps, log_every and chunk_steps must be >= 1, got {steps}, "
+                         f"{log_every}, {chunk_steps}")
+    traj_every = traj_every or (log_every if trajectory else None)
+    if traj_every is not None and traj_every % log_every:
+        raise ValueError(f"traj_every={traj_every} must be a multiple of log_every={log_every}")
+    settings = Settings(ensemble, timestep_fs, temperature_K, friction_per_fs, pressure,
+                        barostat_time_fs, **({} if compressibility is None else
+                                             {"compressibility": compressibility}))
+    reps = _replicas(atoms, replicas)
+    for k, a in enumerate(reps):
+        graph.validate_structure(a.numbers, a.positions, a.cell, a.pbc, f"replica {k}")
+        if not np.all(np.isfinite(a.get_velocities())):
+            raise ValueError(f"replica {k}: non-finite velocities")
+    R, N = len(reps), len(reps[0])
+    pbc = reps[0].pbc.copy()
+    if settings.ensemble == "npt" and not pbc.all():
+        raise ValueError(f"NPT needs a periodic cell in all directions, got pbc {pbc.tolist()}")
+    if "sparse" not in model.graph.layouts or model.graph.max_neighbors is not None:
+        raise ValueError(f"model {model.name!r}: MD needs a cutoff graph in the sparse layout; "
+                         f"it declares layouts {list(model.graph.layouts)}, max_neighbors "
+                         f"{model.graph.max_neighbors}")
+    cutoff = resolve_cutoff(model, None)
+    if init_temperature_K == "auto":
+        given = all(np.any(a.get_velocities() != 0) for a in reps)
+        init_temperature_K = None if given else temperature_K
+    pos0 = np.stack([a.positions for a in reps])
+    cell0 = np.stack([np.asarray(a.cell) for a in reps])
+    species = reps[0].numbers
+    masses = jnp.asarray(reps[0].get_masses(), dtype)
+    vel0 = _velocities(reps, init_temperature_K, seed, settings.ensemble == "nve")
+
+    spec = neighbors.plan(pos0, cell0, pbc, cutoff, skin)
+    nbrs = _build_all(spec, pos0, cell0)
+    if committee is None:
+        committee = is_committee(model, params, graph.batch(as_records(model, reps[:1])))
+    forces = force_fn(model, species, pbc, committee)
+    bond_set = None
+    if criteria.bond_break is not None:
+        i, j, s, r0 = failure.bonds(species, pos0[0], cell0[0], pbc, criteria.bond_factor)
+        bond_set = (jnp.asarray(i), jnp.asarray(j), jnp.asarray(s, dtype), jnp.asarray(r0, dtype))
+    state = _initial_state(forces, params, pos0, vel0, cell0, nbrs, seed, dtype)
+    state = _check_start(state, criteria, bond_set)
+
+    log_steps, logs, frames = [], {k: [] for k in LOG_KEYS}, []
+    n_realloc, done, t0 = 0, 0, time.perf_counter()
+    bar = _Progress(steps, progress)
+    while done < steps:
+        n = min(chunk_steps, steps - done)
+        n = max(log_every, n - n % log_every) if n >= log_every else n
+        run_chunk = _chunk_fn(settings, forces, spec, masses, criteria, bond_set, n,
+                              min(log_every, n), bool(traj_every))
+        new, rec = run_chunk(params, state)
+        if bool(jnp.any(new.nbrs.overflow)):
+            n_realloc += 1
+            if n_realloc > 8:
+                raise RuntimeError("the neighbour list overflowed 8 times in a row; "
+                                   f"last sizes {spec}")
+            spec = neighbors.plan(np.asarray(state.positions), np.asarray(state.cell), pbc,
+                                  cutoff, skin, margin=1.3 * 1.5**n_realloc,
+                                  cell_margin=1.0 + 0.1 * n_realloc)
+            state = state._replace(nbrs=_build_all(spec, np.asarray(state.positions),
+                                                   np.asarray(state.cell)))
+            continue
+        state = new
+        rec = jax.device_get(rec)
+        steps_here = done + np.arange(1, len(rec["energy"]) + 1) * min(log_every, n)
+        log_steps.extend(steps_here.tolist())
+        for k in LOG_KEYS:
+            logs[k].append(rec[k])
+        if traj_every:
+            for s_, pos, cell in zip(steps_here, rec["positions"], rec["cell"]):
+                if s_ % traj_every == 0:
+                    frames.append((pos, cell))
+        done += n
+        bar.update(n, state)
+        if not bool(jnp.any(state.alive)):
+            break
+    bar.close()
+    seconds = time.perf_counter() - t0
+    if trajectory:
+        _write_frames(trajectory, reps, frames, masses)
+    log = {k: np.concatenate(v) if v else np.zeros((0, R)) for k, v in logs.items()}
+    return _result(reps, state, np.asarray(log_steps), log, done, seconds, n_realloc)
+
+
+def _build_all(spec: neighbors.ListSpec, pos: np.ndarray, cell: np.ndarray):
+    lists = [neighbors.empty(spec, p, c) for p, c in zip(pos, cell)]
+    stacked = jax.tree_util.tree_map(lambda *x: np.stack(x), *lists)
+    return neighbors.build_many(spec, stacked, np.asarray(pos, np.float32),
+                                np.asarray(cell, np.float32))
+
+
+def _initial_state(forces, params, pos0, vel0, cell0, nbrs, seed, dtype) -> MDState:
+    pos = jnp.asarray(pos0, dtype)
+    cell = jnp.asarray(cell0, dtype)
+    out = jax.jit(forces)(params, pos, cell, nbrs)
+    R = len(pos0)
+    return MDState(pos, jnp.asarray(vel0, dtype), out["forces"], cell, out["energy"],
+                   out["energy_std"], out["forces_std_max"], out["stress"], nbrs,
+                   jax.random.key(seed), jnp.ones(R, bool), jnp.full(R, -1, jnp.int32),
+                   jnp.zeros(R, jnp.int32), jnp.zeros((), jnp.int32))
+
+
+def _check_start(state: MDState, criteria, bond_set) -> MDState:
+    """Replicas that start outside physical space fail at step 0."""
+    out = {"energy": state.energy, "forces": state.forces, "energy_std": state.energy_std,
+           "forces_std_max": state.forces_std_max}
+    d = edge_lengths(state.positions, state.cell, state.nbrs)
+    min_pair = jnp.min(jnp.where(state.nbrs.mask, d, jnp.inf), axis=-1)
+    code = failure.failure_codes(criteria, out, state.positions, state.cell, min_pair, bond_set)
+    return state._replace(alive=code == 0, fail_step=jnp.where(code != 0, 0, -1),
+                          fail_code=code)
+
+
+_CHUNKS: dict = {}
+
+
+def _chunk_fn(settings, forces, spec, masses, criteria, bond_set, n, log_every, frames):
+    """The compiled ``n``-step chunk (cached per settings, sizes and model function)."""
+    key = (settings, id(forces), spec, criteria, n, log_every, frames)
+    if key in _CHUNKS:
+        return _CHUNKS[key]
+    step = make_step(settings, forces, spec, masses, criteria, bond_set)
+    dof = 3.0 * masses.shape[0] - (3.0 if settings.ensemble == "nve" else 0.0)
+
+    def inner(params, state):
+        return jax.lax.scan(lambda s, _: (step(params, s), None), state, None, log_every)[0]
+
+    def record(s: MDState) -> dict:
+        kin = kinetic_energy(s.velocities, masses)
+        vol = jnp.abs(jnp.linalg.det(s.cell))
+        rec = {"energy": s.energy, "kinetic": kin, "temperature": 2 * kin / (dof * units.kB),
+               "energy_std": s.energy_std, "forces_std_max": s.forces_std_max,
+               "volume": vol, "alive": s.alive}
+        if frames:
+            rec.update(positions=s.positions, cell=s.cell)
+        return rec
+
+    @jax.jit
+    def chunk(params, state):
+        def outer(s, _):
+            s = inner(params, s)
+            return s, record(s)
+        return jax.lax.scan(outer, state, None, n // log_every)
+
+    if len(_CHUNKS) > 32:
+        _CHUNKS.clear()
+    _CHUNKS[key] = chunk
+    return chunk
+
+
+class _Progress:
+    """A tqdm bar on a terminal; otherwise one plain line every 30 s and at the end."""
+
+    def __init__(self, total: int, show: bool | None):
+        tty = sys.stderr.isatty()
+        self.show = tty if show is None else show
+        self.tty, self.total, self.done = tty, total, 0
+        self.t0 = self.last = time.perf_counter()
+        self.bar = None
+        if self.show and tty:
+            from tqdm.auto import tqdm
+            self.bar = tqdm(total=total, unit="step", leave=False)
+
+    def update(self, n: int, state: MDState) -> None:
+        self.done += n
+        if not self.show:
+            return
+        alive = int(jnp.sum(state.alive))
+        if self.bar is not None:
+            self.bar.update(n)
+            self.bar.set_postfix(alive=alive)
+        elif time.perf_counter() - self.last > 30 or self.done >= self.total:
+            self.last = time.perf_counter()
+            print(f"md: step {self.done}/{self.total}, {alive} replicas alive, "
+                  f"{self.done / (self.last - self.t0):.1f} steps/s", file=sys.stderr)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _write_frames(path: str, reps: list[Atoms], frames: list, masses) -> None:
+    from ase.io import write
+    root, ext = os.path.splitext(path)
+    for r, a in enumerate(reps):
+        out = []
+        for pos, cell in frames:
+            f = a.copy()
+            f.positions = np.asarray(pos[r], np.float64)
+            f.cell = np.asarray(cell[r], np.float64)
+            out.append(f)
+        write(path if len(reps) == 1 else f"{root}_r{r}{ext}", out)
+
+
+def _result(reps, state: MDState, log_steps, log, done, seconds, n_realloc) -> MDResult:
+    s = jax.device_get(state)
+    out = []
+    for r, a in enumerate(reps):
+        b = a.copy()
+        b.positions = np.asarray(s.positions[r], np.float64)
+        b.cell = np.asarray(s.cell[r], np.float64)
+        b.set_velocities(np.asarray(s.velocities[r], np.float64))
+        out.append(b)
+    failed = ~np.asarray(s.alive)
+    return MDResult(out, log_steps, log, failed,
+                    np.where(failed, np.asarray(s.fail_step), -1),
+                    [failure.REASONS[int(c)] for c in np.asarray(s.fail_code)], done, seconds,
+                    int(np.max(np.asarray(s.nbrs.n_builds))), n_realloc)

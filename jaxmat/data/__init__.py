@@ -13,6 +13,9 @@ from typing import Any
 import numpy as np
 
 from jaxmat.data.loader import ArrayLoader  # noqa: F401
+from jaxmat.data import photoanode  # noqa: F401  (composition + Raman tables)
+from jaxmat.data.photoanode import (  # noqa: F401
+    SpectraTable, Standardizer, normalize_spectra, read_photoanode_csv, read_table, write_table)
 
 KCAL_MOL = 0.0433641043  # eV per kcal/mol (ase.units.kcal / ase.units.mol)
 KBAR = 6.241509074e-4  # eV/Å³ per kbar
@@ -140,3 +143,11 @@ def split_indices(n: int, fractions: Sequence[float] = (0.8, 0.2), seed: int = 0
     perm = np.random.default_rng(seed).permutation(n)
     cuts = np.cumsum([int(round(f * n)) for f in fractions[:-1]])
     return np.split(perm, cuts)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "photoanode_sim":  # imports JAX; loaded on first use
+        import importlib
+
+        return importlib.import_module("jaxmat.data.photoanode_sim")
+    raise AttributeError(f"module 'jaxmat.data' has no attribute {name!r}")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import gzip
 import math
 import os
 from collections.abc import Sequence
@@ -62,9 +63,16 @@ class SpectraTable:
 
 
 # --------------------------------------------------------------------------- reading
+def _open(path: str):
+    """Text handle of a CSV file, gzip-compressed when the name ends in ``.gz``."""
+    if path.endswith(".gz"):
+        return gzip.open(path, "rt", newline="")
+    return open(path, newline="")
+
+
 def _read_rows(path: str, n: int) -> list[list[str]]:
     out = []
-    with open(path, newline="") as f:
+    with _open(path) as f:
         for k, row in enumerate(csv.reader(f)):
             if k >= n:
                 break
@@ -111,7 +119,8 @@ def read_table(
     number (the Raman shift in cm⁻¹), in file order. The axis comes from those headers, or
     from ``raman_shift`` (cm⁻¹) when given; it must increase strictly.
     ``skip_rows=None`` skips up to one leading line until a header with all named columns
-    is found. Compositions must sum to 1 within ``sum_tol`` (``None`` disables the check).
+    is found; a name ending in ``.gz`` is read through gzip. Compositions must sum to 1
+    within ``sum_tol`` (``None`` disables the check).
     Raises ``FileNotFoundError`` or ``ValueError`` naming the problem (missing columns,
     NaN or non-numeric values, non-monotonic axis, bad composition sums).
     """
@@ -158,7 +167,7 @@ def read_table(
 
     num_cols = [col[c] for c in composition] + spec_cols + [col[target]]
     rows, names = [], []
-    with open(path, newline="") as f:
+    with _open(path) as f:
         reader = csv.reader(f)
         for k, row in enumerate(reader):
             if k <= hdr_row or not any(c.strip() for c in row):
@@ -209,11 +218,14 @@ def read_photoanode_csv(path: str | os.PathLike, skip_rows: int | None = None,
 
 
 def write_table(table: SpectraTable, path: str | os.PathLike, digits: int = 5) -> None:
-    """Write ``table`` in the study's layout. Refuses to overwrite an existing file."""
+    """Write ``table`` in the study's layout (gzip-compressed when ``path`` ends in ``.gz``).
+    Refuses to overwrite an existing file."""
     path = os.fspath(path)
     if os.path.exists(path):
         raise FileExistsError(f"refusing to overwrite existing file: {path}")
-    with open(path, "w", newline="") as f:
+    opener = (lambda: gzip.open(path, "wt", newline="")) if path.endswith(".gz") else (
+        lambda: open(path, "w", newline=""))
+    with opener() as f:
         w = csv.writer(f)
         w.writerow(["Sample", *table.elements, *[f"{s:.3f}" for s in table.raman_shift],
                     table.target_name])

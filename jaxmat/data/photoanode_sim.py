@@ -19,11 +19,12 @@ band  centre c                                   FWHM w              height h
 326   326 + 60 t + j                             22 + 40 r           0.30
 366   366 − 60 t + j      (the doublet merges)   20 + 40 r           0.40
 710   710 − 40 t + 2 j                           40 + 60 t           0.20 + 0.5 t
-826   826 − 80 W − 120 Mo + 2.5 j                18 + 70 t + 4 u     1 − t
+826   826 − 80 W − 120 Mo + 2.5 j                18 + 4 u + 150 Dy   1 − t
 ====  =========================================  ==================  ============
 
 ``u ~ N(0, 1)`` is a per-sample latent disorder (processing) variable and ``j ~ N(0, 1)``
-a strain-like position jitter (the 826 FWHM is softly floored at 8 cm⁻¹). A broad
+a strain-like position jitter (the 826 FWHM is softly floored at 8 cm⁻¹). The 826 width
+depends on composition through Dy only (:data:`CONFOUNDER`). A broad
 fluorescence background ``A exp(-(ν − 1150)² / 2·350²)`` with
 ``A = 0.05 + Dy + 1.5 Tb + 0.15 |N(0,1)|`` is added, everything is scaled by a
 per-sample collection efficiency ``exp(0.3 N(0,1))`` and Gaussian noise of ``noise``
@@ -35,12 +36,15 @@ spectral feature, the standardised width of the 826 cm⁻¹ band ``s = (w₈₂�
     b    = (Bi + Dy + Gd + Tb) − (V + W + Mo)            # site balance
     lin  = 0.7 + 2.2 tanh((W + 1.6 Mo) / 0.05)          # donors share one saturation
              + 300 Mo·Gd − 6 Gd                          # Gd helps only with Mo present
-             − 300 (b − 0.02)² − 5 Dy − 10 Tb
+             − 300 (b − 0.02)² − 10 Tb
              − 0.3 s (1 + W / 0.04)                       # disorder hurts W-rich films most
     P    = 0.1 softplus(lin / 0.1) + N(0, p_noise²)
 
 Gd's effect changes sign at Mo = 2 at.%, so its marginal correlation with P is weak
-although its gradient is large. From :data:`REFERENCE_COMPOSITION` the planted best
+although its gradient is large. **Dy is a planted confounder**: it has no direct effect
+(replacing Bi by Dy at fixed spectrum leaves P unchanged) but broadens the 826 band, so
+its total effect (:func:`total_power_gradient`, the spectrum moving with composition) is
+harmful while its effect at fixed spectrum is not; no other element changes s. From :data:`REFERENCE_COMPOSITION` the planted best
 alloying direction (largest ∂P along ``e_X − e_host`` at fixed spectrum) is
 :data:`PLANTED_DIRECTION` = Mo replacing V.
 """
@@ -59,6 +63,8 @@ from jaxmat.core.protocol import Model
 RAMAN_STEP = 0.96  # cm⁻¹
 RAMAN_SHIFT = RAMAN_START + RAMAN_STEP * np.arange(N_RAMAN)  # cm⁻¹
 PLANTED_DIRECTION = ("Mo", "V")  # (added element, host it replaces)
+CONFOUNDER = "Dy"  # acts on P only through the 826 cm⁻¹ band width
+DY_BROADENING = 150.0  # cm⁻¹ of 826 FWHM per unit Dy fraction
 REFERENCE_COMPOSITION = np.array([0.47, 0.46, 0.02, 0.0, 0.03, 0.02, 0.0])  # Bi V W Dy Gd Mo Tb
 _I = {e: k for k, e in enumerate(ELEMENTS)}
 
@@ -95,7 +101,7 @@ def band_parameters(x: jax.Array, u: jax.Array, j: jax.Array) -> tuple[jax.Array
     c = jnp.stack([210 + 60 * r + 30 * Gd + 0.5 * j, 326 + 60 * t + j, 366 - 60 * t + j,
                    710 - 40 * t + 2 * j, 826 - 80 * W - 120 * Mo + 2.5 * j], 1)
     w = jnp.stack([14 + 30 * r, 22 + 40 * r, 20 + 40 * r, 40 + 60 * t,
-                   8 + jax.nn.softplus(10 + 70 * t + 4 * u)], 1)
+                   8 + jax.nn.softplus(10 + 4 * u + DY_BROADENING * Dy)], 1)
     h = jnp.stack([0.25 + 0.5 * r, 0.30 * one, 0.40 * one, 0.20 + 0.5 * t, 1.0 - t], 1)
     return c, w, h
 
@@ -126,7 +132,7 @@ def power(x: jax.Array, s: jax.Array) -> jax.Array:
     Bi, V, W, Dy, Gd, Mo, Tb = (x[:, k] for k in range(7))
     b = (Bi + Dy + Gd + Tb) - (V + W + Mo)
     lin = (0.7 + 2.2 * jnp.tanh((W + 1.6 * Mo) / 0.05) + 300 * Mo * Gd - 6 * Gd
-           - 300 * (b - 0.02) ** 2 - 5 * Dy - 10 * Tb - 0.3 * s * (1 + W / 0.04))
+           - 300 * (b - 0.02) ** 2 - 10 * Tb - 0.3 * s * (1 + W / 0.04))
     return 0.1 * jax.nn.softplus(lin / 0.1)
 
 
@@ -134,6 +140,15 @@ def power_gradient(x: jax.Array, s: jax.Array) -> jax.Array:
     """Exact ∂P/∂x (mW/cm² per unit fraction) at fixed spectrum, (n, 7)."""
     return jax.vmap(jax.grad(lambda xi, si: power(xi[None], si[None])[0]))(
         jnp.asarray(x, jnp.float32), jnp.asarray(s, jnp.float32))
+
+
+def total_power_gradient(x: jax.Array, u: jax.Array) -> jax.Array:
+    """Exact total dP/dx (n, 7): the spectrum feature moves with composition,
+    ∂P/∂x + ∂P/∂s · ∂s/∂x at latent disorder ``u`` (n,)."""
+    def p(xi, ui):
+        return power(xi[None], disorder_feature(xi[None], ui[None]))[0]
+
+    return jax.vmap(jax.grad(p))(jnp.asarray(x, jnp.float32), jnp.asarray(u, jnp.float32))
 
 
 def spectra_at(composition, u: float = 0.0, j: float = 0.0,
@@ -172,20 +187,21 @@ def _simulate(key, n, noise_level, p_noise):
     s = disorder_feature(x, u)
     p_clean = power(x, s)
     p = p_clean + p_noise * jax.random.normal(ks[6], (n,))
-    return x, spec, s, p_clean, p, u, power_gradient(x, s)
+    return x, spec, s, p_clean, p, u, power_gradient(x, s), total_power_gradient(x, u)
 
 
 def simulate_library(config: LibraryConfig | None = None) -> tuple[SpectraTable, dict[str, np.ndarray]]:
     """The library as a :class:`SpectraTable` (raw spectra, P in mW/cm²) and the hidden
-    truth: ``feature`` s, latent ``u``, noise-free ``P_clean`` and exact ``grad`` ∂P/∂x."""
+    truth: ``feature`` s, latent ``u``, noise-free ``P_clean``, exact ``grad`` ∂P/∂x at fixed
+    spectrum and ``grad_total`` dP/dx with the spectrum moving (both mW/cm² per unit fraction)."""
     cfg = config or LibraryConfig()
     if cfg.n_samples < 1:
         raise ValueError(f"n_samples must be >= 1, got {cfg.n_samples}")
     n = cfg.n_samples
-    x, spec, s, p_clean, p, u, grad = _simulate(jax.random.key(cfg.seed), n, cfg.noise, cfg.p_noise)
+    x, spec, s, p_clean, p, u, grad, grad_total = _simulate(jax.random.key(cfg.seed), n, cfg.noise, cfg.p_noise)
     table = SpectraTable(np.array([f"sim{k:04d}" for k in range(n)]), ELEMENTS,
                          np.asarray(x, np.float32), RAMAN_SHIFT.copy(), np.asarray(spec, np.float32),
                          np.asarray(p, np.float32), "P")
     truth = {"feature": np.asarray(s), "u": np.asarray(u), "P_clean": np.asarray(p_clean),
-             "grad": np.asarray(grad)}
+             "grad": np.asarray(grad), "grad_total": np.asarray(grad_total)}
     return table, truth

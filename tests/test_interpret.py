@@ -220,7 +220,8 @@ def test_suggest_directions_linear_model_exact():
     x = np.array([[0.4, 0.3, 0.25, 0.05]], np.float32)
     hull = np.random.default_rng(0).dirichlet(np.ones(k) * 5, 300)
     res = interpret.suggest_directions(m, P, {"composition": x, "mask": np.ones(1, bool)},
-                                       ["A", "B", "C", "D"], hull=hull, step=0.01)
+                                       ["A", "B", "C", "D"], hull=hull, step=0.01,
+                                       within_hull=False)
     top = res[0]
     assert (top["add"], top["remove"]) == ("B", "C")  # largest w_a - w_h with x_h >= step
     assert np.isclose(top["slope"], 0.01 * (3.0 - -2.0), atol=1e-6)
@@ -233,14 +234,21 @@ def test_suggest_directions_linear_model_exact():
     oth = {r["add"]: r["slope"] for r in res if r["remove"] == "others"}
     xv = x[0].astype(float)
     assert np.isclose(oth["A"], 0.01 * (w[0] - xv @ w) / (1 - xv[0]), atol=1e-6)
-    # a composition far outside the training set is flagged
+    # within the hull (default) the ranking keeps the in-hull steps, the rest listed apart
+    inside = interpret.suggest_directions(m, P, {"composition": x}, ["A", "B", "C", "D"],
+                                          hull=hull)
+    key = lambda rows: [(r["add"], r["remove"]) for r in rows]  # noqa: E731
+    assert key(r for r in res if not r["outside_hull"]) == key(inside.ranked)
+    assert key(r for r in res if r["outside_hull"]) == key(inside.outside)
+    # a composition far outside the training set: every step is flagged, none ranked
     far = interpret.suggest_directions(m, P, {"composition": np.array([[0.0, 0.0, 0.02, 0.98]],
                                                                         np.float32)},
                                        ["A", "B", "C", "D"], hull=hull, top=3)
-    assert all(r["outside_hull"] for r in far)
+    assert len(far) == 0 and len(far.outside) == 3 and all(r["outside_hull"] for r in far.outside)
     # single (unstacked) params
     one = interpret.suggest_directions(m, {"w": jnp.asarray(w), "c": jnp.zeros(())},
-                                       {"composition": x}, ["A", "B", "C", "D"], stacked=False)
+                                       {"composition": x}, ["A", "B", "C", "D"], stacked=False,
+                                       within_hull=False)
     assert (one[0]["add"], one[0]["remove"]) == ("B", "C")
 
 
@@ -292,7 +300,7 @@ def test_trained_model_recovers_planted_linear_relationship():
     assert np.median(cos) > 0.97
     top = interpret.suggest_directions(model, res.params, {"composition": np.full((1, k), 0.2,
                                                                                   np.float32)},
-                                       list("ABCDE"), stacked=False)[0]
+                                       list("ABCDE"), stacked=False, within_hull=False)[0]
     assert (top["add"], top["remove"]) == ("D", "E")
 
 

@@ -190,7 +190,8 @@ def test_planted_direction_is_the_generators_best():
     spec, s = sim.spectra_at(sim.REFERENCE_COMPOSITION)
     assert spec.shape == (1, 1015)
     b = {"composition": sim.REFERENCE_COMPOSITION[None].astype(np.float32), "feature": s}
-    ranked = interpret.suggest_directions(sim.generator_model(), {}, b, pa.ELEMENTS)
+    ranked = interpret.suggest_directions(sim.generator_model(), {}, b, pa.ELEMENTS,
+                                          within_hull=False)
     assert (ranked[0]["add"], ranked[0]["remove"]) == sim.PLANTED_DIRECTION
     assert ranked[0]["slope"] > 1.3 * ranked[1]["slope"]  # a clear winner
 

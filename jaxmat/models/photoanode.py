@@ -3,10 +3,15 @@
 :func:`photoanode_net` is the published two-branch model of Umehara et al., npj Comput.
 Mater. 5:34 (2019): a spectrum branch (Dropout 0.25 → Conv1D(2 filters, kernel 7) → ELU
 → Dropout 0.25 → Dense 32 → 32 → 1), a composition branch (Dense 16, 16, 32, 32 → 1)
-and a merged head (Dense 32, 32 → 1), ELU everywhere. The paper's staged training (each
+and a merged head (Dense 32, 32 → 1), ELU everywhere. The default merge feeds the head
+the branches' last hidden layers (``merge="features"``, the one default of the config, the
+notebook and the benchmark); ``merge="outputs"`` feeds it the two branch predictions, as
+published. The paper's staged training (each
 branch alone, then the head, optionally all together) is a workflow:
 :func:`jaxmat.workflows.photoanode.fit_staged`.
-:func:`cnn1d` is a generic 1-D CNN on a spectrum with optional side inputs.
+:func:`cnn1d` is a generic 1-D CNN on a spectrum with optional side inputs;
+:func:`composition_spectrum_net` predicts the spectrum from composition (the chain of the
+confounding check, :func:`jaxmat.workflows.interpret.total_gradients`).
 
 Batches are plain dicts: ``spectrum`` (B, n_points) normalised intensities,
 ``composition`` (B, n_elements) fractions, the target and ``mask`` (B,).
@@ -77,8 +82,8 @@ def _run(layers, h, last_linear: bool = True):
 
 @dataclasses.dataclass(frozen=True)
 class PhotoanodeConfig:
-    """Sizes of the published model; ``merge="outputs"`` feeds the two branch predictions
-    to the head (as published), ``"features"`` their last hidden layers."""
+    """Sizes of the published model; ``merge="features"`` (default) feeds the branches' last
+    hidden layers to the head, ``"outputs"`` the two branch predictions (as published)."""
 
     n_points: int = 1015
     n_elements: int = 7
@@ -88,7 +93,7 @@ class PhotoanodeConfig:
     spectrum_hidden: tuple[int, ...] = (32, 32)
     composition_hidden: tuple[int, ...] = (16, 16, 32, 32)
     head_hidden: tuple[int, ...] = (32, 32)
-    merge: str = "outputs"
+    merge: str = "features"
     target: str = "P"
     composition_mean: tuple[float, ...] | None = None
     composition_std: tuple[float, ...] | None = None
@@ -164,6 +169,64 @@ def photoanode_net(cfg: PhotoanodeConfig | None = None, **kwargs) -> Model:
     """The published composition + Raman model through the protocol (dropout in ``apply_train``)."""
     cfg = cfg or PhotoanodeConfig(**kwargs)
     return from_nnx(lambda rngs: PhotoanodeNet(cfg, rngs), name="PhotoanodeNet")
+
+
+# --------------------------------------------------------------------------- composition -> spectrum
+@dataclasses.dataclass(frozen=True)
+class CompositionSpectrumConfig:
+    """MLP (``hidden``, ELU) from fractions (n_elements) to a spectrum (n_points, the
+    normalised intensities the property model reads). The input is standardised with fixed
+    ``composition_mean``/``composition_std`` (see :meth:`PhotoanodeConfig.with_composition_stats`)
+    and the output is ``spectrum_mean`` plus the network (so an untrained net predicts the mean)."""
+
+    n_points: int = 1015
+    n_elements: int = 7
+    hidden: tuple[int, ...] = (64, 64)
+    output: str = "spectrum"
+    composition_mean: tuple[float, ...] | None = None
+    composition_std: tuple[float, ...] | None = None
+    spectrum_mean: tuple[float, ...] | None = None
+
+    def with_stats(self, composition, spectrum) -> "CompositionSpectrumConfig":
+        """Input standardisation and output offset from training data (n, n_el), (n, n_points)."""
+        x, s = np.asarray(composition, np.float64), np.asarray(spectrum, np.float64)
+        if x.ndim != 2 or x.shape[1] != self.n_elements or s.shape != (len(x), self.n_points):
+            raise ValueError(f"need composition (n, {self.n_elements}) and spectrum "
+                             f"(n, {self.n_points}), got {x.shape} and {s.shape}")
+        sd = x.std(0)
+        return dataclasses.replace(
+            self, composition_mean=tuple(float(v) for v in x.mean(0)),
+            composition_std=tuple(float(v) if v > 0 else 1.0 for v in sd),
+            spectrum_mean=tuple(float(v) for v in s.mean(0)))
+
+
+class CompositionSpectrumNet(nnx.Module):
+    """``net(batch) -> {output: (B, n_points)}`` from ``batch["composition"]``."""
+
+    def __init__(self, cfg: CompositionSpectrumConfig, rngs: nnx.Rngs):
+        for name, n in (("composition_mean", cfg.n_elements), ("composition_std", cfg.n_elements),
+                        ("spectrum_mean", cfg.n_points)):
+            v = getattr(cfg, name)
+            if v is not None and len(v) != n:
+                raise ValueError(f"{name} needs {n} values, got {len(v)}")
+        self.cfg = cfg
+        self.mlp = _mlp((*cfg.hidden, cfg.n_points), cfg.n_elements, rngs)
+
+    def __call__(self, batch: dict) -> dict[str, jax.Array]:
+        cfg = self.cfg
+        x = batch["composition"]
+        if cfg.composition_mean is not None:
+            x = (x - jnp.asarray(cfg.composition_mean)) / jnp.asarray(cfg.composition_std)
+        y = _run(self.mlp, x)
+        if cfg.spectrum_mean is not None:
+            y = y + jnp.asarray(cfg.spectrum_mean)
+        return {cfg.output: y}
+
+
+def composition_spectrum_net(cfg: CompositionSpectrumConfig | None = None, **kwargs) -> Model:
+    """Composition → spectrum MLP through the protocol."""
+    cfg = cfg or CompositionSpectrumConfig(**kwargs)
+    return from_nnx(lambda rngs: CompositionSpectrumNet(cfg, rngs), name="CompositionSpectrumNet")
 
 
 # --------------------------------------------------------------------------- generic 1-D CNN

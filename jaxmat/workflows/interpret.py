@@ -16,6 +16,8 @@ matplotlib lazily.
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -274,6 +276,190 @@ def explain(model: Model, params: Params, batch: dict, composition: str = "compo
     return out
 
 
+# --------------------------------------------------------------------------- confounding
+def total_gradients(model: Model, params: Params, spectrum_model: Model, spectrum_params: Params,
+                    batch: dict, composition: str = "composition", spectrum: str = "spectrum",
+                    output: str = "P", scale: float = 1.0,
+                    spectrum_output: str = "spectrum") -> jax.Array:
+    """Total composition gradient with the spectrum moving with composition (one member each):
+    ``d P/d x = ∂P/∂x + ∂P/∂s · ds/dx``, by ``jax.grad`` of
+    ``P(x, s_obs + ŝ(x) − ŝ(x_obs))`` at the observed ``x_obs``, where ŝ is
+    ``spectrum_model`` (composition → ``spectrum_output``, trained on the same library). The
+    model is evaluated at the measured spectrum; only its change comes from ŝ. Same shape and
+    units as :func:`input_gradients` on ``composition``."""
+    x0 = jnp.asarray(batch[composition])
+    s_obs = jnp.asarray(batch[spectrum])
+    f = scalar_fn(model, output, scale)
+
+    def shat(x):
+        out = spectrum_model.apply(spectrum_params, {**batch, composition: x})
+        if spectrum_output not in out:
+            raise ValueError(f"spectrum model outputs {sorted(out)}, not {spectrum_output!r}")
+        if out[spectrum_output].shape != s_obs.shape:
+            raise ValueError(f"spectrum model gives {out[spectrum_output].shape}, the batch's "
+                             f"{spectrum!r} is {s_obs.shape}")
+        return out[spectrum_output]
+
+    s0 = jax.lax.stop_gradient(shat(x0))
+
+    def total(x):
+        b = {**batch, composition: x, spectrum: s_obs + shat(x) - s0}
+        return _masked_sum(f, params, b)
+
+    return jax.grad(total)(x0)
+
+
+def confounding_check(model: Model, params: Params, spectrum_model: Model,
+                      spectrum_params: Params, batch: dict, elements: Sequence[str],
+                      output: str = "P", scale: float = 1.0, host: int | None = None,
+                      per: float = 0.01, spectrum_committee: bool = True,
+                      composition: str = "composition", spectrum: str = "spectrum") -> list[dict]:
+    """Conditional (spectrum held fixed) against total (spectrum moving, :func:`total_gradients`)
+    effect of each element, as the change of the output when ``per`` (1 at.%) of it is added at
+    the expense of the others (or of element ``host``), for a committee (stacked ``params``;
+    ``spectrum_params`` stacked with the same members, paired, unless ``spectrum_committee``
+    is False).
+
+    Per element: ``conditional`` and ``total`` (library means of the committee mean, output
+    units), their ``*_spread`` (library means of the per-sample committee standard
+    deviation), ``sign_differs`` (fraction of samples whose committee-mean signs differ) and
+    ``flagged`` with ``reason``: the two means have opposite signs and differ by more than
+    the larger spread (``"sign"``; opposite signs within the noise do not count), or differ by
+    more than the sum of their spreads (``"size"``). A flagged element's effect at fixed
+    spectrum is not what adding it does.
+    """
+    dc, dt = _effects(model, spectrum_model, composition, spectrum, output, float(scale), host,
+                      float(per), spectrum_committee, params, spectrum_params, batch)
+    m = sample_mask(batch)
+    keep = np.ones(dc.shape[1], bool) if m is None else np.asarray(m, bool)
+    return flag_confounding(np.asarray(dc)[:, keep], np.asarray(dt)[:, keep], elements)
+
+
+@functools.partial(jax.jit, static_argnums=tuple(range(9)))
+def _effects(model, spectrum_model, composition, spectrum, output, scale, host, per,
+             spectrum_committee, params, spectrum_params, batch):
+    """Per-member conditional and total simplex derivatives (compiled once per setting)."""
+    x = get_leaf(batch, composition)
+    cond = committee(lambda p: input_gradients(model, p, batch, composition, output, scale),
+                     params)
+    tot = jax.vmap(lambda p, q: total_gradients(model, p, spectrum_model, q, batch, composition,
+                                                spectrum, output, scale),
+                   in_axes=(0, 0 if spectrum_committee else None))(params, spectrum_params)
+    return simplex_derivatives(cond, x, host, per), simplex_derivatives(tot, x, host, per)
+
+
+def flag_confounding(conditional: Any, total: Any, elements: Sequence[str]) -> list[dict]:
+    """The report of :func:`confounding_check` from per-member effects ``conditional`` and
+    ``total``, each (members, samples, n_el) in output units."""
+    dc, dt = np.asarray(conditional, np.float64), np.asarray(total, np.float64)
+    if dc.shape != dt.shape or dc.ndim != 3 or dc.shape[2] != len(elements):
+        raise ValueError(f"need two (members, samples, {len(elements)}) arrays, got {dc.shape} "
+                         f"and {dt.shape}")
+    rows = []
+    for k, e in enumerate(elements):
+        c, t = dc[:, :, k], dt[:, :, k]
+        r = {"element": e, "conditional": float(c.mean()), "total": float(t.mean()),
+             "conditional_spread": float(c.std(0).mean()), "total_spread": float(t.std(0).mean()),
+             "sign_differs": float(np.mean(np.sign(c.mean(0)) != np.sign(t.mean(0))))}
+        gap = abs(r["total"] - r["conditional"])
+        if r["total"] * r["conditional"] < 0 and gap > max(r["conditional_spread"],
+                                                             r["total_spread"]):
+            r["flagged"], r["reason"] = True, "sign"
+        elif gap > r["conditional_spread"] + r["total_spread"]:
+            r["flagged"], r["reason"] = True, "size"
+        else:
+            r["flagged"], r["reason"] = False, ""
+        rows.append(r)
+    return rows
+
+
+def confounding_table(rows: Sequence[dict], unit: str = "mW/cm² per at.%") -> str:
+    """Plain-text table of :func:`confounding_check` rows."""
+    lines = [f"{'':3} {'at fixed spectrum':>19} {'spectrum moving':>19}  ({unit})"]
+    for r in rows:
+        flag = f"FLAG ({'sign' if r['reason'] == 'sign' else 'size'})" if r["flagged"] else ""
+        lines.append(f"{r['element']:3} {r['conditional']:+9.3f} ± {r['conditional_spread']:.3f}   "
+                     f"{r['total']:+9.3f} ± {r['total_spread']:.3f}   {flag}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- spectral bands
+def find_bands(spectrum: Any, raman_shift: Any, prominence: float = 0.05,
+               max_bands: int = 8) -> list[dict]:
+    """Bands of a (mean) spectrum: ``centre`` and ``fwhm`` (cm⁻¹) of the ``max_bands`` most
+    prominent peaks (scipy.signal.find_peaks / peak_widths; ``prominence`` in intensity units),
+    sorted by centre."""
+    from scipy.signal import find_peaks, peak_widths
+
+    y = np.asarray(spectrum, np.float64)
+    nu = np.asarray(raman_shift, np.float64)
+    if y.ndim != 1 or y.shape != nu.shape:
+        raise ValueError(f"need one spectrum on its axis, got {y.shape} and {nu.shape}")
+    peaks, props = find_peaks(y, prominence=prominence)
+    if len(peaks) == 0:
+        raise ValueError(f"no band with prominence >= {prominence} in the spectrum")
+    order = np.argsort(props["prominences"])[::-1][:max_bands]
+    peaks = np.sort(peaks[order])
+    widths = peak_widths(y, peaks, rel_height=0.5)[0] * np.median(np.diff(nu))
+    return [{"centre": float(nu[p]), "fwhm": float(w)} for p, w in zip(peaks, widths)]
+
+
+def band_attribution(saliency: Any, spectrum: Any, raman_shift: Any,
+                     bands: Sequence[dict] | None = None, window: float = 1.5) -> list[dict]:
+    """Spectral attribution per band, split into shift and width.
+
+    ``saliency`` ∂P/∂I is (members, n, L) or (n, L) on the ``spectrum`` (n, L) it was taken at;
+    ``bands`` (``centre``, ``fwhm`` in cm⁻¹) default to :func:`find_bands` of the mean spectrum.
+    For each band and sample, the band's local profile I(ν) within ``window`` FWHM of its
+    centre (the sample's maximum near the band centre) is moved by the shift operator
+    −dI/dν and stretched about the centre at fixed height, −(ν − c)/w · dI/dν; projecting the
+    saliency on these gives ``d_shift`` (output change per +1 cm⁻¹ of band position) and
+    ``d_width`` (per +1 cm⁻¹ of FWHM). ``centre_share``: the share of the band's |saliency|
+    within half a FWHM of the centre (the rest lies on the wings). Means over samples of the
+    committee mean, with ``*_std`` the committee spread of the sample mean.
+    """
+    S = np.asarray(saliency, np.float64)
+    S = S[None] if S.ndim == 2 else S
+    I = np.asarray(spectrum, np.float64)
+    nu = np.asarray(raman_shift, np.float64)
+    if S.shape[1:] != I.shape or I.shape[1] != nu.shape[0]:
+        raise ValueError(f"saliency {S.shape}, spectrum {I.shape} and axis {nu.shape} disagree")
+    bands = find_bands(I.mean(0), nu) if bands is None else bands
+    dI = np.gradient(I, nu, axis=1)
+    out = []
+    for b in bands:
+        c0, w = float(b["centre"]), float(b["fwhm"])
+        near = np.abs(nu - c0) <= 0.5 * w
+        if not near.any():
+            raise ValueError(f"band at {c0} cm⁻¹ has no points within half its FWHM ({w} cm⁻¹)")
+        idx = np.flatnonzero(near)
+        c = nu[idx[np.argmax(I[:, idx], axis=1)]][:, None]  # (n, 1) per-sample centre
+        d = nu[None] - c
+        win = np.abs(d) <= window * w
+        shift_op = np.where(win, -dI, 0.0)
+        width_op = np.where(win, -d / w * dI, 0.0)
+        d_shift = np.einsum("mnl,nl->mn", S, shift_op).mean(1)
+        d_width = np.einsum("mnl,nl->mn", S, width_op).mean(1)
+        a = np.abs(S.mean(0))
+        core = np.sum(np.where(np.abs(d) <= 0.5 * w, a, 0.0))
+        out.append({"centre": c0, "fwhm": w, "d_shift": float(d_shift.mean()),
+                    "d_shift_std": float(d_shift.std()), "d_width": float(d_width.mean()),
+                    "d_width_std": float(d_width.std()),
+                    "centre_share": float(core / max(np.sum(np.where(win, a, 0.0)), 1e-30))})
+    return out
+
+
+def band_table(rows: Sequence[dict], unit: str = "mW/cm²") -> str:
+    """Plain-text table of :func:`band_attribution` rows."""
+    lines = [f"{'band (cm⁻¹)':>12} {'FWHM':>6} {'dP/dshift':>18} {'dP/dwidth':>18} {'centre':>7}"
+             f"   ({unit} per cm⁻¹)"]
+    for r in rows:
+        lines.append(f"{r['centre']:12.0f} {r['fwhm']:6.1f} {r['d_shift']:+10.4f} ± "
+                     f"{r['d_shift_std']:.4f} {r['d_width']:+10.4f} ± {r['d_width_std']:.4f} "
+                     f"{r['centre_share']:6.0%}")
+    return "\n".join(lines)
+
+
 # --------------------------------------------------------------------------- suggestions
 def in_convex_hull(points: Any, hull_points: Any, tol: float = 1e-9) -> np.ndarray:
     """Whether each row of ``points`` is a convex combination of rows of ``hull_points``
@@ -293,10 +479,41 @@ def in_convex_hull(points: Any, hull_points: Any, tol: float = 1e-9) -> np.ndarr
     return np.array(out)
 
 
+@dataclasses.dataclass
+class Directions:
+    """Ranked alloying steps: ``ranked`` (inside the training hull, or all of them when the
+    hull was not applied) and ``outside`` (steps that leave it), each sorted by ``slope``.
+    Indexing and iteration go through ``ranked``; :meth:`table` prints both."""
+
+    ranked: list[dict]
+    outside: list[dict]
+
+    def __getitem__(self, k):
+        return self.ranked[k]
+
+    def __iter__(self):
+        return iter(self.ranked)
+
+    def __len__(self) -> int:
+        return len(self.ranked)
+
+    def table(self, top: int = 8, unit: str = "mW/cm²") -> str:
+        """Plain-text table of the best ``top`` steps, then the best out-of-hull ones."""
+        head = f"{'add':>4} {'for':>7} {'ΔP (' + unit + ')':>16} {'agree':>6}"
+        row = lambda c: (f"{c['add']:>4} {c['remove']:>7} {c['slope']:+9.3f} ± {c['std']:.3f} "  # noqa: E731
+                         f"{c['agreement']:6.2f}")
+        lines = [head, *map(row, self.ranked[:top])]
+        if self.outside:
+            lines += [f"outside the training hull ({len(self.outside)} steps, best first):",
+                      *map(row, self.outside[:min(top, 3)])]
+        return "\n".join(lines)
+
+
 def suggest_directions(model: Model, params: Params, batch: dict, elements: Sequence[str],
                        wrt: str = "composition", output: str = "P", scale: float = 1.0,
                        hull: Any = None, step: float = 0.01, hosts: Sequence[str] | None = None,
-                       top: int | None = None, stacked: bool = True) -> list[dict]:
+                       top: int | None = None, stacked: bool = True,
+                       within_hull: bool = True) -> Directions:
     """Rank alloying directions from the one composition in ``batch`` (batch size 1; other
     inputs such as the spectrum stay fixed) by the predicted change of the output for a step
     of ``step`` (default 1 at.%): add X at the expense of host h, for every ordered pair with
@@ -304,11 +521,16 @@ def suggest_directions(model: Model, params: Params, batch: dict, elements: Sequ
 
     ``params`` is a committee (leading member axis) unless ``stacked=False``. Each entry:
     ``add``, ``remove``, ``slope`` (committee-mean gradient estimate of the change for the
-    step, output units), ``std``,
-    ``agreement`` (fraction of members predicting an increase), ``composition`` after the
-    step and ``outside_hull`` (True when it leaves the convex hull of ``hull``, the training
-    compositions; None without ``hull``). Sorted by ``slope``, largest first.
+    step, output units), ``std``, ``agreement`` (fraction of members predicting an
+    increase), ``composition`` after the step and ``outside_hull`` (True when it leaves the
+    convex hull of ``hull``, the training compositions; None without ``hull``).
+    With ``within_hull`` (default) ``hull`` is required and out-of-hull steps go to
+    :attr:`Directions.outside`, not into the ranking; ``within_hull=False`` ranks every step.
+    ``top`` cuts both lists.
     """
+    if within_hull and hull is None:
+        raise ValueError("within_hull=True needs hull= (the training compositions, (n, n_el)); "
+                         "pass within_hull=False to rank steps without a hull check")
     x = np.asarray(get_leaf(batch, wrt), np.float64)
     if x.ndim != 2 or x.shape[0] != 1:
         raise ValueError(f"suggest_directions needs a batch of one composition, got {x.shape}")
@@ -346,7 +568,9 @@ def suggest_directions(model: Model, params: Params, batch: dict, elements: Sequ
         for c in cands:
             c["outside_hull"] = None
     cands.sort(key=lambda c: -c["slope"])
-    return cands[:top] if top else cands
+    ranked = [c for c in cands if not (within_hull and c["outside_hull"])]
+    outside = [c for c in cands if within_hull and c["outside_hull"]]
+    return Directions(ranked[:top] if top else ranked, outside[:top] if top else outside)
 
 
 # --------------------------------------------------------------------------- plots

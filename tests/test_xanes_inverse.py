@@ -25,6 +25,16 @@ def synthetic(n_per_class=30, seed=0):
     return np.array(x), np.array(y)
 
 
+def test_knn_classifier_recovers_known_classes():
+    x, y = synthetic(seed=0)
+    clf = inverse.GroupClassifier(kind="knn", k=3).fit(G, x, y)
+    xt, yt = synthetic(n_per_class=10, seed=2)
+    xt, _ = inverse.noisy(G, xt, shift_sd=0.2, noise=0.02, seed=4)
+    assert inverse.class_report(yt, clf.predict(xt))["accuracy"] == 1.0
+    with pytest.raises(ValueError, match="kind"):
+        inverse.GroupClassifier(kind="forest")
+
+
 def test_classifier_recovers_known_classes_under_shift_and_noise():
     x, y = synthetic(seed=0)
     clf = inverse.GroupClassifier().fit(G, x, y)

@@ -47,11 +47,16 @@ def save_model(path: str | os.PathLike, model: Model, params: Params, data: Any,
 def load_model(path: str | os.PathLike) -> _bundle.Bundle:
     """Load a bundle written by :func:`save_model`; raises if it holds no XANES model."""
     b = _bundle.load(path)
+    _xanes_meta(b)
+    return b
+
+
+def _xanes_meta(b: _bundle.Bundle) -> dict:
     x = b.metadata.get("xanes")
     if not isinstance(x, dict) or not {"element", "grid_ev", "scale_per_ev"} <= set(x):
         raise ValueError(f"{b.path}: not a XANES bundle (metadata has no 'xanes' entry with "
                          "element, grid_ev and scale_per_ev); save it with save_model")
-    return b
+    return x
 
 
 # --------------------------------------------------------------------------- structures
@@ -97,7 +102,7 @@ def spectrum(smiles_or_atoms: Any, element: str = "O", settings: Any = None,
     from jaxmat.workflows.xanes.broaden import Broadening, broaden, grid
     from jaxmat.workflows.xanes.generate import Settings, calibrate, compute_molecule, site_sticks
 
-    z = _check_element(element)
+    _check_element(element)
     settings = settings or Settings()
     if calibration is None:
         path = data_path("xanes", "store", "calibration.json")
@@ -122,7 +127,6 @@ def spectrum(smiles_or_atoms: Any, element: str = "O", settings: Any = None,
         edge = float(res["site_edge"][rep[int(res["classes"][a])]]) + cal["edge_shift"]
         rows.append(broaden(e + cal["shift"], f, g, edge, Broadening()))
     rows = np.array(rows)
-    assert numbers[sites[0]] == z
     return {"grid": g, "spectrum": rows.mean(0), "site_spectra": rows, "site_atoms": sites,
             "numbers": numbers, "positions": res["positions"], "settings": settings.to_dict(),
             "calibration": cal, "broadening": dataclasses.asdict(Broadening()),
@@ -147,7 +151,7 @@ def predict(model: Any, smiles_or_atoms: Any | Sequence[Any], element: str | Non
     from jaxmat.workflows.xanes.combine import combine
 
     b = model if isinstance(model, _bundle.Bundle) else load_model(model)
-    x = b.metadata["xanes"] if isinstance(model, _bundle.Bundle) else b.metadata["xanes"]
+    x = _xanes_meta(b)
     if element is not None and element != x["element"]:
         raise ValueError(f"the model predicts the {x['element']} K-edge, not {element}")
     element = x["element"]

@@ -121,16 +121,20 @@ def _unit_max(spectra: np.ndarray) -> np.ndarray:
 class GroupClassifier:
     """Site spectrum -> functional group (see module docstring).  ``augment`` shifted and
     noisy copies per training spectrum (shifts normal with ``shift_sd`` eV, noise
-    ``noise`` x max); ``C``: inverse L2 strength of the logistic regression."""
+    ``noise`` x max); ``kind``: ``"logistic"`` (multinomial logistic regression, ``C`` its
+    inverse L2 strength) or ``"knn"`` (``k`` nearest training spectra, distance-weighted)."""
 
     def __init__(self, augment: int = 2, shift_sd: float = 0.2, noise: float = 0.02,
-                 C: float = 10.0, seed: int = 0):
+                 C: float = 10.0, seed: int = 0, kind: str = "logistic", k: int = 5):
+        if kind not in ("logistic", "knn"):
+            raise ValueError(f"kind must be 'logistic' or 'knn', got {kind!r}")
         self.augment, self.shift_sd, self.noise, self.C = augment, shift_sd, noise, C
-        self.seed = seed
+        self.seed, self.kind, self.k = seed, kind, k
         self.model: Any = None
 
     def fit(self, grid: np.ndarray, spectra: np.ndarray, labels: Sequence[str]) -> GroupClassifier:
         from sklearn.linear_model import LogisticRegression
+        from sklearn.neighbors import KNeighborsClassifier
 
         x = _unit_max(spectra)
         y = np.asarray(labels)
@@ -141,7 +145,8 @@ class GroupClassifier:
             xs.append(noisy(grid, x, self.shift_sd, self.noise, seed=self.seed + k + 1)[0])
             ys.append(y)
         self.grid = np.asarray(grid)
-        self.model = LogisticRegression(C=self.C, max_iter=3000)
+        self.model = (LogisticRegression(C=self.C, max_iter=3000) if self.kind == "logistic"
+                      else KNeighborsClassifier(self.k, weights="distance"))
         self.model.fit(np.concatenate(xs), np.concatenate(ys))
         return self
 

@@ -7,6 +7,7 @@ a leading member axis) drives the dynamics by its mean and reports its spread.
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import jax
@@ -54,6 +55,19 @@ def replica_batch(species: np.ndarray, pbc: np.ndarray, positions: jax.Array,
 
 def force_fn(model: Model, species: np.ndarray, pbc: np.ndarray,
              committee: bool) -> Callable:
+    """Cached :func:`make_force_fn` (one function, hence one compiled chunk, per model,
+    atoms and boundary conditions)."""
+    return _cached(model, tuple(int(z) for z in species), tuple(bool(p) for p in pbc),
+                   bool(committee))
+
+
+@functools.lru_cache(maxsize=16)
+def _cached(model: Model, species: tuple, pbc: tuple, committee: bool) -> Callable:
+    return make_force_fn(model, np.array(species), np.array(pbc), committee)
+
+
+def make_force_fn(model: Model, species: np.ndarray, pbc: np.ndarray,
+                  committee: bool) -> Callable:
     """``fn(params, positions (R, N, 3), cell (R, 3, 3), nbrs) -> dict`` with ``energy`` (R,)
     eV, ``forces`` (R, N, 3) eV/Å, ``stress`` (R, 3, 3) eV/Å³ (zeros when the model gives
     none) and the committee spread ``energy_std`` (R,) eV and ``forces_std_max`` (R,) eV/Å

@@ -242,7 +242,9 @@ _CHUNKS: dict = {}
 
 def _chunk_fn(settings, forces, spec, masses, criteria, bond_set, n, log_every, frames):
     """The compiled ``n``-step chunk (cached per settings, sizes and model function)."""
-    key = (settings, id(forces), spec, criteria, n, log_every, frames)
+    arrays = (masses,) + (() if bond_set is None else tuple(bond_set))
+    key = (settings, id(forces), spec, criteria, n, log_every, frames,
+           tuple(np.asarray(a).tobytes() for a in arrays))
     if key in _CHUNKS:
         return _CHUNKS[key]
     step = make_step(settings, forces, spec, masses, criteria, bond_set)

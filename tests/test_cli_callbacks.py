@@ -6,7 +6,6 @@ import types
 
 import pytest
 
-from jaxmat.core import callbacks
 from jaxmat.core.callbacks import CSVLog, TensorBoard, unit_name
 
 
@@ -84,3 +83,41 @@ def test_config_errors_name_the_key_and_file(tmp_path):
     from jaxmat.core.ensemble import CommitteeConfig
 
     assert cfg.fit.lr == CommitteeConfig().lr and cfg.model.schnet.n_features == 16
+
+
+def test_yaml_config_reads_like_toml(tmp_path):
+    from jaxmat.cli import config
+
+    y = tmp_path / "c.yaml"
+    y.write_text("data:\n  path: d.xyz\n  energy_key: REF_energy\nfit:\n  epochs: 3\n"
+                 "model:\n  schnet:\n    cutoff: 4.0\n")
+    t = tmp_path / "c.toml"
+    t.write_text('[data]\npath = "d.xyz"\nenergy_key = "REF_energy"\n[fit]\nepochs = 3\n'
+                 "[model.schnet]\ncutoff = 4.0\n")
+    assert config.load(str(y)) == config.load(str(t))
+    y.write_text("data:\n  dataset: ammonia\n  energy_key: E\n")
+    with pytest.raises(ValueError, match="not to the shipped dataset"):
+        config.load(str(y))
+
+
+def test_checkpoint_throttle_saves_at_most_once_per_interval_and_at_the_end(monkeypatch):
+    from jaxmat.core import callbacks
+
+    saves = []
+
+    class Fake:
+        def __init__(self, directory, keep):
+            pass
+
+        def save(self, step, state, meta):
+            saves.append(step)
+
+    monkeypatch.setattr(callbacks, "Checkpointer", Fake)
+    for every_s, want in ((None, [2, 4, 6, 7]), (3600.0, [7])):
+        saves.clear()
+        cb = callbacks.Checkpoint("unused", every=2, every_s=every_s)
+        run = types.SimpleNamespace(single=False, state={}, meta=dict, epoch=0, done=False)
+        for e in range(1, 8):
+            run.epoch, run.done = e, e == 7
+            cb.on_epoch_end(run, {})
+        assert saves == want

@@ -67,6 +67,10 @@ class DataConfig:
                              f"(shipped: {list(SHIPPED)})")
         if self.dataset is not None and self.dataset not in SHIPPED:
             raise ValueError(f"dataset must be one of {list(SHIPPED)}, got {self.dataset!r}")
+        file_only = [f for f in ("energy_key", "forces_key", "stress_key") if getattr(self, f)]
+        if self.dataset is not None and (file_only or self.index != ":"):
+            raise ValueError(f"{file_only or ['index']} apply to a 'path', not to the shipped "
+                             f"dataset {self.dataset!r}")
         if any(f < 0 for f in self.split) or abs(sum(self.split) - 1.0) > 1e-6:
             raise ValueError(f"split fractions must be >= 0 and sum to 1, got {list(self.split)}")
         if self.split_file is None and not self.split[1] > 0:

@@ -39,6 +39,10 @@ def parser() -> argparse.ArgumentParser:
                         "follows fit.epochs); rerun to continue")
     t.add_argument("--log-every", type=float, default=30.0, metavar="SECONDS",
                    help="without a terminal: one progress line per this many seconds")
+    t.add_argument("--checkpoint-every", type=float, default=60.0, metavar="SECONDS",
+                   help="at most one checkpoint per this many seconds (at fit.checkpoint_every "
+                        "epoch multiples; always at the end); 0: every fit.checkpoint_every "
+                        "epochs")
     t.add_argument("--no-tensorboard", action="store_true", help="write no TensorBoard files")
 
     e = sub.add_parser("eval", formatter_class=fmt, help="errors of a model on labelled data",
@@ -94,7 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         COMMANDS[args.command](args)
     except KeyboardInterrupt:
-        print(f"jaxmat {args.command}: interrupted", file=sys.stderr)
+        hint = "; rerun the same command to resume from the last checkpoint" \
+            if args.command == "train" else ""
+        print(f"jaxmat {args.command}: interrupted{hint}", file=sys.stderr)
         return 130
     except USER_ERRORS as e:
         if args.traceback:
@@ -112,7 +118,7 @@ def _train(args: argparse.Namespace) -> None:
     cfg = config.load(args.config, args.set)
     train.run(cfg, overwrite=args.overwrite, max_epochs=args.max_epochs,
               log_every_s=args.log_every, tensorboard=not args.no_tensorboard,
-              where=args.config)
+              checkpoint_every_s=args.checkpoint_every or None, where=args.config)
 
 
 def _eval(args: argparse.Namespace) -> None:

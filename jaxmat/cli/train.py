@@ -7,7 +7,8 @@ committee), and :func:`run`, which adds the run directory::
 
     <output>/config.toml        the resolved config (every default written out)
     <output>/split.json         structure indices of the train/val/test split
-    <output>/checkpoints/       orbax checkpoints: rerunning resumes from them
+    <output>/checkpoints/       orbax checkpoints: rerunning resumes from them (at most one
+                                per minute by default, and at the last epoch)
     <output>/metrics.csv        one row per epoch, metric names with units
     <output>/tensorboard/       TensorBoard event files (with tensorboardX installed)
     <output>/model/             the bundle (jaxmat.load, jaxmat eval/md/info)
@@ -150,12 +151,12 @@ def init_params(cfg: TrainConfig, p: Prepared) -> Params:
     return ensemble.init(p.model, key, example, n_members=cfg.committee)
 
 
-def fit(cfg: TrainConfig, p: Prepared, params: Params, checkpoint_dir: str | None = None,
-        cbs: tuple = (), max_epochs: int | None = None, progress: bool | None = None):
+def fit(cfg: TrainConfig, p: Prepared, params: Params, cbs: tuple = (),
+        max_epochs: int | None = None):
     """``train.fit`` (one model) or ``ensemble.fit`` (committee) with ``cfg.fit`` and the
-    run's seed; returns the library's fit result (best params in ``.params``)."""
-    fcfg = dataclasses.replace(cfg.fit, seed=cfg.seed, checkpoint_dir=checkpoint_dir,
-                               progress=cfg.fit.progress if progress is None else progress)
+    run's seed; ``cbs`` (callbacks) come first. Returns the library's fit result (best
+    params in ``.params``)."""
+    fcfg = dataclasses.replace(cfg.fit, seed=cfg.seed)
     if cfg.committee == 1:
         return train.fit(p.model, params, p.loader, p.val_loader, p.loss, fcfg,
                          max_epochs=max_epochs, callbacks=cbs)
@@ -199,12 +200,15 @@ def claim(cfg: TrainConfig, overwrite: bool) -> bool:
 
 def run(cfg: TrainConfig, overwrite: bool = False, max_epochs: int | None = None,
         log_every_s: float = 30.0, tensorboard: bool = True,
-        stream: TextIO | None = None, where: str = "config") -> dict[str, Any]:
+        checkpoint_every_s: float | None = 60.0, stream: TextIO | None = None,
+        where: str = "config") -> dict[str, Any]:
     """Train as ``cfg`` says and write the run directory (see the module docstring).
     ``max_epochs`` caps the epochs of this call (the schedule follows ``fit.epochs``; rerun
-    to continue). Returns the summary written to ``metrics.json``, or, when the run
-    stopped at ``max_epochs`` before ``fit.epochs``, ``{"finished": False, ...}``. Errors in
-    the data are prefixed with ``where`` (the config file)."""
+    to continue). Checkpoints: every ``fit.checkpoint_every`` epochs but at most one per
+    ``checkpoint_every_s`` seconds, and at the end. Returns the summary written to
+    ``metrics.json``, or, when the run stopped at ``max_epochs`` before ``fit.epochs``,
+    ``{"finished": False, ...}``. Errors in the data are prefixed with ``where`` (the
+    config file)."""
     stream = stream or sys.stderr
     t0 = time.perf_counter()
     try:
@@ -218,23 +222,34 @@ def run(cfg: TrainConfig, overwrite: bool = False, max_epochs: int | None = None
         tensorboard = False
     resumed = claim(cfg, overwrite)
     out = cfg.output
+    split_file = os.path.join(out, "split.json")
+    if resumed and os.path.isfile(split_file):
+        with open(split_file) as f:
+            if json.load(f) != idx:
+                raise ValueError(f"output {out} was trained on another split of the data "
+                                 "(split.json differs: has the data file changed?); pass "
+                                 "--overwrite or choose another output")
     os.makedirs(out, exist_ok=True)
-    if not resumed:
-        _write(os.path.join(out, "config.toml"), cli_config.to_toml(cfg))
-        _write(os.path.join(out, "split.json"), json.dumps(idx) + "\n")
+    _write(os.path.join(out, "config.toml"), cli_config.to_toml(cfg))
+    _write(split_file, json.dumps(idx) + "\n")
     n = {k: len(v) for k, v in p.records.items()}
     print(f"jaxmat train: {n['train']} train / {n['val']} validation / {n['test']} test "
           f"structures; {cfg.model.name}{'' if cfg.committee == 1 else f' x{cfg.committee}'}; "
           f"{'resuming' if resumed else 'writing'} {out}", file=stream, flush=True)
     keys = tuple(f"val_{s}" if cfg.committee == 1 else f"val_committee_{s}"
                  for s in (f"{t}_mae" for t in cfg.loss.targets))
-    cbs: list = [callbacks.CSVLog(os.path.join(out, "metrics.csv"), units=True)]
+    # the engine's own callbacks, built here with the CLI's options (checkpoint throttle,
+    # unit names); the config handed to the engine then asks for none of them itself
+    full = dataclasses.replace(cfg.fit, checkpoint_dir=os.path.join(out, "checkpoints"),
+                               log_path=os.path.join(out, "metrics.csv"), progress=False)
+    cbs = callbacks.default_callbacks(full, checkpoint_every_s=checkpoint_every_s, units=True)
     if cfg.fit.progress:
         cbs.append(callbacks.Progress(every_s=log_every_s, stream=stream, keys=keys))
     if tensorboard:
         cbs.append(callbacks.TensorBoard(os.path.join(out, "tensorboard")))
-    res = fit(cfg, p, init_params(cfg, p), os.path.join(out, "checkpoints"), tuple(cbs),
-              max_epochs, progress=False)
+    engine_cfg = dataclasses.replace(cfg, fit=dataclasses.replace(
+        full, patience=None, checkpoint_dir=None, log_path=None))
+    res = fit(engine_cfg, p, init_params(cfg, p), tuple(cbs), max_epochs)
     epochs = len(res.history)
     if epochs < cfg.fit.epochs and not res.timed_out and not _stopped(res) \
             and max_epochs is not None:

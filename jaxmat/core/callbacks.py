@@ -78,10 +78,15 @@ class EarlyStopping(Callback):
 
 class Checkpoint(Callback):
     """Orbax checkpoints in ``directory`` every ``every`` epochs and at the last one;
-    ``on_start`` resumes from the latest (exactly: arrays, counters, history)."""
+    ``on_start`` resumes from the latest (exactly: arrays, counters, history). With
+    ``every_s``, an ``every``-th epoch is saved only when ``every_s`` seconds have passed
+    since the last save (a save costs 0.1-1 s: short epochs would otherwise spend more time
+    saving than training)."""
 
-    def __init__(self, directory: str, every: int = 10, keep: int = 2):
-        self.ckpt, self.every = Checkpointer(directory, keep), every
+    def __init__(self, directory: str, every: int = 10, keep: int = 2,
+                 every_s: float | None = None):
+        self.ckpt, self.every, self.every_s = Checkpointer(directory, keep), every, every_s
+        self.last = time.monotonic()
 
     def on_start(self, run: Run) -> None:
         from jaxmat.core.engine import first, stack_one
@@ -94,8 +99,11 @@ class Checkpoint(Callback):
     def on_epoch_end(self, run: Run, row: dict) -> None:
         from jaxmat.core.engine import first
 
-        if run.epoch % self.every == 0 or run.done:
+        due = run.epoch % self.every == 0 and (
+            self.every_s is None or time.monotonic() - self.last >= self.every_s)
+        if due or run.done:
             self.ckpt.save(run.epoch, first(run.state) if run.single else run.state, run.meta())
+            self.last = time.monotonic()
 
     def on_end(self, run: Run) -> None:
         self.ckpt.close()
@@ -223,13 +231,16 @@ class TensorBoard(Callback):
         self.writer.close()
 
 
-def default_callbacks(cfg: FitConfig) -> list[Callback]:
+def default_callbacks(cfg: FitConfig, *, checkpoint_every_s: float | None = None,
+                      units: bool = False) -> list[Callback]:
     """Early stopping, checkpoints, CSV log and progress bar as ``cfg`` asks (in this order:
-    a checkpoint sees whether early stopping ended the run)."""
+    a checkpoint sees whether early stopping ended the run); ``checkpoint_every_s`` and
+    ``units`` as for :class:`Checkpoint` and :class:`CSVLog`."""
     cbs: list[Callback] = [EarlyStopping(cfg.patience)] if cfg.patience is not None else []
     if cfg.checkpoint_dir:
-        cbs.append(Checkpoint(cfg.checkpoint_dir, cfg.checkpoint_every, cfg.keep))
+        cbs.append(Checkpoint(cfg.checkpoint_dir, cfg.checkpoint_every, cfg.keep,
+                              checkpoint_every_s))
     log = cfg.log_path or (os.path.join(os.path.abspath(cfg.checkpoint_dir), "metrics.csv")
                            if cfg.checkpoint_dir else None)
-    cbs += [CSVLog(log)] if log else []
+    cbs += [CSVLog(log, units)] if log else []
     return cbs + ([Progress()] if cfg.progress else [])

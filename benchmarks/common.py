@@ -8,7 +8,9 @@ import statistics
 import time
 from collections.abc import Callable
 
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+# JAXMAT_RESULTS redirects every result file (benchmarks/gpu.sh writes to results/gpu/)
+RESULTS = os.environ.get("JAXMAT_RESULTS") or os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "results")
 
 
 def cpu_model() -> str:

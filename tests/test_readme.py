@@ -16,7 +16,8 @@ def test_quickstart_and_md_example_run(tmp_path, monkeypatch):
     blocks = _blocks()
     assert len(blocks) >= 2, "README lost its Quickstart or MD example"
     code = "\n".join(blocks[:2])
-    for long, short in [("epochs=400", "epochs=2"), ("dyn.run(200)", "dyn.run(3)")]:
+    for long, short in [("epochs=400", "epochs=2"), ("dyn.run(200)", "dyn.run(3)"),
+                        ("atoms, 2000,", "atoms, 20,"), ("replicas=64", "replicas=4")]:
         assert long in code, f"README example no longer has {long!r}"
         code = code.replace(long, short)
     monkeypatch.chdir(tmp_path)
@@ -33,3 +34,5 @@ def test_quickstart_and_md_example_run(tmp_path, monkeypatch):
     atoms.calc = calc
     np.testing.assert_allclose(atoms.get_potential_energy(), direct, rtol=1e-6)
     assert np.isfinite(scope["atoms"].get_potential_energy())
+    run = scope["run"]
+    assert len(run.atoms) == 4 and run.steps == 20 and np.all(np.isfinite(run.log["energy"]))

@@ -264,3 +264,25 @@ def test_reference_batch_from_a_table():
         pw.reference_batch(table, "xyz")
     with pytest.raises(ValueError, match="out of range"):
         pw.reference_batch(table, 10)
+
+
+def test_width_operator_matches_the_simulators_broadening():
+    """The broadening the attribution projects on equals the simulator's exact change of the
+    normalised spectrum with the 826 cm⁻¹ FWHM (finite difference in the latent disorder)."""
+    from jaxmat.data import photoanode as pa
+    from jaxmat.data import photoanode_sim as sim
+
+    nu = sim.RAMAN_SHIFT
+    x = sim.REFERENCE_COMPOSITION[None]
+
+    def spec(u):
+        s, f = sim.spectra_at(x, u=u)
+        return pa.normalize_spectra(s, nu)[0], float(f[0])
+
+    (sp, fp), (sm, fm), (s0, _) = spec(0.01), spec(-0.01), spec(0.0)
+    exact = (sp - sm) / (5 * (fp - fm))  # d(normalised I)/d(FWHM), per cm⁻¹
+    band = min(interpret.find_bands(s0, nu), key=lambda b: abs(b["centre"] - 826))
+    # a saliency equal to the exact change reads dP/dwidth = |exact|² per cm⁻¹ of FWHM
+    row = interpret.band_attribution(exact[None], s0[None], nu, [band])[0]
+    assert row["d_width"] == pytest.approx(np.dot(exact, exact), rel=0.05)
+    assert abs(row["d_shift"]) < 0.1 * row["d_width"]

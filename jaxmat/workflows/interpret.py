@@ -11,8 +11,11 @@ gives all per-sample gradients. Gradients carry the output's units per input uni
 Composition gradients are also given as directional derivatives on the simplex: add
 element X at the expense of all others (in proportion to their fractions) or of a named
 host. Committee tools take stacked params (:mod:`jaxmat.core.ensemble`) and ``vmap`` over
-members. :func:`suggest_directions` ranks alloying directions; plotting helpers import
-matplotlib lazily.
+members. :func:`suggest_directions` ranks alloying directions (inside the training hull by
+default). :func:`total_gradients` lets the spectrum move with composition through a learned
+composition → spectrum model; :func:`confounding_check` flags elements whose effect at fixed
+spectrum and total effect disagree. :func:`band_attribution` reads a spectrum saliency per
+band as shift vs width. Plotting helpers import matplotlib lazily.
 """
 from __future__ import annotations
 

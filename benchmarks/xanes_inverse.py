@@ -45,6 +45,11 @@ def sites(data):
 
 
 
+def combined(members: np.ndarray, g: np.ndarray, how: str) -> np.ndarray:
+    """Member predictions (M, S, P) -> (S, P): a combiner, or ``"one"`` (member 0)."""
+    return members[0] if how == "one" else combine_many(members, g, how)
+
+
 def run_element(el, args, run):
     tr, va, te = (load_xanes(el, s) for s in ("train", "val", "test"))
     g = tr.grid
@@ -74,14 +79,14 @@ def run_element(el, args, run):
            "test_measured": inverse.class_report(yte, clf.predict(xte_m)),
            "test_clean": inverse.class_report(yte, clf.predict(data["test"][0]))}
     if run is not None:
-        sp = combine_many(run["test_site_pred"], g, args.combiner)
+        sp = combined(run["test_site_pred"], g, args.combiner)
         mol, atom = run["test_site_mol"], run["test_site_atom"]
         yp = pool(inverse.site_groups(run["test_smiles"], mol, atom))
         row["test_predicted_sites"] = inverse.class_report(yp, clf.predict(sp))
         # retrieval: choose the shift tolerance on validation
         res = {}
         for split in ("val", "test"):
-            cand = combine_many(run[f"{split}_mol_pred"], g, args.combiner)
+            cand = combined(run[f"{split}_mol_pred"], g, args.combiner)
             q = inverse.noisy(g, run[f"{split}_mol_true"], SHIFT_SD, NOISE, seed=21)[0]
             res[split] = (q, cand, run[f"{split}_mol_true"])
         tol = {}
@@ -117,7 +122,7 @@ def main() -> None:
     ap.add_argument("--elements", nargs="*", default=["O", "N"])
     ap.add_argument("--run", default="schnet5", help="benchmarks/xanes_train.py run name")
     ap.add_argument("--run-dir", default="/tmp/xanes_runs")
-    ap.add_argument("--combiner", default="mean")
+    ap.add_argument("--combiner", default="mean", help="mean, median, aligned or one (member 0)")
     ap.add_argument("--min-train", type=int, default=20)
     ap.add_argument("--C", type=float, nargs="*", default=[0.1, 1.0])
     ap.add_argument("--k", type=int, nargs="*", default=[1, 5, 15])

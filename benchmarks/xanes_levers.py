@@ -130,7 +130,8 @@ def main() -> None:
                                                      for k, v in b["recall_by_tol_ev"].items()))
     s = rows[0]["run"]["settings"] if rows else {}
     note = (f"\nRun {args.run}: {s.get('backbone')} site heads, {s.get('features')} features, "
-            f"{s.get('members')} members trained together for {s.get('epochs')} epochs "
+            f"{s.get('members')} members trained "
+            f"{'one after another' if s.get('sequential') else 'together'} for {s.get('epochs')} epochs "
             f"(seed {s.get('seed')}); row 'xk how' combines the first k members. Significant "
             f"peaks: prominence >= 10 % of max, matched within 1 eV. Default = largest "
             f"validation min(precision, recall).\n\n" + "\n\n".join(notes))

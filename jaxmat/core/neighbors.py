@@ -29,6 +29,11 @@ import numpy as np
 from jaxmat.core import graph
 
 
+# the cell grid is shifted by this fraction of each cell vector, so that the atoms of a
+# perfect crystal (fractions 0, 1/4, 1/2, ...) do not sit on the faces of grid cells
+GRID_SHIFT = np.array([0.0371, 0.0529, 0.0617])
+
+
 @dataclasses.dataclass(frozen=True)
 class ListSpec:
     """Static sizes of an on-device list (hashable: one compiled program per spec).
@@ -143,7 +148,7 @@ def plan(positions: np.ndarray, cell: np.ndarray | None, pbc, cutoff: float,
         grid = grid.astype(int)
         reach = np.where(pbc, np.ceil(reach_len / (h / grid) - 1e-9), 0).astype(int)
         frac = pos @ np.linalg.inv(full)
-        frac = np.where(pbc, frac - np.floor(frac), 0.0)
+        frac = np.where(pbc, frac - np.floor(frac + GRID_SHIFT) + GRID_SHIFT, 0.0)
         counts = _cell_counts(frac, grid)
     else:
         grid, reach, counts = np.ones(3, int), np.zeros(3, int), np.array([n])
@@ -187,10 +192,10 @@ def build(spec: ListSpec, nbrs: Neighbors, positions: jax.Array, cell: jax.Array
     if pbc.any():
         full = jnp.where(pbc[:, None], cell, nbrs.complement.astype(dtype))
         frac = positions @ jnp.linalg.inv(full)
-        k = jnp.where(pbc, jnp.floor(frac), 0.0)
+        k = jnp.where(pbc, jnp.floor(frac + GRID_SHIFT), 0.0)
         frac = frac - k
         wrapped = positions - k @ full
-        c3 = jnp.clip(jnp.floor(frac * grid).astype(jnp.int32), 0, grid - 1)
+        c3 = jnp.clip(jnp.floor((frac + GRID_SHIFT) * grid).astype(jnp.int32), 0, grid - 1)
         h = jnp.abs(jnp.linalg.det(full)) / jnp.linalg.norm(
             jnp.cross(full[jnp.array([1, 2, 0])], full[jnp.array([2, 0, 1])]), axis=1)
         too_small = jnp.any(pbc & (h / grid * np.array(spec.reach) < spec.cutoff + spec.skin))
@@ -214,21 +219,21 @@ def build(spec: ListSpec, nbrs: Neighbors, positions: jax.Array, cell: jax.Array
     img = jnp.floor_divide(nb3, grid)
     nb3 = nb3 - img * grid
     nb = (nb3[..., 0] * grid[1] + nb3[..., 1]) * grid[2] + nb3[..., 2]
-    j = table[nb].reshape(n, -1)  # (N, O*M)
-    img = jnp.repeat(img, m, axis=1).astype(dtype)  # (N, O*M, 3)
+    j = table[nb]  # (N, O, M)
+    img = img.astype(dtype)
     valid = j < n
     jj = jnp.where(valid, j, 0)
-    vec = wrapped[jj] - wrapped[:, None, :] + img @ full
+    vec = wrapped[jj] + (img @ full)[:, :, None, :] - wrapped[:, None, None, :]
     d2 = jnp.sum(vec * vec, axis=-1)
-    self_pair = (jj == jnp.arange(n)[:, None]) & jnp.all(img == 0, axis=-1)
-    keep = valid & ~self_pair & (d2 < (spec.cutoff + spec.skin) ** 2)
+    self_pair = (jj == jnp.arange(n)[:, None, None]) & jnp.all(img == 0, axis=-1)[:, :, None]
+    keep = (valid & ~self_pair & (d2 < (spec.cutoff + spec.skin) ** 2)).reshape(n, -1)
     found = jnp.sum(keep)
     ii, cc = jnp.nonzero(keep, size=cap, fill_value=0)
     mask = jnp.arange(cap) < found
-    senders = jnp.where(mask, j[ii, cc], n).astype(jnp.int32)
+    senders = jnp.where(mask, j.reshape(n, -1)[ii, cc], n).astype(jnp.int32)
     receivers = jnp.where(mask, ii, n).astype(jnp.int32)
     sj = jnp.where(mask, senders, 0)
-    shifts = jnp.where(mask[:, None], img[ii, cc] + k[ii] - k[sj], 0.0)
+    shifts = jnp.where(mask[:, None], img[ii, cc // m] + k[ii] - k[sj], 0.0)
     return Neighbors(senders, receivers, shifts, mask, positions, cell, nbrs.complement,
                      nbrs.overflow | cell_over | too_small | (found > cap),
                      nbrs.n_builds + 1)

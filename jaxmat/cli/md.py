@@ -105,8 +105,14 @@ def _write_frame(path: str, atoms: Any, row: dict, append: bool) -> None:
     res = atoms.calc.results
     frame.calc = SinglePointCalculator(frame, **{k: res[k] for k in ("energy", "forces",
                                                                      "stress") if k in res})
-    frame.info.update({k: v for k, v in row.items() if k != "epot_eV"})
-    write(path, frame, append=append)
+    frame.info = {k: v for k, v in row.items() if k != "epot_eV"}  # no stale input labels
+    if path.endswith(".traj"):
+        from ase.io.trajectory import Trajectory
+
+        with Trajectory(path, "a" if append else "w") as t:
+            t.write(frame)
+    else:
+        write(path, frame, append=append)
 
 
 def write_log(path: str, rows: list[dict]) -> None:

@@ -193,9 +193,9 @@ def simulate(model: Model, params: Params, atoms: Atoms | Sequence[Atoms], steps
         for k in LOG_KEYS:
             logs[k].append(rec[k])
         if traj_every:
-            for s_, pos, cell in zip(steps_here, rec["positions"], rec["cell"]):
+            for t, s_ in enumerate(steps_here):
                 if s_ % traj_every == 0:
-                    frames.append((pos, cell))
+                    frames.append((int(s_), {k: v[t] for k, v in rec.items()}))
         done += n
         bar.update(n, state)
         if not bool(jnp.any(state.alive)):
@@ -203,7 +203,7 @@ def simulate(model: Model, params: Params, atoms: Atoms | Sequence[Atoms], steps
     bar.close()
     seconds = time.perf_counter() - t0
     if trajectory:
-        _write_frames(trajectory, reps, frames, masses)
+        _write_frames(trajectory, reps, frames, timestep_fs)
     log = {k: np.concatenate(v) if v else np.zeros((0, R)) for k, v in logs.items()}
     return _result(reps, state, np.asarray(log_steps), log, done, seconds, n_realloc)
 
@@ -307,15 +307,23 @@ class _Progress:
             self.bar.close()
 
 
-def _write_frames(path: str, reps: list[Atoms], frames: list, masses) -> None:
+def _write_frames(path: str, reps: list[Atoms], frames: list, timestep_fs: float) -> None:
+    """Frames with the step, time (fs), potential energy (eV, also as the frame's energy),
+    temperature (K) and committee σ in ``info``; one file per replica when R > 1."""
+    from ase.calculators.singlepoint import SinglePointCalculator
     from ase.io import write
     root, ext = os.path.splitext(path)
     for r, a in enumerate(reps):
         out = []
-        for pos, cell in frames:
-            f = a.copy()
-            f.positions = np.asarray(pos[r], np.float64)
-            f.cell = np.asarray(cell[r], np.float64)
+        for step, rec in frames:
+            f = Atoms(a.numbers, positions=np.asarray(rec["positions"][r], np.float64),
+                      cell=np.asarray(rec["cell"][r], np.float64), pbc=a.pbc)
+            f.info = {"step": step, "time_fs": step * timestep_fs,
+                      "temperature_K": float(rec["temperature"][r]),
+                      "energy_std_eV": float(rec["energy_std"][r]),
+                      "forces_std_max_eV_per_A": float(rec["forces_std_max"][r]),
+                      "alive": bool(rec["alive"][r])}
+            f.calc = SinglePointCalculator(f, energy=float(rec["energy"][r]))
             out.append(f)
         write(path if len(reps) == 1 else f"{root}_r{r}{ext}", out)
 

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxmat.core import parallel
 from jaxmat.core.callbacks import (  # noqa: F401  (re-exported: engine.Callback, ...)
     Callback, Checkpoint, CSVLog, EarlyStopping, Progress, default_callbacks)
 from jaxmat.core.protocol import Model, Params
@@ -229,19 +230,27 @@ def members(fn: Callable, *args: Any) -> Any:
 _select_members = jax.jit(where_members)  # one program instead of one op per leaf
 
 
-@functools.lru_cache(maxsize=64)
-def compiled_step(model: Model, loss: Loss, clip: float | None, ema_decay: float | None):
-    """The jitted committee step, cached per (model, loss, clip, ema_decay):
+def compiled_step(model: Model, loss: Loss, clip: float | None, ema_decay: float | None,
+                  split: bool = False):
+    """The jitted committee step, cached per (model, loss, clip, ema_decay, split):
 
     ``(params, opt_state, ema, batches, key, counter, active, lr) -> (params, opt_state, ema,
     loss, stats)``; every argument but ``key`` (the run's key) and ``counter`` (the step
     number) has a leading member axis (``ema`` is None without EMA). Member keys are
     ``split(fold_in(key, counter), N)``, derived on the device. Members with ``active``
-    False keep params, optimizer state and EMA."""
+    False keep params, optimizer state and EMA. With ``split`` every member's batch is a
+    global batch of :mod:`jaxmat.core.parallel` (a leading device axis)."""
+    return _compiled_step(model, loss, clip, ema_decay, bool(split))
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled_step(model: Model, loss: Loss, clip: float | None, ema_decay: float | None,
+                   split: bool):
     tx = _adam(clip)
+    grads_of = parallel.loss_and_grads if split else loss_and_grads
 
     def member(params, opt_state, ema, batch, key, active, lr):
-        (value, stats), grads = loss_and_grads(model, loss, params, batch, key)
+        (value, stats), grads = grads_of(model, loss, params, batch, key)
         updates, new_state = tx.update(grads, opt_state, params)
         new = optax.apply_updates(params, jax.tree_util.tree_map(lambda u: -lr * u, updates))
         keep = functools.partial(jax.tree_util.tree_map, lambda a, b: jnp.where(active, a, b))
@@ -262,20 +271,28 @@ def init_opt_state(params: Params, clip: float | None) -> Any:
     return jax.vmap(_adam(clip).init)(params)
 
 
-@functools.lru_cache(maxsize=64)
-def compiled_eval(model: Model, loss: Loss):
+def compiled_eval(model: Model, loss: Loss, split: bool = False):
     """Jitted ``(params, batch) -> (loss (N,), stats, mean_loss, mean_stats)``, cached per
-    (model, loss): every member on one shared batch, and the committee-mean outputs."""
+    (model, loss, split): every member on one shared batch (with ``split``, a global batch of
+    :mod:`jaxmat.core.parallel`), and the committee-mean outputs."""
+    return _compiled_eval(model, loss, bool(split))
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled_eval(model: Model, loss: Loss, split: bool):
+    def apply(p, batch):
+        return parallel.apply(model.apply, p, batch) if split else model.apply(p, batch)
 
     def evaluate(params, batch):
         leaves = jax.tree_util.tree_leaves(params)  # none for a model without parameters
         if not leaves or len(leaves[0]) == 1:
-            outs = members(lambda p: model.apply(p, batch), params)
+            outs = members(lambda p: apply(p, batch), params)
         else:
-            outs = jax.vmap(model.apply, in_axes=(0, None))(params, batch)
-        value, stats = jax.vmap(loss, in_axes=(0, None))(outs, batch)
+            outs = jax.vmap(apply, in_axes=(0, None))(params, batch)
+        flat = parallel.merge(batch) if split else batch
+        value, stats = jax.vmap(loss, in_axes=(0, None))(outs, flat)
         mean_value, mean_stats = loss(jax.tree_util.tree_map(lambda x: jnp.mean(x, 0), outs),
-                                      batch)
+                                      flat)
         return value, stats, mean_value, mean_stats
 
     return jax.jit(evaluate)
@@ -312,15 +329,17 @@ def _split_members(stats_list: list[dict], n: int) -> list[list[dict]]:
     return [[{k: (v[0][m], v[1][m]) for k, v in st.items()} for st in host] for m in range(n)]
 
 
-def evaluate(model: Model, params: Params, data: Iterable, loss: Loss) -> dict[str, Any]:
+def evaluate(model: Model, params: Params, data: Iterable, loss: Loss, *, split: bool = False,
+             put: Callable = lambda t: t) -> dict[str, Any]:
     """Metrics of committee ``params`` over shared batches: ``{name: np.ndarray (N,)}`` for
     ``loss`` and each stat, and ``committee_<name>`` (float) for the committee-mean outputs.
     Stats pool their sums and counts; losses are averaged with the number of real entries
-    of each batch as weight (a half-empty last batch counts half)."""
-    fn = compiled_eval(model, loss)
+    of each batch as weight (a half-empty last batch counts half). ``split``: the batches are
+    global batches of :mod:`jaxmat.core.parallel`, placed by ``put``."""
+    fn = compiled_eval(model, loss, split)
     stats, mstats, losses, mlosses, weights = [], [], [], [], []
     for b in data:
-        value, st, mvalue, mst = fn(params, b)
+        value, st, mvalue, mst = parallel.gather(fn(params, put(b)))
         stats.append(st)
         mstats.append(mst)
         losses.append(np.asarray(value))
@@ -347,7 +366,9 @@ class FitConfig:
     it). ``patience`` (epochs without a better ``monitor``, per member) stops early;
     ``ema_decay`` keeps an exponential moving average of the weights, which is then what is
     validated and returned; ``checkpoint_dir`` enables save/resume; ``log_path`` (default
-    ``<checkpoint_dir>/metrics.csv``) gets one CSV row per epoch."""
+    ``<checkpoint_dir>/metrics.csv``) gets one CSV row per epoch. ``data_parallel`` splits
+    every step's batch over that many devices (:mod:`jaxmat.core.parallel`; the loader's
+    ``batch_size`` is the global batch and must be a multiple of it)."""
 
     epochs: int = 100
     lr: float = 1e-3
@@ -364,6 +385,7 @@ class FitConfig:
     progress: bool = True
     max_minutes: float | None = None
     ema_decay: float | None = None
+    data_parallel: int = 1
 
 
 @dataclasses.dataclass
@@ -490,10 +512,14 @@ class OneMember:
 
 def run(model: Model, params: Params, loader: Any, val_data: Any, loss: Loss, cfg: FitConfig,
         *, single: bool = False, put: Callable = lambda t: t,
+        data_parallel: parallel.DataParallel | None = None,
         callbacks: Iterable[Callback] = (), max_epochs: int | None = None) -> Run:
     """Train committee ``params`` (leading member axis) on ``loader`` (``.epoch(k)`` yields
     ``(stacked batch, active (N,))``, ``len`` = steps per epoch) with shared validation
-    batches ``val_data``; ``put`` places member-axis trees (e.g. sharding). Targets named in
+    batches ``val_data``; ``put`` places member-axis trees (e.g. sharding). With
+    ``data_parallel`` the loader and ``val_data`` yield global batches of
+    :mod:`jaxmat.core.parallel` (a device axis after the member axis), placed on its mesh
+    (``put`` is then its ``params``). Targets named in
     ``loss.targets`` are checked on the first training and validation batch. ``callbacks``
     run before :func:`default_callbacks`. Returns the finished :class:`Run`."""
     n = len(jax.tree_util.tree_leaves(params)[0])
@@ -503,6 +529,9 @@ def run(model: Model, params: Params, loader: Any, val_data: Any, loss: Loss, cf
     check_targets(loss, first(next(iter(loader.epoch(0)))[0]), "training")
     if val_data is not None:
         check_targets(loss, next(iter(batches(val_data, 0))), "validation")
+    dp = data_parallel
+    if dp is not None:
+        put = dp.params
     params = put(jax.tree_util.tree_map(jnp.copy, params))  # the step donates its inputs
     state = {"params": params, "opt_state": put(init_opt_state(params, cfg.clip)),
              "best_params": jax.tree_util.tree_map(jnp.copy, params)}
@@ -520,9 +549,10 @@ def run(model: Model, params: Params, loader: Any, val_data: Any, loss: Loss, cf
         lrs = learning_rates(cfg.lr, cfg.epochs * spe, cfg.lr_end, cfg.warmup_epochs * spe)
         while not r.done:
             te = time.perf_counter()
-            row = _train_epoch(r, model, loss, loader, put, lrs, spe)
+            row = _train_epoch(r, model, loss, loader, put, lrs, spe, dp)
             if val_data is not None:
-                val = evaluate(model, r.evaluated, batches(val_data, 0), loss)
+                val = evaluate(model, r.evaluated, batches(val_data, 0), loss,
+                               split=dp is not None, put=dp.shared if dp else lambda t: t)
                 row.update({f"val_{k}": v.tolist() if isinstance(v, np.ndarray) else v
                             for k, v in val.items()})
                 metric = np.asarray(val[cfg.monitor], dtype=float)
@@ -543,9 +573,10 @@ def run(model: Model, params: Params, loader: Any, val_data: Any, loss: Loss, cf
 
 
 def _train_epoch(r: Run, model: Model, loss: Loss, loader: Any, put: Callable,
-                 lrs: np.ndarray, spe: int) -> dict:
+                 lrs: np.ndarray, spe: int, dp: parallel.DataParallel | None = None) -> dict:
     """One epoch of committee steps; the row of per-member training metrics."""
-    step = compiled_step(model, loss, r.config.clip, r.config.ema_decay)
+    step = compiled_step(model, loss, r.config.clip, r.config.ema_decay, dp is not None)
+    put_batch = dp.batch if dp is not None else put
     key0 = jax.random.key(r.config.seed)
     s = r.state
     stats, losses, actives = [], [], []
@@ -554,7 +585,7 @@ def _train_epoch(r: Run, model: Model, loss: Loss, loader: Any, put: Callable,
         lr = lrs[np.minimum(r.steps, len(lrs) - 1)]
         r.steps = r.steps + act
         s["params"], s["opt_state"], ema, value, st = step(
-            s["params"], s["opt_state"], s.get("ema"), put(b), key0,
+            s["params"], s["opt_state"], s.get("ema"), put_batch(b), key0,
             np.int32(r.epoch * spe + k), put(act), put(lr))
         if ema is not None:
             s["ema"] = ema
@@ -562,6 +593,7 @@ def _train_epoch(r: Run, model: Model, loss: Loss, loader: Any, put: Callable,
         losses.append(value)
         actives.append(act)
     row: dict[str, Any] = {"epoch": r.epoch + 1, "time_s": 0.0}
+    stats, losses = parallel.gather((stats, losses))
     w = np.asarray(actives, dtype=float)
     per = [reduce_stats([st for st, a in zip(sl, w[:, m]) if a])
            for m, sl in enumerate(_split_members(stats, r.n))]

@@ -5,7 +5,8 @@
 per-member outputs stacked on axis 0; :func:`stats` gives mean and variance.
 Training (:func:`fit`, the engine of :mod:`jaxmat.core.engine`) updates all members in one
 jitted, vmapped step, each member with its own data order (:class:`CommitteeLoader`); :func:`shard_members` spreads the member axis
-over devices with :mod:`jax.sharding`.
+over devices with :mod:`jax.sharding`, and a ``("members", "data")`` mesh also splits every
+member's batch (:mod:`jaxmat.core.parallel`).
 """
 from __future__ import annotations
 
@@ -17,9 +18,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
-from jaxmat.core import engine, graph
+from jaxmat.core import engine, graph, parallel
 from jaxmat.core.committee import stats  # noqa: F401  (committee mean and variance)
 from jaxmat.core.engine import (  # noqa: F401  (the committee training API)
     Callback, CommitteeFitResult, FitConfig, Loss, energy_force_loss, evaluate, where_members)
@@ -111,19 +112,7 @@ def shard_members(tree: Any, mesh: Mesh, axis: str | None = None) -> Any:
     Every leaf must have a leading axis divisible by the number of devices on that axis.
     Jitted functions of the result run member-parallel; results keep the sharding.
     """
-    axis = axis or mesh.axis_names[0]
-    n_dev = mesh.shape[axis]
-    sharding = NamedSharding(mesh, PartitionSpec(axis))
-
-    def put(x):
-        if jnp.ndim(x) == 0:
-            raise ValueError("cannot shard a scalar leaf over the member axis")
-        if jnp.shape(x)[0] % n_dev:
-            raise ValueError(f"member axis of length {jnp.shape(x)[0]} is not divisible by the "
-                             f"{n_dev} devices of mesh axis '{axis}'")
-        return jax.device_put(x, sharding)
-
-    return jax.tree_util.tree_map(put, tree)
+    return parallel.shard(tree, mesh, (axis or mesh.axis_names[0],))
 
 
 # --------------------------------------------------------------------------- training
@@ -197,7 +186,8 @@ class CommitteeLoader:
                 per.append([[int(k)] for k in order])
         return per, max(len(g) for g in per)
 
-    def _one(self, grp: list[int]) -> Any:
+    def batch_of(self, grp: list[int]) -> Any:
+        """The padded batch of one group of items (of :meth:`groups`)."""
         if self.records is not None:
             return graph.batch([self.records[k] for k in grp], self.budget, layout=self.layout)
         return self.batches[grp[0]]
@@ -205,7 +195,7 @@ class CommitteeLoader:
     def epoch(self, epoch: int = 0) -> Iterator[tuple[Any, np.ndarray]]:
         per, n_steps = self.groups(epoch)
         for s in range(n_steps):
-            items = [self._one(g[min(s, len(g) - 1)]) for g in per]
+            items = [self.batch_of(g[min(s, len(g) - 1)]) for g in per]
             active = np.array([s < len(g) for g in per])
             yield jax.tree_util.tree_map(lambda *xs: np.stack(xs), *items), active
 
@@ -230,8 +220,11 @@ def make_step(model: Model, loss: Loss, optimizer: optax.GradientTransformation)
 @dataclasses.dataclass
 class CommitteeConfig(FitConfig):
     """:class:`jaxmat.core.engine.FitConfig` plus ``batch_size`` (graphs per member step, used when
-    training data are records) and an optional ``mesh`` to shard the member axis on.
-    ``patience`` and ``monitor`` act per member; ``seed`` sets the member data orders."""
+    training data are records) and an optional ``mesh``: a 1-D mesh shards the member axis;
+    a mesh with axes ``("members", "data")`` (:func:`jaxmat.core.parallel.make_mesh`) also
+    splits every member's batch over ``"data"`` (``data_parallel`` alone: a 1 x
+    ``data_parallel`` mesh). ``patience`` and ``monitor`` act per member; ``seed`` sets the
+    member data orders."""
 
     batch_size: int = 32
     mesh: Any = None
@@ -270,6 +263,11 @@ def fit(
                                  bootstrap=bootstrap)
     mesh = getattr(cfg, "mesh", None)
     put = (lambda t: shard_members(t, mesh)) if mesh is not None else (lambda t: t)
+    dp = parallel.for_config(cfg)
+    if dp is not None:
+        loader = parallel.CommitteeShards(loader, dp.devices)
+        val_data = None if val_data is None else parallel.Shards(val_data, dp.devices)
     return engine.result(engine.run(model, params, loader, val_data,
                                     loss or energy_force_loss(), cfg, put=put,
-                                    callbacks=callbacks, max_epochs=max_epochs))
+                                    data_parallel=dp, callbacks=callbacks,
+                                    max_epochs=max_epochs))

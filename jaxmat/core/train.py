@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from jaxmat.core import engine
+from jaxmat.core import engine, parallel
 from jaxmat.core.engine import (  # noqa: F401  (the training API of one model)
     Callback, EnergyForceLoss, FitConfig, FitResult, Loss, TargetLoss, energy_force_loss,
     make_optimizer, make_step, target_loss)
@@ -43,12 +43,17 @@ def fit(
     ``checkpoint_every`` epochs and at the end, and a later call resumes from the latest
     checkpoint. ``max_epochs`` caps the epochs run by this call (the schedule still follows
     ``config.epochs``), for runs in slices. ``ValueError`` when the data lack a target of
-    ``loss.targets``.
+    ``loss.targets``. With ``config.data_parallel`` > 1 each step's batch is split over that
+    many devices (:class:`jaxmat.core.parallel.Shards`).
     """
     cfg = config or FitConfig()
+    dp = parallel.for_config(cfg)
+    if dp is not None:
+        train_data = parallel.Shards(train_data, dp.devices)
+        val_data = None if val_data is None else parallel.Shards(val_data, dp.devices)
     r = engine.run(model, engine.stack_one(params), engine.OneMember(train_data), val_data,
-                   loss or energy_force_loss(), cfg, single=True, callbacks=callbacks,
-                   max_epochs=max_epochs)
+                   loss or energy_force_loss(), cfg, single=True, data_parallel=dp,
+                   callbacks=callbacks, max_epochs=max_epochs)
     return FitResult(engine.first(r.state["best_params"]), engine.first(r.evaluated), r.history,
                      int(r.best_epoch[0]), float(r.best_metric[0]), bool(r.stopped[0]),
                      r.seconds, r.timed_out)

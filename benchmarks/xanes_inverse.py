@@ -79,14 +79,14 @@ def run_element(el, args, run):
            "test_measured": inverse.class_report(yte, clf.predict(xte_m)),
            "test_clean": inverse.class_report(yte, clf.predict(data["test"][0]))}
     if run is not None:
-        sp = combined(run["test_site_pred"], g, args.combiner)
+        sp = combined(run["test_site_pred"][:args.members], g, args.combiner)
         mol, atom = run["test_site_mol"], run["test_site_atom"]
         yp = pool(inverse.site_groups(run["test_smiles"], mol, atom))
         row["test_predicted_sites"] = inverse.class_report(yp, clf.predict(sp))
         # retrieval: choose the shift tolerance on validation
         res = {}
         for split in ("val", "test"):
-            cand = combined(run[f"{split}_mol_pred"], g, args.combiner)
+            cand = combined(run[f"{split}_mol_pred"][:args.members], g, args.combiner)
             q = inverse.noisy(g, run[f"{split}_mol_true"], SHIFT_SD, NOISE, seed=21)[0]
             res[split] = (q, cand, run[f"{split}_mol_true"])
         tol = {}
@@ -123,11 +123,13 @@ def main() -> None:
     ap.add_argument("--run", default="schnet5", help="benchmarks/xanes_train.py run name")
     ap.add_argument("--run-dir", default="/tmp/xanes_runs")
     ap.add_argument("--combiner", default="mean", help="mean, median, aligned or one (member 0)")
+    ap.add_argument("--members", type=int, default=None, help="first k members (default all)")
     ap.add_argument("--min-train", type=int, default=20)
     ap.add_argument("--C", type=float, nargs="*", default=[0.1, 1.0])
     ap.add_argument("--k", type=int, nargs="*", default=[1, 5, 15])
     ap.add_argument("--max-shift", type=float, nargs="*", default=[0.0, 0.3, 0.6])
     ap.add_argument("--no-plots", dest="plots", action="store_false")
+    ap.add_argument("--out", default="xanes_inverse", help="results name")
     args = ap.parse_args()
     rows = []
     for el in args.elements:
@@ -164,7 +166,7 @@ def main() -> None:
             + ", ".join(f"{r['element']} {r['classifier']}" for r in rows)
             + ". Groups from RDKit environments (jaxmat.workflows.xanes.inverse."
             f"functional_group); groups with < {args.min_train} training sites pooled as other.")
-    write_results("xanes_inverse", {"device": device_info(), "settings": vars(args),
+    write_results(args.out, {"device": device_info(), "settings": vars(args),
                                     "rows": rows}, "\n".join(lines) + "\n" + note)
     print("\n".join(lines) + note)
 

@@ -5,6 +5,8 @@ worker and by the torch peers alike).
 built from ideal bond lengths, random rotation and 0.05 Å Gaussian noise) labelled by a
 harmonic pair potential: energies (eV) and forces (eV/Å). ``pairs`` is the cutoff
 neighbour list (both directions, receiver ``i``, sender ``j``) that every model gets.
+``load_periodic`` reads the periodic case (64-atom mlearn-Si cells) that the jaxmat worker
+exports, with its edge list and integer shifts ``S``.
 """
 from __future__ import annotations
 
@@ -85,3 +87,14 @@ def batched_pairs(R: np.ndarray, cutoff: float) -> tuple[np.ndarray, np.ndarray]
         out_i.append(i + m * R.shape[1])
         out_j.append(j + m * R.shape[1])
     return np.concatenate(out_i), np.concatenate(out_j)
+
+
+def load_periodic(path: str) -> dict:
+    """The periodic case written by ``jaxmat_worker.export``: ``Z`` (n, a), ``R`` (n, a, 3) Å,
+    ``cell`` (n, 3, 3) Å, ``E`` (n,) eV, ``F`` (n, a, 3) eV/Å, directed edges ``i``
+    (receivers), ``j`` (senders) over the concatenated atoms, and ``offsets`` (E, 3) Å, the
+    Cartesian image shifts: the edge vector is ``R[j] - R[i] + offsets``."""
+    d = dict(np.load(path))
+    a = d["Z"].shape[1]
+    d["offsets"] = np.einsum("ek,ekl->el", d["S"], d["cell"][d["i"] // a])
+    return d

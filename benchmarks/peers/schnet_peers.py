@@ -2,11 +2,12 @@
 
 Run in the optional peer environment (``bash benchmarks/peers/setup.sh``)::
 
-    .venv-peers/bin/python benchmarks/peers/schnet_peers.py [--rounds 7]
+    .venv-peers/bin/python benchmarks/peers/schnet_peers.py [--rounds 7] [--case si]
 
 Same model size (3 interactions x 64 features, 50 Gaussians, cosine cutoff 5 Å,
 64 -> 32 -> 1 atomwise readout), batch (128 distorted naphthalene molecules, 18 atoms,
-the same precomputed neighbour list), loss (MSE of energy per atom + 10 x MSE of force
+the same precomputed neighbour list; or with ``--case si`` 32 periodic 64-atom mlearn-Si
+cells, the edge list and image shifts exported by the jaxmat worker), loss (MSE of energy per atom + 10 x MSE of force
 components, forces by double backprop) and optimiser (Adam, lr 1e-4). Torch gets its
 best CPU settings (2 threads, flush denormals). jaxmat runs in a subprocess of the
 jaxmat venv; the implementations are measured alternately (A/B, order rotated every
@@ -22,6 +23,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 import typing
 
@@ -43,13 +45,17 @@ def _loss(e, f, E, F, n_atoms, force_weight):
     return (((e - E) / n_atoms) ** 2).mean() + force_weight * ((f - F) ** 2).mean()
 
 
-def build_pyg(Z, R, E, F, i, j, a):
+def build_pyg(Z, R, E, F, i, j, a, offsets=None):
+    """PyG's SchNet on the given directed edges; ``offsets`` (E, 3) Å: periodic image
+    shifts added to ``pos[j] - pos[i]`` (None: a molecule)."""
     from torch_geometric.nn.models import SchNet
 
     ei = torch.as_tensor(np.stack([j, i]), dtype=torch.long)  # source j -> target i
+    off = None if offsets is None else torch.as_tensor(offsets, dtype=torch.float32)
 
     def interaction_graph(pos, batch):
-        return ei, (pos[ei[0]] - pos[ei[1]]).norm(dim=-1)
+        vec = pos[ei[0]] - pos[ei[1]]
+        return ei, (vec if off is None else vec + off).norm(dim=-1)
 
     model = SchNet(hidden_channels=a.features, num_filters=a.features,
                    num_interactions=a.interactions, num_gaussians=a.rbf, cutoff=a.cutoff,
@@ -83,7 +89,8 @@ def build_pyg(Z, R, E, F, i, j, a):
     return model, train, infer
 
 
-def build_schnetpack(Z, R, E, F, i, j, a):
+def build_schnetpack(Z, R, E, F, i, j, a, offsets=None):
+    """SchNetPack's SchNet; ``offsets`` (E, 3) Å: its Cartesian image shifts (None: zeros)."""
     import schnetpack as spk
     import schnetpack.properties as P
 
@@ -101,7 +108,8 @@ def build_schnetpack(Z, R, E, F, i, j, a):
         P.idx_m: torch.arange(n_mol).repeat_interleave(n_at),
         P.idx_i: torch.as_tensor(i, dtype=torch.long),
         P.idx_j: torch.as_tensor(j, dtype=torch.long),
-        P.offsets: torch.zeros((len(i), 3)),
+        P.offsets: (torch.zeros((len(i), 3)) if offsets is None
+                    else torch.as_tensor(offsets, dtype=torch.float32)),
         P.n_atoms: torch.full((n_mol,), n_at, dtype=torch.long),
     }
     pos0 = torch.as_tensor(R.reshape(-1, 3), dtype=torch.float32)
@@ -133,9 +141,9 @@ def build_schnetpack(Z, R, E, F, i, j, a):
 class JaxmatWorker:
     """The jaxmat side in a subprocess (its own venv), driven by JSON lines."""
 
-    def __init__(self, python: str, setup: dict):
+    def __init__(self, python: str, setup: dict, root: str = ROOT):
         env = dict(os.environ)
-        env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+        env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
         self.proc = subprocess.Popen([python, os.path.join(HERE, "jaxmat_worker.py")],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      text=True, env=env)
@@ -175,7 +183,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--train-steps", type=int, default=4, help="calls per train measurement")
     ap.add_argument("--infer-steps", type=int, default=8, help="calls per inference measurement")
-    ap.add_argument("--n-mol", type=int, default=128)
+    ap.add_argument("--case", choices=("molecules", "si"), default="molecules",
+                    help="naphthalene molecules, or periodic 64-atom mlearn-Si cells")
+    ap.add_argument("--n-mol", type=int, default=None,
+                    help="structures per batch (default 128 molecules or 32 Si cells)")
     ap.add_argument("--features", type=int, default=64)
     ap.add_argument("--interactions", type=int, default=3)
     ap.add_argument("--rbf", type=int, default=50)
@@ -188,6 +199,9 @@ def main() -> None:
     ap.add_argument("--single-core", type=int, default=None, metavar="CPU",
                     help="pin this process and the jaxmat worker to one core, 1 torch thread "
                     "(a load-robust comparison on a shared machine)")
+    ap.add_argument("--base-root", default=None, metavar="DIR",
+                    help="a checkout of an earlier jaxmat: its sparse layout runs alongside "
+                    "as jaxmat-sparse-base (old vs new in the same alternated rounds)")
     ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "peers"))
     a = ap.parse_args()
     if a.single_core is not None:
@@ -197,24 +211,45 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     torch.set_flush_denormal(True)
     torch.manual_seed(0)
-    Z, R, E, F = common.molecules(a.n_mol, seed=0)
-    i, j = common.batched_pairs(R, a.cutoff)
-
-    layouts = ["dense"] if a.no_sparse else ["dense", "sparse"]
-    worker = JaxmatWorker(a.jaxmat_python, dict(
-        n_mol=a.n_mol, seed=0, cutoff=a.cutoff, features=a.features,
+    periodic = a.case == "si"
+    a.n_mol = a.n_mol or (32 if periodic else 128)
+    if periodic:  # only the sparse layout holds periodic cells
+        layouts = ["sparse"]
+    else:
+        layouts = ["dense"] if a.no_sparse else ["dense", "sparse"]
+    exported = tempfile.mkdtemp() + "/periodic.npz" if periodic else None
+    worker_setup = dict(
+        case=a.case, n_mol=a.n_mol, seed=0, cutoff=a.cutoff, features=a.features,
         interactions=a.interactions, rbf=a.rbf, lr=a.lr, force_weight=a.force_weight,
-        layouts=layouts))
-    peers = {"pyg": build_pyg(Z, R, E, F, i, j, a),
-             "schnetpack": build_schnetpack(Z, R, E, F, i, j, a)}
+        layouts=layouts, export=exported)
+    worker = JaxmatWorker(a.jaxmat_python, worker_setup)
+    workers = {f"jaxmat-{lay}": worker for lay in layouts}
+    if a.base_root:
+        base = JaxmatWorker(a.jaxmat_python, {**worker_setup, "layouts": ["sparse"],
+                                              "export": None}, root=a.base_root)
+        workers["jaxmat-sparse-base"] = base
+    if periodic:
+        d = common.load_periodic(exported)
+        Z, R, E, F, i, j, offsets = (d[k] for k in ("Z", "R", "E", "F", "i", "j", "offsets"))
+        pos = R.reshape(-1, 3)
+        dist = np.linalg.norm(pos[j] - pos[i] + offsets, axis=-1)
+        if not (dist.min() > 0.5 and dist.max() < a.cutoff):
+            raise ValueError(f"exported edges have lengths {dist.min():.3f}-{dist.max():.3f} Å, "
+                             f"not inside (0.5, {a.cutoff}) Å: wrong shifts")
+    else:
+        Z, R, E, F = common.molecules(a.n_mol, seed=0)
+        i, j = common.batched_pairs(R, a.cutoff)
+        offsets = None
+    peers = {"pyg": build_pyg(Z, R, E, F, i, j, a, offsets),
+             "schnetpack": build_schnetpack(Z, R, E, F, i, j, a, offsets)}
     n_params = {k: sum(p.numel() for p in m[0].parameters()) for k, m in peers.items()}
 
     def run(impl: str, mode: str) -> tuple[float, float]:
         """(wall seconds, process CPU seconds) per call."""
         steps = a.train_steps if mode == "train" else a.infer_steps
         if impl.startswith("jaxmat"):
-            out = worker.call({"cmd": "time", "layout": impl.split("-")[1], "mode": mode,
-                               "steps": steps})
+            out = workers[impl].call({"cmd": "time", "layout": impl.split("-")[1],
+                                      "mode": mode, "steps": steps})
             return out["seconds"], out["cpu_seconds"]
         fn = peers[impl][1 if mode == "train" else 2]
         t0, c0 = time.perf_counter(), time.process_time()
@@ -222,7 +257,7 @@ def main() -> None:
             fn()
         return (time.perf_counter() - t0) / steps, (time.process_time() - c0) / steps
 
-    impls = [f"jaxmat-{lay}" for lay in layouts] + list(peers)
+    impls = list(workers) + list(peers)
     for impl in impls:  # warm-up (allocations, first-call paths)
         for mode in ("train", "infer"):
             run(impl, mode)
@@ -239,7 +274,8 @@ def main() -> None:
                                 "cpu_seconds": cpu, "loadavg": [round(x, 2) for x in load]})
                 print(f"round {rnd} {mode:5s} {impl:18s} {1e3 * sec:8.1f} ms/step "
                       f"(cpu {1e3 * cpu:7.1f} ms)  load {load[0]:.2f}", flush=True)
-    worker.close()
+    for w in set(workers.values()):
+        w.close()
 
     summary: dict = {}
     for mode in ("train", "infer"):
@@ -277,7 +313,10 @@ def main() -> None:
         "benchmark": "SchNet E+F training and inference, jaxmat vs PyG vs SchNetPack (CPU)",
         "config": {**{k: v for k, v in vars(a).items() if k not in ("out", "jaxmat_python")},
                    "n_atoms": int(Z.shape[1]), "n_directed_edges": int(len(i)),
-                   "molecule": "naphthalene C10H8, 0.05 Å noise, random rotations",
+                   "structures": ("first 64-atom cells of mlearn-Si's training split, "
+                                  "periodic, energies shifted by the mean eV/atom"
+                                  if periodic else
+                                  "naphthalene C10H8, 0.05 Å noise, random rotations"),
                    "optimizer": "Adam", "loss": "MSE(E/atom) + w_F * MSE(F), F by double backprop",
                    "torch_threads": a.threads, "torch_flush_denormal": True,
                    "cpu_affinity": sorted(os.sched_getaffinity(0))},
@@ -286,6 +325,7 @@ def main() -> None:
                    "torch": torch.__version__, "python": platform.python_version()},
         "versions": _versions(),
         "jaxmat_layouts": worker.info["layouts"],
+        "jaxmat_base_root": a.base_root,
         "n_params": n_params,
         "load_average_1min": {"min": min(loads), "median": float(np.median(loads)),
                               "max": max(loads)},
@@ -317,7 +357,9 @@ def _versions() -> dict:
 def markdown(res: dict) -> str:
     c, d, s = res["config"], res["device"], res["summary"]
     lines = [
-        f"### SchNet peers: {c['n_mol']} molecules x {c['n_atoms']} atoms, "
+        f"### SchNet peers: {c['n_mol']} "
+        f"{'periodic mlearn-Si cells' if c.get('case') == 'si' else 'molecules'} x "
+        f"{c['n_atoms']} atoms ({c['n_directed_edges']} directed edges), "
         f"{c['interactions']}x{c['features']}, {c['rbf']} RBF, cutoff {c['cutoff']} Å",
         "",
         f"CPU: {d['cpu']} ({d['cores']} cores), jax {d['jax']}, torch {d['torch']} "

@@ -292,7 +292,7 @@ def _write_feff(path, entries_fn):
     return data
 
 
-def test_feff_loader_reads_pymatgen_pickle_without_pymatgen(tmp_path):
+def test_feff_loader_reads_pymatgen_pickle_without_pymatgen(tmp_path, monkeypatch):
     text_o, e_o, mu_o = _xmu_text(535.0)
     path = tmp_path / "feff.pkl"
 
@@ -305,9 +305,10 @@ def test_feff_loader_reads_pymatgen_pickle_without_pymatgen(tmp_path):
                 "000002": (form, {1: arr, 2: _xmu_text(402.0)[0]})}
 
     _write_feff(path, entries)
-    if "pymatgen" not in sys.modules:
-        with pytest.raises(ModuleNotFoundError):
-            import pymatgen  # noqa: F401  (the loader works without it)
+    for name in ("pymatgen", "pymatgen.core", "monty"):  # as if pymatgen were not installed
+        monkeypatch.setitem(sys.modules, name, None)
+    with pytest.raises(ImportError):
+        import pymatgen.core  # noqa: F401  (the loader works without it)
     data = load_feff_pickle(path, "O", cutoff=4.0)
     assert data.mol_id == ["000001", "000002"] and data.grid.shape == (200,)
     np.testing.assert_allclose(data.grid[[0, -1]], FEFF_GRIDS["O"][:2])

@@ -1,12 +1,16 @@
 """Adversarial attacks: objective vs finite differences, batching, neighbour-list rebuilds,
 variance increase on a trained toy committee, input errors."""
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from ase import Atoms
 
 from jaxmat import attack, ensemble, graph, potential, train
+from jaxmat.core import neighbors
 from jaxmat.data import labelled_atoms, load_ammonia
 from jaxmat.models import SchNetConfig, schnet
 from jaxmat.models.coordinate import coordinate_mlp
@@ -112,7 +116,9 @@ def test_graph_comes_from_the_model(committee):
         attack.attack(model, params, atoms, ref, cfg, cutoff=5.0)
 
 
-def test_periodic_neighbour_list_is_rebuilt_between_steps():
+@pytest.fixture(scope="module")
+def copper():
+    """A 2-member SchNet committee (cutoff 3 Å) and a rattled fcc Cu cell of 3.2 Å."""
     rng = np.random.default_rng(0)
     cell = np.eye(3) * 3.2
     pos = np.array([[0, 0, 0], [1.6, 1.6, 0], [1.6, 0, 1.6], [0, 1.6, 1.6]]) + rng.normal(0, 0.05, (4, 3))
@@ -121,7 +127,11 @@ def test_periodic_neighbour_list_is_rebuilt_between_steps():
                                                     cutoff=3.0)), stress=False)
     rec = graph.records_from_atoms(cu, 3.0)
     params = ensemble.init(model, jax.random.key(1), graph.batch(rec), 2)
-    ref = attack.Boltzmann.from_structures(cu, kT=1.0)
+    return model, params, cu, attack.Boltzmann.from_structures(cu, kT=1.0)
+
+
+def test_periodic_neighbour_list_is_rebuilt_between_steps(copper):
+    model, params, cu, ref = copper
     small = attack.attack(model, params, cu, ref,
                           attack.AttackConfig(n_steps=8, lr=0.01, sigma=0.0, skin=0.05))
     big = attack.attack(model, params, cu, ref,
@@ -129,9 +139,72 @@ def test_periodic_neighbour_list_is_rebuilt_between_steps():
     assert small.n_rebuilds >= 2 and big.n_rebuilds == 0
     # a list rebuilt whenever an atom has moved skin/2 gives the same attack as a huge skin
     np.testing.assert_allclose(small.delta[0], big.delta[0], atol=1e-4)
-    with pytest.raises(ValueError, match="skin"):
-        attack.attack(model, params, cu, ref,
-                      attack.AttackConfig(n_steps=4, lr=0.2, sigma=0.0, skin=0.05))
+
+
+def host_objective_and_gradient(model, params, atoms, ref):
+    """Objective and its gradient (eV²/Å³) from a fresh host neighbour list."""
+    b = graph.to_device(graph.batch(graph.records_from_atoms([atoms], 3.0)))
+    total = lambda d: jnp.sum(attack.objective(model, params, b, ref, d))  # noqa: E731
+    zero = jnp.zeros_like(b.nodes["positions"])
+    return float(total(zero)), np.asarray(jax.grad(total)(zero))[:len(atoms)]
+
+
+def test_moves_beyond_the_skin_match_a_fresh_host_list(copper):
+    """Steps that move atoms by more than the skin (rebuilt on the device within the scan)
+    give the objective and gradient of a host list built at the new positions."""
+    model, params, cu, ref = copper
+    skin = 0.1
+    cfg = attack.AttackConfig(sigma=0.0, skin=skin)
+    one = lambda lr, n: attack.attack(model, params, cu, ref,  # noqa: E731
+                                      dataclasses.replace(cfg, n_steps=n), optax.sgd(lr))
+    lr = 0.4 / np.abs(one(1.0, 1).delta[0]).max()  # SGD: first step moves 0.4 Å
+    first, second = one(lr, 1), one(lr, 2)
+    assert np.linalg.norm(first.delta[0], axis=1).max() > 2 * skin and second.n_rebuilds >= 1
+    moved = first.atoms[0].copy()
+    obj, grad = host_objective_and_gradient(model, params, moved, ref)
+    assert first.objective[0] == pytest.approx(obj, rel=1e-4)
+    assert second.history[1, 0] == pytest.approx(obj, rel=1e-4)
+    np.testing.assert_allclose((second.delta[0] - first.delta[0]) / lr, grad, rtol=1e-3,
+                               atol=1e-4 * np.abs(grad).max())
+    end_obj, _ = host_objective_and_gradient(model, params, second.atoms[0], ref)
+    assert second.objective[0] == pytest.approx(end_obj, rel=1e-4)
+
+
+def test_list_overflow_is_reallocated_and_redone(copper, monkeypatch):
+    model, params, cu, ref = copper
+    cfg = attack.AttackConfig(n_steps=6, lr=0.05, sigma=0.0, skin=0.1)
+    want = attack.attack(model, params, cu, ref, cfg)
+    real_plan, calls = neighbors.plan, []
+
+    def tight(positions, *args, **kwargs):  # the first list holds only a quarter of the pairs
+        spec = real_plan(positions, *args, **kwargs)
+        if np.ndim(positions) == 2:  # plan's own per-replica calls
+            return spec
+        calls.append(spec)
+        return spec if len(calls) > 1 else dataclasses.replace(spec, capacity=spec.capacity // 4)
+
+    monkeypatch.setattr(neighbors, "plan", tight)
+    got = attack.attack(model, params, cu, ref, cfg)
+    assert len(calls) == 2 and calls[1].capacity > calls[0].capacity // 4
+    np.testing.assert_allclose(got.delta[0], want.delta[0], atol=1e-5)
+    np.testing.assert_allclose(got.history, want.history, rtol=1e-4)
+
+
+def test_different_atoms_run_as_groups_in_input_order(committee):
+    model, params = committee
+    atoms = load_ammonia()[:3]
+    flipped = atoms[1][[3, 2, 1, 0]]  # same elements, another order: another group
+    ref = attack.Boltzmann.from_structures(atoms, kT=0.5)
+    cfg = attack.AttackConfig(n_steps=3, lr=0.01, sigma=0.0)
+    mixed = attack.attack(model, params, [atoms[0], flipped, atoms[2]], ref, cfg)
+    same = attack.attack(model, params, [atoms[0], atoms[2]], ref, cfg)
+    alone = attack.attack(model, params, [flipped], ref, cfg)
+    assert mixed.history.shape == (3, 3) and mixed.atoms[1].info["start_index"] == 1
+    np.testing.assert_array_equal(mixed.atoms[1].numbers, flipped.numbers)
+    for k, (res, j) in zip([0, 1, 2], [(same, 0), (alone, 0), (same, 1)]):
+        assert mixed.objective[k] == pytest.approx(res.objective[j], rel=1e-5)
+        np.testing.assert_allclose(mixed.history[:, k], res.history[:, j], rtol=1e-5)
+        np.testing.assert_allclose(mixed.delta[k], res.delta[j], atol=1e-6)
 
 
 @pytest.fixture(scope="module")

@@ -13,14 +13,15 @@ term is ``forces_var_graph``, the population variance over members averaged over
 xyz (:func:`jaxmat.core.committee.stats`). δ starts from N(0, σ²), is optimised by ``jax.grad``
 through the committee with an optax optimiser, and is optionally clamped per component.
 
-Many starts are attacked at once: they are packed into one padded graph batch, and the
-objective is summed over graphs, so every structure gets its own gradient (and its own
-Adam moments) in one compiled program. Neighbour lists are built on the host with the
-model's graph cutoff (``model.graph``) plus ``skin``; between steps the largest
-displacement since the last build is checked and, when an atom has moved more than
-``skin / 2``, the list is rebuilt outside ``jit`` and the offending steps are redone (the
-jax-md pattern). Molecules whose graph is already complete (every pair an edge) are never
-rebuilt, so an all-molecule batch runs all steps in a single ``lax.scan``.
+Many starts are attacked at once. Starts with the same atoms (numbers in the same order,
+same pbc) form a group: its R structures are the graphs of one sparse batch
+(:func:`jaxmat.md.forces.replica_batch`), the objective is summed over graphs, so every
+structure gets its own gradient (and its own Adam moments), and all steps run in one
+compiled ``lax.scan``. Neighbour lists are on-device Verlet lists
+(:mod:`jaxmat.core.neighbors`) with the model's graph cutoff (``model.graph``) plus
+``skin``, rebuilt inside the scan whenever an atom has moved more than ``skin / 2``; when a
+list outgrows its static capacity the group is reallocated outside ``jit`` and its steps
+are redone. Groups run one after another.
 """
 from __future__ import annotations
 
@@ -36,9 +37,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxmat.core import committee, ensemble, graph
+from jaxmat.core import committee, ensemble, graph, neighbors
 from jaxmat.core.predict import resolve_cutoff
 from jaxmat.core.protocol import Model, Params
+from jaxmat.md import forces
+from jaxmat.md.run import _build_all
 
 
 # --------------------------------------------------------------------------- structures
@@ -168,8 +171,9 @@ def _displaced(batch: graph.Batch, delta: jax.Array) -> graph.Batch:
 class AttackConfig:
     """Attack settings. ``lr`` and ``sigma``, ``clamp`` and ``skin`` are in Å;
     ``optimizer`` names an optax optimiser taking the learning rate (``adam``, ``sgd``, ...).
-    ``check_every`` steps are compiled together between neighbour-list checks (periodic or
-    incomplete graphs only); ``batch_size`` caps the structures per compiled batch;
+    ``check_every`` is accepted for older configuration files and has no effect (the
+    on-device list is checked at every step); ``batch_size`` caps the structures per
+    compiled batch;
     ``axes`` are the Cartesian axes atoms may move along (e.g. ``(0,)`` for a 1-D model)."""
 
     n_steps: int = 60
@@ -223,48 +227,39 @@ class AttackResult:
 @functools.lru_cache(maxsize=32)
 def _compiled(model: Model, per_atom: bool, optimizer: Any, clamp: float | None,
               axes: tuple[int, ...]):
-    if isinstance(optimizer, tuple):  # (optax name, learning rate): one compile per setting
+    """``run(spec, n_steps, species, pbc, params, pos0, cell, delta, nbrs, kT, e_min, log_z)``
+    for R starts of one group (positions (R, N, 3) Å): the objective history (n_steps, R),
+    the final δ, the final list and the committee terms at the end."""
+    if isinstance(optimizer[0], str):  # (optax name, learning rate): one compile per setting
         optimizer = getattr(optax, optimizer[0])(optimizer[1])
-    def terms(params, batch, pos0, delta, kT, e_min, log_z):
-        b = batch._replace(nodes={**batch.nodes, "positions": pos0 + delta})
-        return committee_terms(model, params, b, kT, e_min, log_z, per_atom)
+    axis_mask = np.array([a in axes for a in range(3)], np.float32)
 
-    def loss(delta, params, batch, pos0, kT, e_min, log_z):
-        t = terms(params, batch, pos0, delta, kT, e_min, log_z)
-        return -jnp.sum(t["objective"]), t["objective"]
-
-    def run(n_steps, params, batch, pos0, delta, opt_state, pos_ref, kT, e_min, log_z):
-        axis_mask = jnp.asarray([a in axes for a in range(3)], delta.dtype)
-        node_mask = batch.nodes["mask"][:, None].astype(delta.dtype) * axis_mask
-        g = graph.n_graphs(batch)
+    def run(spec, n_steps, species, pbc, params, pos0, cell, delta, nbrs, kT, e_min, log_z):
+        def terms(d, nb):
+            b = forces.replica_batch(np.array(species), np.array(pbc), pos0 + d, cell, nb)
+            t = committee_terms(model, params, b, kT, e_min, log_z, per_atom)
+            return {k: v[:-1] for k, v in t.items()}  # drop the padding graph
 
         def step(carry, _):
-            d, s = carry
-            (_, obj), grad = jax.value_and_grad(loss, has_aux=True)(
-                d, params, batch, pos0, kT, e_min, log_z)
-            upd, s = optimizer.update(grad * node_mask, s, d)
-            d = optax.apply_updates(d, upd) * node_mask
-            if clamp is not None:
-                d = jnp.clip(d, -clamp, clamp)
-            moved = graph.safe_norm(pos0 + d - pos_ref) * batch.nodes["mask"]
-            disp = jax.ops.segment_max(moved, batch.nodes["graph"], g)
-            return (d, s), (obj, disp)
+            d, s, nb = carry
+            nb = neighbors.update_all(spec, nb, pos0 + d, cell)
+            grad, obj = jax.grad(lambda x: _negated(terms(x, nb)["objective"]),
+                                 has_aux=True)(d)
+            upd, s = optimizer.update(grad * axis_mask, s, d)
+            d = optax.apply_updates(d, upd) * axis_mask
+            d = d if clamp is None else jnp.clip(d, -clamp, clamp)
+            return (d, s, nb), obj
 
-        (delta, opt_state), (hist, disp) = jax.lax.scan(step, (delta, opt_state), None,
-                                                        length=n_steps)
-        return delta, opt_state, hist, disp
+        (delta, _, nbrs), hist = jax.lax.scan(step, (delta, optimizer.init(delta), nbrs),
+                                              None, length=n_steps)
+        nbrs = neighbors.update_all(spec, nbrs, pos0 + delta, cell)
+        return hist, delta, nbrs, terms(delta, nbrs)
 
-    return (jax.jit(terms), jax.jit(run, static_argnums=0), jax.jit(optimizer.init))
+    return jax.jit(run, static_argnums=(0, 1, 2, 3))
 
 
-def _budget(records: list[graph.Record], old: graph.Budget | None = None) -> graph.Budget:
-    """All records in one batch, with 25 % head-room on edges for rebuilt lists; ``old`` is
-    kept while the records fit it (the node count never changes between rebuilds)."""
-    n, e = sum(r.n_node for r in records), sum(r.n_edge for r in records)
-    t = sum(r.n_triplet for r in records)
-    if old is not None and old.fits(n, e, len(records), t):
-        return old
-    return graph.fixed_budget(records, len(records), edge_margin=1.25)
+def _negated(objective: jax.Array) -> tuple[jax.Array, jax.Array]:
+    return -jnp.sum(objective), objective
 
 
 # --------------------------------------------------------------------------- attack
@@ -296,21 +291,25 @@ def attack(
     for z, *_ in structs:
         d = rng.normal(0.0, cfg.sigma, (len(z), 3)) * np.isin(np.arange(3), cfg.axes)
         deltas0.append(np.clip(d, -cfg.clamp, cfg.clamp) if cfg.clamp is not None else d)
+    groups: dict[tuple, list[int]] = {}
+    for k, (z, _, _, pbc) in enumerate(structs):
+        groups.setdefault((tuple(z.tolist()), tuple(pbc.tolist())), []).append(k)
     bs = cfg.batch_size or len(structs)
-    pieces = []
-    for a in range(0, len(structs), bs):
-        idx = list(range(a, min(len(structs), a + bs)))
-        pieces.append(_attack_batch(model, params, [structs[k] for k in idx],
-                                    [deltas0[k] for k in idx], reference, cutoff, cfg, opt))
-    cat = lambda k: np.concatenate([p[k] for p in pieces], axis=-1)  # noqa: E731
-    deltas = [d for p in pieces for d in p["delta"]]
-    atoms_out = []
-    for k, (s, (z, pos, cell, pbc), d) in enumerate(zip(starts, structs, deltas)):
-        atoms_out.append(_attacked_atoms(s, z, pos + d, cell, pbc))
-    res = AttackResult(atoms_out, cat("objective"), cat("forces_var_graph"), cat("energy_mean"),
-                       cat("energy_std"), cat("objective_start"),
-                       np.concatenate([p["history"] for p in pieces], axis=1),
-                       deltas, sum(p["n_rebuilds"] for p in pieces), time.perf_counter() - t0)
+    chunks = [idx[a:a + bs] for idx in groups.values() for a in range(0, len(idx), bs)]
+    n, out, n_rebuilds = len(structs), {}, 0
+    for idx in chunks:
+        piece = _attack_batch(model, params, [structs[k] for k in idx],
+                              [deltas0[k] for k in idx], reference, cutoff, cfg, opt)
+        n_rebuilds += piece.pop("n_rebuilds")
+        for key, v in piece.items():
+            out.setdefault(key, [None] * n)
+            for j, k in enumerate(idx):
+                out[key][k] = v[..., j] if key == "history" else v[j]
+    hist = np.stack(out["history"], axis=-1)
+    atoms_out = [_attacked_atoms(s, z, pos + d, cell, pbc)
+                 for s, (z, pos, cell, pbc), d in zip(starts, structs, out["delta"])]
+    res = AttackResult(atoms_out, *(np.asarray(out[k]) for k in RESULT_TERMS),
+                       hist, out["delta"], n_rebuilds, time.perf_counter() - t0)
     for k, a in enumerate(res.atoms):
         a.info.update(start_index=k, attack_objective=float(res.objective[k]),
                       forces_var_graph=float(res.forces_var_graph[k]),
@@ -329,9 +328,11 @@ def _checked_inputs(model: Model, params: Params, starts: list, reference: Boltz
     if reference.kT <= 0:
         raise ValueError(f"kT must be positive (eV), got {reference.kT}")
     cutoff = resolve_cutoff(model, cutoff)
-    if model.graph.max_neighbors is not None:
-        raise ValueError(f"{model.name} reads a k-nearest-neighbour graph (max_neighbors="
-                         f"{model.graph.max_neighbors}); attacks need a plain cutoff graph")
+    spec = model.graph
+    if spec.max_neighbors is not None or spec.line_graph or "sparse" not in spec.layouts:
+        raise ValueError(f"{model.name} reads a graph with max_neighbors={spec.max_neighbors}, "
+                         f"line_graph={spec.line_graph}, layouts {list(spec.layouts)}; attacks "
+                         "need a plain cutoff graph in the sparse layout")
     if not starts:
         raise ValueError("attack needs at least one start geometry (empty start set)")
     ensemble.size(params)
@@ -357,74 +358,33 @@ def _attacked_atoms(start: Any, numbers, positions, cell, pbc):
     return Atoms(numbers=numbers, positions=positions, cell=cell, pbc=pbc)
 
 
+RESULT_TERMS = ("objective", "forces_var_graph", "energy_mean", "energy_std",
+                "objective_start")
+
+
 def _attack_batch(model, params, structs, deltas0, ref, cutoff, cfg, opt) -> dict:
-    terms_fn, run_fn, init_fn = _compiled(model, ref.per_atom, opt, cfg.clamp, tuple(cfg.axes))
-    rc = cutoff + cfg.skin
-    pos_start = [p for _, p, _, _ in structs]
+    """Attack R starts of the same atoms in one compiled scan; on a list overflow, reallocate
+    with more head-room (sized on the start and the overflowed end geometries) and redo."""
+    z, _, _, pbc = structs[0]
+    pos0 = np.stack([p for _, p, _, _ in structs]).astype(np.float32)
+    cell = np.stack([c for _, _, c, _ in structs]).astype(np.float32)
+    d0 = np.stack(deltas0).astype(np.float32)
+    run = _compiled(model, ref.per_atom, opt, cfg.clamp, tuple(cfg.axes))
+    sized_on, cells = pos0 + d0, cell
+    for attempt in range(9):
+        spec = neighbors.plan(sized_on, cells, pbc, cutoff, cfg.skin, margin=1.3 * 1.5**attempt)
+        nbrs = _build_all(spec, pos0 + d0, cell)
+        hist, delta, nbrs, end = jax.device_get(run(
+            spec, cfg.n_steps, tuple(z.tolist()), tuple(pbc.tolist()), params, pos0, cell, d0,
+            nbrs, np.float32(ref.kT), np.float32(ref.e_min), np.float32(ref.log_z)))
+        if not np.any(nbrs.overflow):
+            break
+        end_pos = pos0 + np.where(np.isfinite(delta), delta, d0)
+        sized_on, cells = np.concatenate([pos0 + d0, end_pos]), np.concatenate([cell, cell])
+    else:
+        raise RuntimeError(f"the attack's neighbour list overflowed 9 times; last sizes {spec}")
+    out = {k: np.asarray(v, np.float64) for k, v in end.items() if k in RESULT_TERMS}
+    out["objective_start"] = np.asarray(hist[0] if cfg.n_steps else out["objective"], float)
+    return {**out, "history": hist, "delta": list(np.asarray(delta, np.float64)),
+            "n_rebuilds": int(np.max(nbrs.n_builds)) - 1}
 
-    def build(cur):
-        recs = [graph.make_record(z, p, rc, c, pbc, name=f"attacked structure {k}")
-                for k, ((z, _, c, pbc), p) in enumerate(zip(structs, cur))]
-        if model.graph.line_graph:
-            from jaxmat.core.linegraph import add_line_graph
-
-            recs = [add_line_graph(r) for r in recs]
-        complete = np.array([not pbc.any() and r.n_edge == len(z) * (len(z) - 1)
-                             for (z, _, _, pbc), r in zip(structs, recs)])
-        return recs, complete
-
-    def padded(arrs, n):
-        out = np.zeros((n, 3), np.float32)
-        cat = np.concatenate(arrs)
-        out[:len(cat)] = cat
-        return jnp.asarray(out)
-
-    recs, complete = build([p + d for p, d in zip(pos_start, deltas0)])
-    budget = _budget(recs)
-    b = graph.to_device(graph.batch(recs, budget))
-    n_real = sum(len(p) for p in pos_start)
-    splits = np.cumsum([len(p) for p in pos_start])[:-1]
-    pos0 = padded(pos_start, budget.n_node)
-    delta = padded(deltas0, budget.n_node)
-    pos_ref = pos0 + delta
-    kT, e_min, log_z = (jnp.float32(ref.kT), jnp.float32(ref.e_min), jnp.float32(ref.log_z))
-    opt_state = init_fn(delta)
-    g = len(structs)
-    start_terms = terms_fn(params, b, pos0, delta, kT, e_min, log_z)
-    chunk = cfg.n_steps if complete.all() else cfg.check_every
-    hist, done, n_rebuilds, redo = [], 0, 0, False
-    while done < cfg.n_steps:
-        s = min(chunk, cfg.n_steps - done)
-        new_delta, new_state, h, disp = run_fn(s, params, b, pos0, delta, opt_state, pos_ref,
-                                               kT, e_min, log_z)
-        moved = np.asarray(disp)[:, :g].max(axis=0)
-        if np.any((moved > 0.5 * cfg.skin) & ~complete):
-            if redo:
-                raise ValueError(
-                    f"atoms moved more than skin/2 = {0.5 * cfg.skin} Å within {s} attack "
-                    f"step(s); increase the skin or lower the learning rate / check_every")
-            cur = np.asarray(pos0 + delta)[:n_real]
-            recs, complete = build(np.split(cur, splits))
-            budget = _budget(recs, budget)
-            if budget.n_node != pos0.shape[0]:
-                raise RuntimeError("node budget changed on rebuild")  # cannot happen
-            b = graph.to_device(graph.batch(recs, budget))
-            pos_ref = pos0 + delta
-            n_rebuilds += 1
-            redo = True
-            continue
-        delta, opt_state, redo = new_delta, new_state, False
-        hist.append(np.asarray(h)[:, :g])
-        done += s
-    end_terms = jax.device_get(terms_fn(params, b, pos0, delta, kT, e_min, log_z))
-    d_host = np.asarray(delta, dtype=np.float64)[:n_real]
-    return {
-        "objective": np.asarray(end_terms["objective"])[:g],
-        "forces_var_graph": np.asarray(end_terms["forces_var_graph"])[:g],
-        "energy_mean": np.asarray(end_terms["energy_mean"])[:g],
-        "energy_std": np.asarray(end_terms["energy_std"])[:g],
-        "objective_start": np.asarray(start_terms["objective"])[:g],
-        "history": np.concatenate(hist) if hist else np.zeros((0, g)),
-        "delta": np.split(d_host, splits),
-        "n_rebuilds": n_rebuilds,
-    }

@@ -217,3 +217,22 @@ def test_blank_sub_batches_fill_the_last_step():
                                np.asarray(graph.edge_vectors(ref))[ref.edges["mask"]], atol=1e-6)
     node_graph = np.asarray(merged.nodes["graph"])[np.asarray(merged.nodes["mask"])]
     np.testing.assert_array_equal(node_graph, np.repeat([0, 1, 3, 4], 4))
+
+
+@pytest.mark.parametrize("layout", ["sparse", "dense"])
+def test_merged_sub_batches_give_the_batch_loss(layout):
+    """The loss of merged per-device sub-batches (molecules of different sizes) is the loss
+    of one batch of the same graphs, in both layouts (no devices needed)."""
+    from jaxmat import potential
+    from jaxmat.models import SchNetConfig, schnet
+
+    recs = random_molecules([3, 6, 4, 5], 4.0, seed=4)
+    model = potential.potential(schnet(SchNetConfig(n_features=8, n_interactions=1, n_rbf=8,
+                                                    cutoff=4.0)), stress=False)
+    loss = train.energy_force_loss(1.0, 10.0)
+    gb = next(iter(parallel.Shards(graph.GraphLoader(recs, 4, shuffle=False, layout=layout), 2)))
+    one = graph.batch(recs, layout=layout)
+    p = model.init(jax.random.key(0), one)
+    split = jax.jit(lambda p, b: loss(parallel.apply(model.apply, p, b), parallel.merge(b))[0])
+    whole = jax.jit(lambda p, b: loss(model.apply(p, b), b)[0])
+    np.testing.assert_allclose(split(p, gb), whole(p, one), rtol=1e-5)

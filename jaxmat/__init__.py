@@ -30,7 +30,7 @@ __version__ = "0.1.0"
 MODULES = {
     **{m: f"jaxmat.core.{m}" for m in (
         "bundle", "calibrate", "checkpoint", "committee", "crossval", "engine", "ensemble",
-        "graph", "linegraph", "neighbors", "potential", "protocol", "train")},
+        "graph", "linegraph", "neighbors", "parallel", "potential", "protocol", "train")},
     "md": "jaxmat.md",
     **{m: f"jaxmat.workflows.{m}" for m in ("interpret", "photoanode", "spectra", "xanes")},
     **{m: f"jaxmat.workflows.adversarial.{m}" for m in (

@@ -220,8 +220,8 @@ def _write(out: str, results: dict, args) -> None:
     if os.path.exists(path):
         with open(path) as f:
             old = json.load(f)
-        if old.get("settings", {}) | {"strategies": None, "seeds": None} == \
-                vars(args) | {"strategies": None, "seeds": None}:
+        free = {"strategies": None, "seeds": None, "generations": None}  # per run
+        if old.get("settings", {}) | free == vars(args) | free:
             results["runs"] = old["runs"] | results["runs"]
     table = summary(results["runs"])
     results["summary"] = table

@@ -244,6 +244,14 @@ build_many = jax.jit(jax.vmap(build, in_axes=(None, 0, 0, 0)), static_argnums=0)
 """``build`` for replicas (stacked lists, positions (R, N, 3), cells (R, 3, 3))."""
 
 
+def build_replicas(spec: ListSpec, positions: np.ndarray, cells: np.ndarray) -> Neighbors:
+    """Stacked lists of R replicas (positions (R, N, 3) Å, cells (R, 3, 3) Å), built."""
+    pos, cells = np.asarray(positions), np.asarray(cells)
+    lists = [empty(spec, p, c) for p, c in zip(pos, cells)]
+    stacked = jax.tree_util.tree_map(lambda *x: np.stack(x), *lists)
+    return build_many(spec, stacked, pos.astype(np.float32), cells.astype(np.float32))
+
+
 def needs_rebuild(spec: ListSpec, nbrs: Neighbors, positions: jax.Array,
                   cell: jax.Array) -> jax.Array:
     """True when some atom moved more than ``skin / 2`` (Å) since the last build, counting

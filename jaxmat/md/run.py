@@ -155,7 +155,7 @@ def simulate(model: Model, params: Params, atoms: Atoms | Sequence[Atoms], steps
     vel0 = _velocities(reps, init_temperature_K, seed, settings.ensemble == "nve")
 
     spec = neighbors.plan(pos0, cell0, pbc, cutoff, skin)
-    nbrs = _build_all(spec, pos0, cell0)
+    nbrs = neighbors.build_replicas(spec, pos0, cell0)
     if committee is None:
         committee = is_committee(model, params, graph.batch(as_records(model, reps[:1])))
     forces = force_fn(model, species, pbc, committee)
@@ -183,7 +183,7 @@ def simulate(model: Model, params: Params, atoms: Atoms | Sequence[Atoms], steps
             spec = neighbors.plan(np.asarray(state.positions), np.asarray(state.cell), pbc,
                                   cutoff, skin, margin=1.3 * 1.5**n_realloc,
                                   cell_margin=1.0 + 0.1 * n_realloc)
-            state = state._replace(nbrs=_build_all(spec, np.asarray(state.positions),
+            state = state._replace(nbrs=neighbors.build_replicas(spec, np.asarray(state.positions),
                                                    np.asarray(state.cell)))
             continue
         state = new
@@ -206,13 +206,6 @@ def simulate(model: Model, params: Params, atoms: Atoms | Sequence[Atoms], steps
         _write_frames(trajectory, reps, frames, timestep_fs)
     log = {k: np.concatenate(v) if v else np.zeros((0, R)) for k, v in logs.items()}
     return _result(reps, state, np.asarray(log_steps), log, done, seconds, n_realloc)
-
-
-def _build_all(spec: neighbors.ListSpec, pos: np.ndarray, cell: np.ndarray):
-    lists = [neighbors.empty(spec, p, c) for p, c in zip(pos, cell)]
-    stacked = jax.tree_util.tree_map(lambda *x: np.stack(x), *lists)
-    return neighbors.build_many(spec, stacked, np.asarray(pos, np.float32),
-                                np.asarray(cell, np.float32))
 
 
 def _initial_state(forces, params, pos0, vel0, cell0, nbrs, seed, dtype) -> MDState:

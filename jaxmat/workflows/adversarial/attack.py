@@ -41,7 +41,6 @@ from jaxmat.core import committee, ensemble, graph, neighbors
 from jaxmat.core.predict import resolve_cutoff
 from jaxmat.core.protocol import Model, Params
 from jaxmat.md import forces
-from jaxmat.md.run import _build_all
 
 
 # --------------------------------------------------------------------------- structures
@@ -373,7 +372,7 @@ def _attack_batch(model, params, structs, deltas0, ref, cutoff, cfg, opt) -> dic
     sized_on, cells = pos0 + d0, cell
     for attempt in range(9):
         spec = neighbors.plan(sized_on, cells, pbc, cutoff, cfg.skin, margin=1.3 * 1.5**attempt)
-        nbrs = _build_all(spec, pos0 + d0, cell)
+        nbrs = neighbors.build_replicas(spec, pos0 + d0, cell)
         hist, delta, nbrs, end = jax.device_get(run(
             spec, cfg.n_steps, tuple(z.tolist()), tuple(pbc.tolist()), params, pos0, cell, d0,
             nbrs, np.float32(ref.kT), np.float32(ref.e_min), np.float32(ref.log_z)))

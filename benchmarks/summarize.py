@@ -8,9 +8,16 @@ import glob
 import os
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ORDER = ["speed", "ab_speed", "fit_speed", "ab_fit_speed", "peers", "mlearn", "committee", "ammonia_committee", "adversarial_ammonia", "adversarial_data",
-         "adversarial_ammonia_large", "adversarial_data_large", "adversarial_data_large_55",
-         "photoanode", "xanes", "xanes_single_check", "xanes_committee", "xanes_committee_N", "xanes_committee_painn", "xanes_curve", "crystal", "mlearn_painn_equal", "mlearn_painn_equal_check", "mlearn_painn"]
+ORDER = ["speed", "ab_speed", "fit_speed", "ab_fit_speed", "peers", "peers_single_core",
+         "peers_periodic_single_core", "scale", "md_speed", "attack_speed", "ab_attack_speed",
+         "cli_overhead", "mlearn", "committee", "ammonia_committee", "robustness_nh3",
+         "robustness_nh3_validation", "robustness_alanine", "oracle_throughput",
+         "adversarial_ammonia", "adversarial_data", "adversarial_ammonia_large",
+         "adversarial_data_large", "adversarial_data_large_55", "photoanode", "xanes",
+         "xanes_levers_O", "xanes_levers_O40", "xanes_levers_N", "xanes_inverse_O",
+         "xanes_inverse_O40", "xanes_inverse_N", "xanes_throughput_cpu", "xanes_single_check",
+         "xanes_committee", "xanes_committee_N", "xanes_committee_painn", "xanes_curve",
+         "crystal", "mlearn_painn_equal", "mlearn_painn_equal_check", "mlearn_painn"]
 
 HEADER = """# Benchmarks
 
@@ -33,6 +40,14 @@ is a shared 2-core VM: its load average is recorded in every JSON file.
 | `xanes.py`, `xanes_curve.py` | structure → K-edge XANES peak metrics; their learning curve |
 | `xanes_committee.py` | XANES committee size and backbone (SchNet/PaiNN), chosen on the validation split |
 | `crystal.py`, `mlearn_painn.py` | ALIGNN-style / PaiNN on JARVIS samples and mlearn (`--epochs 20 --schnet --out mlearn_painn_equal`: equal training beside SchNet) |
+| `scale.py` | host (vesin) and on-device neighbour lists, SchNet E+F+S on Si supercells to 32,768 atoms: time, atoms/s, peak memory |
+| `md_speed.py` | `jaxmat.md` replicas vs the ASE calculator loop (NH3, 4,096-atom Si), NVE drift of a trained potential |
+| `attack_speed.py` | attacked geometry-steps/s of an 8-member committee (NH3, periodic Si) |
+| `cli_overhead.py` | `jaxmat train` against the same training through the Python API |
+| `oracle_throughput.py` | GFN2-xTB labels/s through the store: serial, threads, 1 and 2 worker processes |
+| `robustness.py` | success fraction of NN-driven MD vs oracle labels for adversarial, random and committee-MD sampling |
+| `xanes_levers.py`, `xanes_inverse.py`, `xanes_throughput.py` | XANES model levers on validation (precision and recall), the inverse problem, spectra/s |
+| `gpu.sh` | the GPU run: speed, committee, attack, MD, scale, XANES in at most 8 minutes (`results/gpu/`) |
 """
 
 

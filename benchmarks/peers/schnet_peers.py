@@ -326,6 +326,7 @@ def main() -> None:
         "versions": _versions(),
         "jaxmat_layouts": worker.info["layouts"],
         "jaxmat_base_root": a.base_root,
+        "jaxmat_base_commit": _commit(a.base_root),
         "n_params": n_params,
         "load_average_1min": {"min": min(loads), "median": float(np.median(loads)),
                               "max": max(loads)},
@@ -342,6 +343,15 @@ def main() -> None:
     with open(a.out + ".md", "w") as f:
         f.write(markdown(result))
     print(markdown(result))
+
+
+def _commit(root: str | None) -> str | None:
+    """The git commit of a jaxmat checkout (None if unknown)."""
+    if not root:
+        return None
+    out = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"],
+                         capture_output=True, text=True)
+    return out.stdout.strip() or None if out.returncode == 0 else None
 
 
 def _versions() -> dict:
@@ -368,27 +378,33 @@ def markdown(res: dict) -> str:
         f"SchNetPack {res['versions']['schnetpack']}. Medians of {c['rounds']} alternated "
         f"rounds; 1-min load average during the run {res['load_average_1min']['min']:.1f}-"
         f"{res['load_average_1min']['max']:.1f} (median {res['load_average_1min']['median']:.1f}) "
-        "on a shared machine.",
+        "on a shared machine."
+        + (" `jaxmat-sparse-base`: the sparse layout of jaxmat "
+           f"{res.get('jaxmat_base_commit') or res['jaxmat_base_root']}, in the same rounds."
+           if res.get("jaxmat_base_root") else ""),
         "",
         "| implementation | train ms/step | train structures/s | inference ms | "
-        "inference structures/s |",
-        "|---|---|---|---|---|",
+        "inference structures/s | CPU ms: train, inference |",
+        "|---|---|---|---|---|---|",
     ]
     for impl in s["train"]["median_s_per_step"]:
         lines.append(
             f"| {impl} | {1e3 * s['train']['median_s_per_step'][impl]:.1f} | "
             f"{s['train']['structures_per_s'][impl]:.0f} | "
             f"{1e3 * s['infer']['median_s_per_step'][impl]:.1f} | "
-            f"{s['infer']['structures_per_s'][impl]:.0f} |")
+            f"{s['infer']['structures_per_s'][impl]:.0f} | "
+            f"{1e3 * s['train']['median_cpu_s_per_step'][impl]:.1f}, "
+            f"{1e3 * s['infer']['median_cpu_s_per_step'][impl]:.1f} |")
     lines += ["", "| jaxmat layout | train speed-up vs faster peer | inference speed-up vs "
-              "faster peer |", "|---|---|---|"]
+              "faster peer | process CPU time: train, inference |", "|---|---|---|---|"]
     for impl in s["train"]["speedup"]:
         tr, inf = s["train"]["speedup"][impl], s["infer"]["speedup"][impl]
         lines.append(
             f"| {impl} | {tr['vs_faster_peer']:.2f}x ({s['train']['faster_peer']}; "
             f"per-round median {tr['vs_faster_peer_median_of_rounds']:.2f}x) | "
             f"{inf['vs_faster_peer']:.2f}x ({s['infer']['faster_peer']}; per-round median "
-            f"{inf['vs_faster_peer_median_of_rounds']:.2f}x) |")
+            f"{inf['vs_faster_peer_median_of_rounds']:.2f}x) | "
+            f"{tr['cpu_time_vs_faster_peer']:.2f}x, {inf['cpu_time_vs_faster_peer']:.2f}x |")
     return "\n".join(lines) + "\n"
 
 

@@ -26,7 +26,10 @@ Conventions (every model and tool relies on them):
 
 Two layouts share these names (``layout=`` in :func:`batch` and :class:`GraphLoader`):
 
-* ``"sparse"`` (default): the padded edge list above, for any structure.
+* ``"sparse"`` (default): the padded edge list above, for any structure. Edge lists are
+  symmetric (every edge ``(i, j, s)`` has its reverse ``(j, i, -s)``; :func:`batch` checks
+  it), so a model whose edge weights are the same in both directions computes them once per
+  pair (:func:`pair_list`).
 * ``"dense"``: for small non-periodic molecules. Every graph owns a block of
   ``n_max`` atom slots (node ``g * n_max + a``; slots past the molecule's size are
   padding nodes with ``mask`` False, so there is no separate padding node) and
@@ -58,7 +61,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -546,8 +549,34 @@ def batch(records: Sequence[Record], budget: Budget | None = None, dtype=np.floa
     return _batch_sparse(records, budget, dtype)
 
 
+def _edge_keys(receivers: np.ndarray, senders: np.ndarray, shifts: np.ndarray,
+               n: int) -> np.ndarray:
+    """One int64 per directed edge ``(i, j, shift)`` of an ``n``-atom structure."""
+    s = np.rint(shifts).astype(np.int64)
+    span = int(np.abs(s).max()) + 1 if len(s) else 1
+    base = 2 * span + 1
+    code = ((s[:, 0] + span) * base + (s[:, 1] + span)) * base + (s[:, 2] + span)
+    return (receivers.astype(np.int64) * n + senders) * base**3 + code
+
+
+def check_symmetric(record: Record, name: str = "structure") -> None:
+    """ValueError unless every edge ``(i, j, s)`` has its reverse ``(j, i, -s)`` (true of
+    every cutoff list; :func:`pair_list` relies on it)."""
+    fwd = _edge_keys(record.receivers, record.senders, record.shifts, record.n_node)
+    rev = _edge_keys(record.senders, record.receivers, -record.shifts, record.n_node)
+    fwd_s, rev_s = np.sort(fwd), np.sort(rev)
+    if not np.array_equal(fwd_s, rev_s):
+        bad = np.flatnonzero(~np.isin(rev, fwd_s))
+        e = int(bad[0]) if len(bad) else 0
+        raise ValueError(
+            f"{name}: the edge list is not symmetric: edge {e} ({int(record.receivers[e])} <- "
+            f"{int(record.senders[e])}, shift {record.shifts[e].tolist()}) has no reverse edge")
+
+
 def _batch_sparse(records: Sequence[Record], budget: Budget | None, dtype) -> Batch:
     """The sparse layout (module docstring): concatenated edge lists, one padding graph."""
+    for k, r in enumerate(records):
+        check_symmetric(r, f"record {k}")
     n_real_nodes = sum(r.n_node for r in records)
     n_real_edges = sum(r.n_edge for r in records)
     n_real_trip = sum(r.n_triplet for r in records)
@@ -839,21 +868,72 @@ def edge_vectors(batch: Batch) -> jax.Array:
         G, n, K = _dense_dims(batch)
         p = pos.reshape(G, n, 3)
         return (_rolled(p, K) - p[:, :, None, :]).reshape(-1, 3)
-    cell = batch.globals["cell"][batch.nodes["graph"][batch.receivers]]
-    shift = jnp.einsum("ek,ekl->el", batch.edges["shifts"], cell)
-    return pos[batch.senders] - pos[batch.receivers] + shift
+    return _vectors(batch, batch.senders, batch.receivers, batch.edges["shifts"])
 
 
-def convolve(h: jax.Array, w: jax.Array, batch: Batch) -> jax.Array:
+def _vectors(batch: Batch, senders: jax.Array, receivers: jax.Array,
+             shifts: jax.Array) -> jax.Array:
+    """R[senders] - R[receivers] + shifts @ cell of the receiver's graph (Å)."""
+    pos = batch.nodes["positions"]
+    cell = batch.globals["cell"][batch.nodes["graph"][receivers]]
+    return pos[senders] - pos[receivers] + jnp.einsum("ek,ekl->el", shifts, cell)
+
+
+class Pairs(NamedTuple):
+    """Each unordered neighbour pair of a batch once (see :func:`pair_list`): ``receivers``
+    i, ``senders`` j (P,), integer cell ``shifts`` (P, 3) and ``mask`` (P,)."""
+
+    senders: jax.Array
+    receivers: jax.Array
+    shifts: jax.Array
+    mask: jax.Array
+
+
+def pair_list(batch: Batch) -> Pairs:
+    """The unordered pairs of a batch, for models whose edge weights are the same in both
+    directions (functions of the distance: SchNet's filters).
+
+    Dense: the pair slots. Sparse: the edge list is symmetric (every edge ``(i, j, s)`` has
+    its reverse ``(j, i, -s)``, as every cutoff list; :func:`batch` checks it), and the
+    direction kept is ``i < j``, or for an atom and its own image the one whose first
+    non-zero shift component is positive. ``P = ceil(E / 2)``; slots past the pairs are
+    masked copies of the last edge. Use with :func:`pair_vectors` and ``convolve(...,
+    pairs=)``: half the per-edge work of the directed list.
+    """
+    if is_dense(batch):
+        return Pairs(batch.senders, batch.receivers, batch.edges["shifts"], batch.edges["mask"])
+    s, r, sh = batch.senders, batch.receivers, batch.edges["shifts"]
+    E = s.shape[0]
+    first = jnp.where(sh[:, 0] != 0, sh[:, 0], jnp.where(sh[:, 1] != 0, sh[:, 1], sh[:, 2]))
+    keep = batch.edges["mask"] & ((r < s) | ((r == s) & (first > 0)))
+    P = (E + 1) // 2
+    idx = jnp.nonzero(keep, size=P, fill_value=E - 1)[0]
+    mask = jnp.arange(P) < jnp.sum(keep)
+    return Pairs(s[idx], r[idx], sh[idx], mask)
+
+
+def pair_vectors(batch: Batch, pairs: Pairs) -> jax.Array:
+    """Vectors R[j] - R[i] + shift @ cell (Å), shape (P, 3), of :func:`pair_list`'s pairs."""
+    if is_dense(batch):
+        return edge_vectors(batch)
+    return _vectors(batch, pairs.senders, pairs.receivers, pairs.shifts)
+
+
+def convolve(h: jax.Array, w: jax.Array, batch: Batch, pairs: Pairs | None = None) -> jax.Array:
     """Continuous-filter convolution ``out_i = sum_{j in N(i)} w_ij * h_j``.
 
-    ``h`` (N, F) node features, ``w`` (E, F) edge weights that are the same for
-    both directions of a pair (a function of the distance, as SchNet's filters),
-    zero on masked edges. Sparse: gather + ``segment_sum``; dense: each stored pair
-    sends ``h_j`` to ``i`` and ``h_i`` to ``j`` through rolls of the atom blocks.
+    ``h`` (N, F) node features, ``w`` edge weights that are the same for both directions
+    of a pair (a function of the distance, as SchNet's filters), zero on masked edges:
+    (E, F) on the batch's edges, or (P, F) on ``pairs`` (:func:`pair_list`), each of which
+    sends ``h_j`` to ``i`` and ``h_i`` to ``j``. Sparse: gathers + ``segment_sum``; dense
+    (where the pairs are the edges): rolls of the atom blocks.
     """
     if not is_dense(batch):
-        return jax.ops.segment_sum(h[batch.senders] * w, batch.receivers, h.shape[0])
+        n = h.shape[0]
+        if pairs is None:
+            return jax.ops.segment_sum(h[batch.senders] * w, batch.receivers, n)
+        return (jax.ops.segment_sum(h[pairs.senders] * w, pairs.receivers, n)
+                + jax.ops.segment_sum(h[pairs.receivers] * w, pairs.senders, n))
     G, n, K = _dense_dims(batch)
     F = h.shape[1:]
     h3 = h.reshape(G, n, *F)

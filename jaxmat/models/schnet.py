@@ -48,11 +48,12 @@ class Interaction(nnx.Module):
         self.dense = nnx.Linear(F, F, rngs=rngs)
 
     def __call__(self, h: jax.Array, rbf: jax.Array, fcut: jax.Array,
-                 batch: graph.Batch) -> jax.Array:
-        """Update (N, F) from node features ``h``, edge basis ``rbf`` (E, n_rbf) and
-        cutoff envelope ``fcut`` (E,) (zero on masked edges); any batch layout."""
+                 batch: graph.Batch, pairs: graph.Pairs) -> jax.Array:
+        """Update (N, F) from node features ``h``, pair basis ``rbf`` (P, n_rbf) and
+        cutoff envelope ``fcut`` (P,) (zero on masked pairs) of ``pairs``
+        (:func:`jaxmat.core.graph.pair_list`: each filter once per pair); any batch layout."""
         w = self.filter2(shifted_softplus(self.filter1(rbf))) * fcut[:, None]
-        x = graph.convolve(self.in2f(h), w, batch)
+        x = graph.convolve(self.in2f(h), w, batch, pairs)
         return self.dense(shifted_softplus(self.f2out(x)))
 
 
@@ -69,12 +70,13 @@ class SchNetFeatures(nnx.Module):
 
     def __call__(self, batch: graph.Batch) -> dict[str, jax.Array]:
         cfg = self.cfg
-        d = graph.safe_norm(graph.edge_vectors(batch))
-        fcut = cosine_cutoff(d, cfg.cutoff) * batch.edges["mask"]
+        pairs = graph.pair_list(batch)
+        d = graph.safe_norm(graph.pair_vectors(batch, pairs))
+        fcut = cosine_cutoff(d, cfg.cutoff) * pairs.mask
         rbf = gaussian_rbf(d, cfg.n_rbf, cfg.cutoff)
         h = self.embedding(batch.nodes["species"])
         for block in self.interactions:
-            h = h + block(h, rbf, fcut, batch)
+            h = h + block(h, rbf, fcut, batch, pairs)
         return {"features": h}
 
 

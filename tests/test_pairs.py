@@ -91,3 +91,25 @@ def test_asymmetric_edge_list_raises():
                               shifts=r.shifts[1:])
     with pytest.raises(ValueError, match="not symmetric"):
         graph.batch([bad])
+
+
+def test_schnet_on_device_list_equals_host_batch():
+    """MD's on-device lists (skin edges, padding slots between real ones) give the pairs too."""
+    from jaxmat.core import neighbors
+    from jaxmat.md import forces as md_forces
+
+    at = bulk("Si", "diamond", a=5.43, cubic=True).repeat((2, 1, 1))
+    at.rattle(0.05, seed=1)
+    model = potential.potential(schnet(SchNetConfig(n_features=16, n_interactions=2, n_rbf=10)))
+    b = graph.to_device(graph.batch([graph.atoms_to_record(at, 5.0)]))
+    params = model.init(jax.random.key(0), b)
+    ref = model.apply(params, b)
+    _, nb = neighbors.allocate(at.positions, np.asarray(at.cell), at.pbc, 5.0, skin=0.5)
+    nb = jax.tree_util.tree_map(lambda x: jnp.asarray(x)[None], nb)
+    fn = md_forces.make_force_fn(model, at.numbers, at.pbc, False)
+    out = fn(params, jnp.asarray(at.positions, jnp.float32)[None],
+             jnp.asarray(np.asarray(at.cell), jnp.float32)[None], nb)
+    np.testing.assert_allclose(out["energy"][0], ref["energy"][0], rtol=1e-5)
+    np.testing.assert_allclose(out["forces"][0], ref["forces"][:len(at)], atol=1e-6)
+    np.testing.assert_allclose(out["stress"][0], ref["stress"][0], atol=1e-7)
+    assert float(jnp.abs(ref["forces"]).max()) > 1e-4

@@ -63,8 +63,9 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--parity", default=None, metavar="PNG", help="write a parity plot")
 
     m = sub.add_parser("md", formatter_class=fmt, help="molecular dynamics with a model",
-                       description="MD with a bundle's ASE calculator: nve (velocity Verlet), "
-                       "nvt (Langevin) or npt (Berendsen; periodic cells, model with stress). "
+                       description="Jitted MD (jaxmat.md) with a bundle: nve (velocity Verlet), "
+                       "nvt (Langevin) or npt (Langevin + Berendsen barostat; periodic cells, "
+                       "model with stress). "
                        "Committees log their energy σ (eV) and largest force σ (eV/Å).")
     m.add_argument("model", help="model bundle directory")
     m.add_argument("structure", help="ASE-readable start structure")
@@ -76,7 +77,6 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--interval", type=int, default=10, help="steps between frames/log rows")
     m.add_argument("--friction", type=float, default=0.01, help="Langevin friction (1/fs)")
     m.add_argument("--pressure", type=float, default=0.0, help="NPT pressure (GPa)")
-    m.add_argument("--taut", type=float, default=100.0, help="NPT thermostat time (fs)")
     m.add_argument("--taup", type=float, default=1000.0, help="NPT barostat time (fs)")
     m.add_argument("--seed", type=int, default=0, help="seed of velocities and Langevin noise")
     m.add_argument("--trajectory", default="md.extxyz",

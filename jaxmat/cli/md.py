@@ -1,20 +1,17 @@
 """``jaxmat md MODEL STRUCTURE``: molecular dynamics with a model bundle.
 
-:func:`run_md` is the one integration routine (ASE dynamics on the bundle's calculator,
-:meth:`jaxmat.core.bundle.Bundle.calculator`): ``nve`` (velocity Verlet), ``nvt`` (Langevin)
-or ``npt`` (Berendsen barostat and thermostat; periodic cells and a model with stress).
-Non-periodic structures keep their centre of mass fixed (``FixCom``; Langevin with
-``fixcm=False``: ASE's default runs a 9-atom molecule 150-185 K too hot). Every
-``interval`` steps a frame goes to the trajectory (extxyz or ASE ``.traj``, by extension)
-and a row to the log: time (fs), potential/kinetic/total energy (eV), temperature (K) and,
-for a committee, the energy σ (eV) and the largest per-atom force σ (eV/Å).
+:func:`run_md` runs :func:`jaxmat.md.simulate` (jitted, the neighbour list on the device):
+``nve`` (velocity Verlet), ``nvt`` (Langevin) or ``npt`` (Langevin + Berendsen barostat;
+periodic cells and a model with stress). Every ``interval`` steps, step 0 included, a frame
+goes to the trajectory (any ASE format by extension: extxyz, ``.traj``) and a row to the
+log: time (fs), potential/kinetic/total energy (eV), temperature (K) and, for a
+committee, the energy σ (eV) and the largest per-atom force σ (eV/Å).
 """
 from __future__ import annotations
 
 import csv
 import os
 import sys
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -24,95 +21,47 @@ LOG_FIELDS = ("step", "time_fs", "epot_eV", "ekin_eV", "etot_eV", "temperature_K
 SIGMA_FIELDS = ("energy_std_eV", "forces_std_max_eV_per_A")
 
 
-def run_md(atoms: Any, calc: Any, *, ensemble: str = "nvt", temperature_K: float = 300.0,
-           timestep_fs: float = 0.5, steps: int = 1000, interval: int = 10,
-           friction_per_fs: float = 0.01, pressure_GPa: float = 0.0, taut_fs: float = 100.0,
-           taup_fs: float = 1000.0, compressibility_per_GPa: float = 4.57e-5 * 1e4,
+def run_md(atoms: Any, model: Any, params: Any, *, ensemble: str = "nvt",
+           temperature_K: float = 300.0, timestep_fs: float = 0.5, steps: int = 1000,
+           interval: int = 10, friction_per_fs: float = 0.01, pressure_GPa: float = 0.0,
+           taup_fs: float = 1000.0, compressibility_per_GPa: float = 0.01,
            trajectory: str = "md.extxyz", seed: int = 0,
-           on_row: Callable[[dict], None] | None = None) -> list[dict]:
-    """Run ``steps`` MD steps of ``atoms`` with ``calc``; velocities drawn at
-    ``temperature_K`` with ``seed``. Writes a frame to ``trajectory`` every ``interval``
-    steps (step 0 included); returns the log rows (see the module docstring), each also
-    passed to ``on_row``. ``compressibility_per_GPa`` (NPT; default: water's 4.57e-5/bar)."""
+           committee: bool | None = None) -> list[dict]:
+    """Run ``steps`` MD steps of ``atoms`` with a potential ``model`` and its ``params`` (or
+    a committee's); velocities drawn at ``temperature_K`` with ``seed``. Writes a frame to
+    ``trajectory`` every ``interval`` steps (step 0 included) and returns the log rows (see
+    the module docstring). ``compressibility_per_GPa`` is the Berendsen β (NPT)."""
     from ase import units
-    from ase.constraints import FixCom
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
+
+    import jaxmat.md as md
 
     if ensemble not in ENSEMBLES:
         raise ValueError(f"ensemble must be one of {list(ENSEMBLES)}, got {ensemble!r}")
-    if steps < 0 or interval < 1 or not timestep_fs > 0 or temperature_K < 0:
-        raise ValueError("need steps >= 0, interval >= 1, timestep > 0 fs, temperature >= 0 K")
-    periodic = bool(np.all(atoms.pbc))
-    if ensemble == "npt" and not periodic:
+    if steps < 1 or interval < 1 or not timestep_fs > 0 or temperature_K < 0:
+        raise ValueError("need steps >= 1, interval >= 1, timestep > 0 fs, temperature >= 0 K")
+    if ensemble == "npt" and not np.all(atoms.pbc):
         raise ValueError("npt needs a periodic cell (pbc on all three axes)")
-    atoms = atoms.copy()
-    atoms.calc = calc
-    if not periodic:
-        atoms.set_constraint(FixCom())
-    MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_K,
-                                 rng=np.random.default_rng(seed))
-    Stationary(atoms)
-    dt = timestep_fs * units.fs
-    if ensemble == "nve":
-        from ase.md.verlet import VelocityVerlet
-
-        dyn = VelocityVerlet(atoms, dt)
-    elif ensemble == "nvt":
-        from ase.md.langevin import Langevin
-
-        dyn = Langevin(atoms, dt, temperature_K=temperature_K,
-                       friction=friction_per_fs / units.fs, fixcm=False,
-                       rng=np.random.default_rng(seed + 1))
-    else:
-        from ase.md.nptberendsen import NPTBerendsen
-
-        dyn = NPTBerendsen(atoms, dt, temperature_K=temperature_K,
-                           pressure_au=pressure_GPa * units.GPa, taut=taut_fs * units.fs,
-                           taup=taup_fs * units.fs,
-                           compressibility_au=compressibility_per_GPa / units.GPa)
-    rows: list[dict] = []
-
-    def record() -> None:
-        row = _row(atoms, dyn.nsteps, timestep_fs)
+    res = md.simulate(model, params, atoms, steps, ensemble=ensemble, timestep_fs=timestep_fs,
+                      temperature_K=temperature_K, friction_per_fs=friction_per_fs,
+                      pressure=pressure_GPa * units.GPa, barostat_time_fs=taup_fs,
+                      compressibility=compressibility_per_GPa / units.GPa,
+                      init_temperature_K=temperature_K, seed=seed, log_every=interval,
+                      chunk_steps=max(interval, 1000 - 1000 % interval), trajectory=trajectory,
+                      traj_every=interval, committee=committee)
+    rows = []
+    for t, step in enumerate(res.log_steps):
+        epot, ekin = float(res.log["energy"][t, 0]), float(res.log["kinetic"][t, 0])
+        row = {"step": int(step), "time_fs": float(step * timestep_fs), "epot_eV": epot,
+               "ekin_eV": ekin, "etot_eV": epot + ekin,
+               "temperature_K": float(res.log["temperature"][t, 0])}
+        if res.log["energy_std"][t, 0] > 0:
+            row["energy_std_eV"] = float(res.log["energy_std"][t, 0])
+            row["forces_std_max_eV_per_A"] = float(res.log["forces_std_max"][t, 0])
         rows.append(row)
-        _write_frame(trajectory, atoms, row, append=len(rows) > 1)
-        if on_row is not None:
-            on_row(row)
-
-    dyn.attach(record, interval=interval)
-    dyn.run(steps)
+    if res.failed[0]:
+        print(f"jaxmat md: stopped at step {res.fail_step[0]}: {res.fail_reason[0]}",
+              file=sys.stderr)
     return rows
-
-
-def _row(atoms: Any, step: int, timestep_fs: float) -> dict:
-    epot, ekin = float(atoms.get_potential_energy()), float(atoms.get_kinetic_energy())
-    row = {"step": int(step), "time_fs": step * timestep_fs, "epot_eV": epot, "ekin_eV": ekin,
-           "etot_eV": epot + ekin, "temperature_K": float(atoms.get_temperature())}
-    res = atoms.calc.results
-    if "energy_std" in res:
-        row["energy_std_eV"] = float(res["energy_std"])
-        row["forces_std_max_eV_per_A"] = float(np.max(res["forces_std_atom"]))
-    return row
-
-
-def _write_frame(path: str, atoms: Any, row: dict, append: bool) -> None:
-    """One frame with its energy, forces (and stress) and the log row in ``info``."""
-    from ase.calculators.singlepoint import SinglePointCalculator
-    from ase.io import write
-
-    frame = atoms.copy()
-    frame.constraints = []
-    res = atoms.calc.results
-    frame.calc = SinglePointCalculator(frame, **{k: res[k] for k in ("energy", "forces",
-                                                                     "stress") if k in res})
-    frame.info = {k: v for k, v in row.items() if k != "epot_eV"}  # no stale input labels
-    if path.endswith(".traj"):
-        from ase.io.trajectory import Trajectory
-
-        with Trajectory(path, "a" if append else "w") as t:
-            t.write(frame)
-    else:
-        write(path, frame, append=append)
 
 
 def write_log(path: str, rows: list[dict]) -> None:
@@ -155,12 +104,13 @@ def main(args: Any) -> None:
     print(f"jaxmat md: {len(atoms)} atoms, {args.ensemble} at {args.temperature} K, "
           f"{args.steps} steps of {args.timestep} fs"
           + (f", committee of {b.n_members}" if b.n_members else ""), file=sys.stderr)
-    rows = run_md(atoms, b.calculator(), ensemble=args.ensemble,
+    rows = run_md(atoms, b.model, b.params, ensemble=args.ensemble,
                   temperature_K=args.temperature, timestep_fs=args.timestep, steps=args.steps,
                   interval=args.interval, friction_per_fs=args.friction,
-                  pressure_GPa=args.pressure, taut_fs=args.taut, taup_fs=args.taup,
-                  trajectory=args.trajectory, seed=args.seed,
-                  on_row=lambda r: print(format_row(r), flush=True))
+                  pressure_GPa=args.pressure, taup_fs=args.taup,
+                  trajectory=args.trajectory, seed=args.seed)
+    for r in rows:
+        print(format_row(r), flush=True)
     write_log(args.log, rows)
     print(f"jaxmat md: wrote {args.trajectory} ({len(rows)} frames) and {args.log}",
           file=sys.stderr)

@@ -37,7 +37,7 @@ LOG_KEYS = ("energy", "kinetic", "temperature", "energy_std", "forces_std_max", 
 
 @dataclasses.dataclass
 class MDResult:
-    """What a run gives back. ``log[k]`` (T, R) arrays at ``log_steps`` (T,): ``energy``
+    """What a run gives back. ``log[k]`` (T, R) arrays at ``log_steps`` (T,; step 0 first): ``energy``
     (potential, eV), ``kinetic`` eV, ``temperature`` K, ``energy_std`` eV,
     ``forces_std_max`` eV/Å, ``volume`` Å³ (0 for molecules), ``alive``. ``failed`` (R,),
     ``fail_step`` (R,) (-1 if fine), ``fail_reason`` (R,) str. ``atoms``: final replicas
@@ -166,7 +166,9 @@ def simulate(model: Model, params: Params, atoms: Atoms | Sequence[Atoms], steps
     state = _initial_state(forces, params, pos0, vel0, cell0, nbrs, seed, dtype)
     state = _check_start(state, criteria, bond_set)
 
-    log_steps, logs, frames = [], {k: [] for k in LOG_KEYS}, []
+    rec0 = jax.device_get(_record(state, masses, settings.ensemble, bool(traj_every)))
+    log_steps, logs = [0], {k: [np.asarray(rec0[k])[None]] for k in LOG_KEYS}
+    frames = [(0, rec0)] if traj_every else []
     n_realloc, done, t0 = 0, 0, time.perf_counter()
     bar = _Progress(steps, progress)
     while done < steps:
@@ -204,7 +206,7 @@ def simulate(model: Model, params: Params, atoms: Atoms | Sequence[Atoms], steps
     seconds = time.perf_counter() - t0
     if trajectory:
         _write_frames(trajectory, reps, frames, timestep_fs)
-    log = {k: np.concatenate(v) if v else np.zeros((0, R)) for k, v in logs.items()}
+    log = {k: np.concatenate(v) for k, v in logs.items()}
     return _result(reps, state, np.asarray(log_steps), log, done, seconds, n_realloc)
 
 
@@ -230,6 +232,18 @@ def _check_start(state: MDState, criteria, bond_set) -> MDState:
                           fail_code=code)
 
 
+def _record(s: MDState, masses: jax.Array, ensemble: str, frames: bool) -> dict:
+    """One log record (and frame) of every replica."""
+    dof = 3.0 * masses.shape[0] - (3.0 if ensemble == "nve" else 0.0)
+    kin = kinetic_energy(s.velocities, masses)
+    rec = {"energy": s.energy, "kinetic": kin, "temperature": 2 * kin / (dof * units.kB),
+           "energy_std": s.energy_std, "forces_std_max": s.forces_std_max,
+           "volume": jnp.abs(jnp.linalg.det(s.cell)), "alive": s.alive}
+    if frames:
+        rec.update(positions=s.positions, cell=s.cell)
+    return rec
+
+
 _CHUNKS: dict = {}
 
 
@@ -241,26 +255,15 @@ def _chunk_fn(settings, forces, spec, masses, criteria, bond_set, n, log_every, 
     if key in _CHUNKS:
         return _CHUNKS[key]
     step = make_step(settings, forces, spec, masses, criteria, bond_set)
-    dof = 3.0 * masses.shape[0] - (3.0 if settings.ensemble == "nve" else 0.0)
 
     def inner(params, state):
         return jax.lax.scan(lambda s, _: (step(params, s), None), state, None, log_every)[0]
-
-    def record(s: MDState) -> dict:
-        kin = kinetic_energy(s.velocities, masses)
-        vol = jnp.abs(jnp.linalg.det(s.cell))
-        rec = {"energy": s.energy, "kinetic": kin, "temperature": 2 * kin / (dof * units.kB),
-               "energy_std": s.energy_std, "forces_std_max": s.forces_std_max,
-               "volume": vol, "alive": s.alive}
-        if frames:
-            rec.update(positions=s.positions, cell=s.cell)
-        return rec
 
     @jax.jit
     def chunk(params, state):
         def outer(s, _):
             s = inner(params, s)
-            return s, record(s)
+            return s, _record(s, masses, settings.ensemble, frames)
         return jax.lax.scan(outer, state, None, n // log_every)
 
     if len(_CHUNKS) > 32:

@@ -109,7 +109,9 @@ def robustness(model: Model, params: Params, starts: Atoms | Sequence[Atoms], *,
         if oracle is not None:
             from ase.io import read
 
-            frames = [read(traj if replicas == 1 else os.path.join(tmp, f"frames_r{r}.traj"), ":")
+            frames = [[f for f in read(traj if replicas == 1 else
+                                       os.path.join(tmp, f"frames_r{r}.traj"), ":")
+                       if f.info["step"] > 0]  # the start itself is not checked
                       for r in range(replicas)]
             n_checks = _oracle_checks(model, params, oracle, frames, check_every, failed,
                                       fail_step, reasons, atoms, energy_tol, forces_tol,

@@ -74,6 +74,7 @@ def test_overflow_flag_when_capacities_are_too_small():
     assert bool(neighbors.needs_rebuild(spec, nl, pos.at[0, 0].add(0.3), cell))
 
 
+@pytest.mark.slow  # overflow handling stays in the default set through test_attack
 def test_driver_reallocates_after_overflow(monkeypatch):
     m, params = pot()
     at = argon()
@@ -96,6 +97,7 @@ def test_driver_reallocates_after_overflow(monkeypatch):
 
 
 # --------------------------------------------------------------------------- integrators
+@pytest.mark.slow  # 4 runs; NVE drift stays in the default set through test_cli_md
 def test_nve_conserves_energy_and_replicas_equal_single_runs():
     m, params = pot()
     reps = []

@@ -213,6 +213,7 @@ def test_bad_configs_fail_clearly_and_touch_nothing(run):
     assert p.returncode == 1 and "md.extxyz exists" in p.stderr
 
 
+@pytest.mark.slow
 def test_committee_eval_calibration_and_md_sigma(run, tmp_path):
     d, _ = run
     out = tmp_path / "c"

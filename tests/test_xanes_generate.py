@@ -20,6 +20,7 @@ def _first_peak(res, k=0):
     return first_strong(e, f)
 
 
+@pytest.mark.slow
 def test_carbonyl_pi_star_below_alcohol_first_peak():
     acetone = gen.compute_molecule("CC(C)=O", FAST)
     methanol = gen.compute_molecule("CO", FAST)
@@ -82,6 +83,7 @@ def test_molecule_filter():
     assert [r["stereo_of"] for r in recs] == ["", "", "mol00001", "", ""]
 
 
+@pytest.mark.slow
 def test_resume_skips_finished_and_records_failures(tmp_path):
     store = str(tmp_path / "store")
     mols = [{"mol_id": "m0", "smiles": "O", "n_O": 1, "n_N": 0},

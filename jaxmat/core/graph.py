@@ -173,16 +173,8 @@ def knn_neighbor_list(
     kth[has] = d_s[start[has] + np.minimum(count[has], k) - 1]
     keep = d <= kth[i] + tol
     if symmetric:
-        s_int = np.rint(shifts).astype(np.int64)
-        span = int(np.abs(s_int).max()) + 1 if len(s_int) else 1
-        base = 2 * span + 1
-
-        def key(a, b, s):
-            code = ((s[:, 0] + span) * base + (s[:, 1] + span)) * base + (s[:, 2] + span)
-            return (a.astype(np.int64) * n + b) * base**3 + code
-
-        fwd = key(i, j, s_int)
-        rev = key(j, i, -s_int)
+        fwd = _edge_keys(i, j, shifts, n)
+        rev = _edge_keys(j, i, -shifts, n)
         kept = np.sort(fwd[keep])
         pos = np.clip(np.searchsorted(kept, rev), 0, len(kept) - 1)
         keep = keep | (kept[pos] == rev)

@@ -1,0 +1,231 @@
+"""Records -> one padded batch (:data:`Batch`) in the sparse or dense layout."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jraph
+import numpy as np
+
+from jaxmat.core.graph.budget import LAYOUTS, Budget, _check_dense, choose_layout, dense_shape
+from jaxmat.core.graph.neighborlist import check_symmetric
+from jaxmat.core.graph.records import Record
+from jaxmat.core.graph.structure import PAD_DISTANCE
+
+Batch = jraph.GraphsTuple
+
+
+def batch(records: Sequence[Record], budget: Budget | None = None, dtype=np.float32,
+          layout: str = "sparse") -> Batch:
+    """Concatenate records into one padded :data:`Batch` (numpy leaves).
+
+    Without a budget, a sparse batch is padded by one node, one graph and no extra
+    edges; a dense one has one graph per record and ``n_max`` = the largest record.
+    Targets present on only some records are zero-filled with a ``<name>_mask``.
+    ``layout`` is ``"sparse"``, ``"dense"`` or ``"auto"`` (see the module docstring; here
+    ``"auto"`` is always sparse: :class:`GraphLoader` with ``model=`` can choose dense).
+    Records with line graphs give ``edges["line"]`` (all records must have one).
+    """
+    if not records:
+        raise ValueError("cannot batch an empty list of structures")
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; choose from {LAYOUTS}")
+    if layout == "auto":
+        layout = choose_layout(records)
+    with_line = [r.line_senders is not None for r in records]
+    if any(with_line) and not all(with_line):
+        raise ValueError("cannot batch records with and without line graphs together")
+    if layout == "dense":
+        if any(with_line):
+            raise ValueError("line graphs need layout='sparse'")
+        return _batch_dense(records, budget, dtype)
+    return _batch_sparse(records, budget, dtype)
+
+
+
+def _batch_sparse(records: Sequence[Record], budget: Budget | None, dtype) -> Batch:
+    """The sparse layout (module docstring): concatenated edge lists, one padding graph."""
+    for k, r in enumerate(records):
+        check_symmetric(r, f"record {k}")
+    n_real_nodes = sum(r.n_node for r in records)
+    n_real_edges = sum(r.n_edge for r in records)
+    n_real_trip = sum(r.n_triplet for r in records)
+    if budget is None:
+        budget = Budget(n_real_nodes + 1, n_real_edges, len(records) + 1, n_real_trip)
+    if not budget.fits(n_real_nodes, n_real_edges, len(records), n_real_trip):
+        raise ValueError(
+            f"{len(records)} structures ({n_real_nodes} atoms, {n_real_edges} edges, "
+            f"{n_real_trip} triplets) do not fit the budget {budget}"
+        )
+    N, E, G = budget.n_node, budget.n_edge, budget.n_graph
+    g = len(records)
+    n_node = np.zeros(G, np.int32)
+    n_edge = np.zeros(G, np.int32)
+    n_node[:g] = [r.n_node for r in records]
+    n_edge[:g] = [r.n_edge for r in records]
+    n_node[-1] = N - n_real_nodes
+    n_edge[-1] = E - n_real_edges
+    offsets = np.concatenate([[0], np.cumsum(n_node[:g])])[:-1]
+
+    positions = np.zeros((N, 3), dtype)
+    positions[:n_real_nodes] = np.concatenate([r.positions for r in records])
+    species = np.zeros(N, np.int32)
+    species[:n_real_nodes] = np.concatenate([r.numbers for r in records])
+    node_graph = np.repeat(np.arange(G, dtype=np.int32), n_node)
+    senders = np.full(E, N - 1, np.int32)
+    receivers = np.full(E, N - 1, np.int32)
+    senders[:n_real_edges] = np.concatenate([r.senders + o for r, o in zip(records, offsets)])
+    receivers[:n_real_edges] = np.concatenate([r.receivers + o for r, o in zip(records, offsets)])
+    shifts = np.zeros((E, 3), dtype)
+    shifts[:n_real_edges] = np.concatenate([r.shifts for r in records])
+    shifts[n_real_edges:, 0] = 1.0  # padding edges: PAD_DISTANCE long (module docstring)
+    cell = np.zeros((G, 3, 3), dtype)
+    cell[:g] = [r.cell for r in records]
+    cell[g:] = PAD_DISTANCE * np.eye(3)
+    pbc = np.zeros((G, 3), bool)
+    pbc[:g] = [r.pbc for r in records]
+
+    nodes = {
+        "positions": positions,
+        "species": species,
+        "graph": node_graph,
+        "mask": np.arange(N) < n_real_nodes,
+    }
+    edges = {"shifts": shifts, "mask": np.arange(E) < n_real_edges}
+    if records[0].line_senders is not None:
+        edges["line"] = _line_edges(records, n_edge[:g], E, budget.n_triplet)
+    globals_ = {
+        "cell": cell,
+        "pbc": pbc,
+        "n_atoms": n_node.astype(dtype) * (np.arange(G) < g),
+        "mask": np.arange(G) < g,
+    }
+    _fill_targets(records, nodes, globals_, offsets, G, dtype)
+    return jraph.GraphsTuple(
+        nodes=nodes, edges=edges, senders=senders, receivers=receivers,
+        globals=globals_, n_node=n_node, n_edge=n_edge,
+    )
+
+
+def _line_edges(records: Sequence[Record], n_edge: np.ndarray, E: int, T: int) -> dict:
+    """Bond-graph triplets of a sparse batch; padding triplets join the last edge to itself."""
+    n_real = sum(r.n_triplet for r in records)
+    e_off = np.concatenate([[0], np.cumsum(n_edge)])[:-1]
+    l_send = np.full(T, E - 1, np.int32)
+    l_recv = np.full(T, E - 1, np.int32)
+    if n_real:
+        l_send[:n_real] = np.concatenate([r.line_senders + o for r, o in zip(records, e_off)])
+        l_recv[:n_real] = np.concatenate([r.line_receivers + o for r, o in zip(records, e_off)])
+    return {"senders": l_send, "receivers": l_recv, "mask": np.arange(T) < n_real}
+
+
+def _fill_targets(records: Sequence[Record], nodes: dict, globals_: dict,
+                  offsets: Sequence[int], G: int, dtype) -> None:
+    """Add graph targets (``globals``) and node targets (``nodes``) with masks."""
+    N = nodes["mask"].shape[0]
+    g = len(records)
+    for key in sorted({k for r in records for k in r.targets}):
+        have = [key in r.targets for r in records]
+        shape = next(np.shape(r.targets[key]) for r in records if key in r.targets)
+        arr = np.zeros((G, *shape), dtype)
+        for a, r in enumerate(records):
+            if key in r.targets:
+                arr[a] = r.targets[key]
+        globals_[key] = arr
+        if not all(have):
+            globals_[f"{key}_mask"] = np.array(have + [False] * (G - g))
+    for key in sorted({k for r in records for k in r.node_targets}):
+        shape = next(r.node_targets[key].shape[1:] for r in records if key in r.node_targets)
+        arr = np.zeros((N, *shape), dtype)
+        have = np.zeros(N, bool)
+        for r, o in zip(records, offsets):
+            if key in r.node_targets:
+                arr[o:o + r.n_node] = r.node_targets[key]
+                have[o:o + r.n_node] = True
+        nodes[key] = arr
+        if not have[nodes["mask"]].all():
+            nodes[f"{key}_mask"] = have
+
+
+def _batch_dense(records: Sequence[Record], budget: Budget | None, dtype) -> Batch:
+    """The dense layout (module docstring): per-graph atom blocks and pair slots."""
+    _check_dense(records)
+    if budget is None:
+        n_max = max(r.n_node for r in records)
+        budget = Budget(len(records) * n_max, len(records) * n_max * (n_max // 2), len(records))
+    G, n, K = dense_shape(budget)
+    g = len(records)
+    if g > G or any(r.n_node > n for r in records):
+        raise ValueError(
+            f"{g} structures (largest {max(r.n_node for r in records)} atoms) do not fit "
+            f"the dense budget of {G} graphs x {n} atom slots")
+    N, E = G * n, G * n * K
+    sizes = np.zeros(G, np.int32)
+    sizes[:g] = [r.n_node for r in records]
+    offsets = np.arange(g) * n
+    positions = np.zeros((G, n, 3), dtype)
+    positions[..., 0] = PAD_DISTANCE * np.arange(1, n + 1)  # padding slots, far apart
+    species = np.zeros((G, n), np.int32)
+    adj = np.zeros((G, n, n), bool)  # adj[g, i, j]: j is a neighbour of i
+    for a, r in enumerate(records):
+        positions[a, :r.n_node] = r.positions
+        species[a, :r.n_node] = r.numbers
+        adj[a, r.receivers, r.senders] = True
+    node_mask = np.arange(n)[None, :] < sizes[:, None]
+    i = np.arange(n)[:, None]
+    k = np.arange(1, K + 1)[None, :]
+    j = (i + k) % n  # (n, K) sender slot of pair slot (i, k)
+    unique = ~((2 * k == n) & (i >= n // 2))
+    edge_mask = adj[:, i, j] & unique[None]
+    base = (np.arange(G) * n)[:, None, None]
+    receivers = np.broadcast_to(base + i[None], (G, n, K)).reshape(E).astype(np.int32)
+    senders = np.broadcast_to(base + j[None], (G, n, K)).reshape(E).astype(np.int32)
+    cell = np.zeros((G, 3, 3), dtype)
+    nodes = {
+        "positions": positions.reshape(N, 3),
+        "species": species.reshape(N),
+        "graph": np.repeat(np.arange(G, dtype=np.int32), n),
+        "mask": node_mask.reshape(N),
+    }
+    edges = {"shifts": np.zeros((E, 3), dtype), "mask": edge_mask.reshape(E)}
+    globals_ = {
+        "cell": cell,
+        "pbc": np.zeros((G, 3), bool),
+        "n_atoms": sizes.astype(dtype),
+        "mask": np.arange(G) < g,
+        "dense": np.full(G, n, np.int32),
+    }
+    _fill_targets(records, nodes, globals_, offsets, G, dtype)
+    return jraph.GraphsTuple(
+        nodes=nodes, edges=edges, senders=senders, receivers=receivers, globals=globals_,
+        n_node=np.full(G, n, np.int32), n_edge=np.full(G, n * K, np.int32),
+    )
+
+
+def _partial_targets(records: Sequence[Record]) -> tuple[dict, dict]:
+    """Graph and node target names (with per-entry shapes) that only some records have."""
+    out: tuple[dict, dict] = ({}, {})
+    for attr, found in zip(("targets", "node_targets"), out):
+        for key in sorted({k for r in records for k in getattr(r, attr)}):
+            have = [getattr(r, attr)[key] for r in records if key in getattr(r, attr)]
+            if len(have) < len(records):
+                shape = np.shape(have[0])
+                found[key] = shape if attr == "targets" else shape[1:]
+    return out
+
+
+def _same_targets(b: Batch, partial: tuple[dict, dict]) -> Batch:
+    """Give a batch every target in ``partial`` (zero-filled where missing) with its
+    ``<name>_mask``, so that all batches of a dataset have the same keys (one compile)."""
+    if not (partial[0] or partial[1]):
+        return b
+    glob, nodes = dict(b.globals), dict(b.nodes)
+    dtype = b.nodes["positions"].dtype
+    for store, found in ((glob, partial[0]), (nodes, partial[1])):
+        real = np.asarray(store["mask"])
+        for key, shape in found.items():
+            if key not in store:
+                store[key] = np.zeros((len(real), *shape), dtype)
+                store[f"{key}_mask"] = np.zeros(len(real), bool)
+            elif f"{key}_mask" not in store:
+                store[f"{key}_mask"] = real.copy()
+    return b._replace(globals=glob, nodes=nodes)

@@ -11,14 +11,14 @@ factor (:func:`jaxmat.core.calibrate.fit_scale`).
 The graph (cutoff, k nearest neighbours, line graph) is the model's own ``model.graph``;
 ``JaxmatCalculator.from_bundle(path)`` reads model and params from a bundle
 (:mod:`jaxmat.core.bundle`). The neighbour list is rebuilt on the host at every call
-(:func:`jaxmat.core.predict.as_records`); the padded shapes are kept across calls and grown
-(with a margin) only when the structure outgrows them, so an MD run or a relaxation
+through the model's :class:`jaxmat.core.graph.Batcher`: the padded shapes are kept across calls
+and grown (with a margin) only when the structure outgrows them, so an MD run or a relaxation
 compiles once (``calc.n_compiles``).
 """
 from __future__ import annotations
 
-import dataclasses
 import math
+import os
 from typing import Any
 
 import jax
@@ -27,9 +27,8 @@ import numpy as np
 from ase.calculators.calculator import Calculator, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
-from jaxmat.core import committee, ensemble, graph
-from jaxmat.core.predict import as_records, resolve_cutoff
-from jaxmat.core.protocol import Model, Params
+from jaxmat.core import committee, graph
+from jaxmat.core.protocol import Model, Params, resolve_spec
 
 STD_KEYS = ("energy_std", "forces_std", "forces_std_atom", "energy_members")
 
@@ -60,10 +59,10 @@ class JaxmatCalculator(Calculator):
         if "sparse" not in spec.layouts:
             raise ValueError(f"model {model.name!r} supports only the layouts "
                              f"{list(spec.layouts)}; the calculator builds sparse batches")
-        self.model, self.margin, self.multiple = model, margin, multiple
-        self.cutoff = resolve_cutoff(model, cutoff)
-        self._given_cutoff = cutoff if spec.cutoff is None else None
-        self.line_graph = spec.line_graph
+        self.model = model
+        self.batcher = graph.Batcher(model, 1, "sparse", multiple, margin,
+                                     spec=resolve_spec(model, cutoff))
+        self.cutoff = self.batcher.spec.cutoff
         self.params = jax.device_put(params)
         self.committee = committee
         self.dtype = dtype
@@ -74,17 +73,15 @@ class JaxmatCalculator(Calculator):
         for k, s in self.sigma_scale.items():
             if not (math.isfinite(s) and s > 0):
                 raise ValueError(f"sigma_scale for {k} must be positive, got {s}")
-        self.budget: graph.Budget | None = None
-        self.n_repads = 0
         self._fn = jax.jit(self._predict)
 
     @classmethod
-    def from_bundle(cls, path: str, **kwargs: Any) -> "JaxmatCalculator":
-        """Calculator of the model and params in the bundle at ``path``
+    def from_bundle(cls, bundle: Any, **kwargs: Any) -> "JaxmatCalculator":
+        """Calculator of a bundle's model and params: a loaded bundle or the path of one
         (:func:`jaxmat.core.bundle.load`); ``kwargs`` as for the constructor."""
-        from jaxmat.core import bundle
+        from jaxmat.core import bundle as bundles
 
-        b = bundle.load(path)
+        b = bundles.load(bundle) if isinstance(bundle, (str, os.PathLike)) else bundle
         return cls(b.model, b.params, **kwargs)
 
     # ------------------------------------------------------------------ device side
@@ -93,7 +90,7 @@ class JaxmatCalculator(Calculator):
             out = self.model.apply(params, batch)
             return {k: v for k, v in out.items()
                     if k in ("energy", "forces", "stress", "atomic_energies")}
-        outs = ensemble.apply(self.model, params, batch)
+        outs = committee.apply(self.model, params, batch)
         keys = tuple(k for k in ("energy", "forces", "stress", "atomic_energies") if k in outs)
         st = committee.stats(outs, keys)
         res = {k: st[f"{k}_mean"] for k in keys}
@@ -110,25 +107,24 @@ class JaxmatCalculator(Calculator):
         return int(self._fn._cache_size())
 
     # ------------------------------------------------------------------ host side
-    def _fit_budget(self, rec: graph.Record) -> graph.Budget:
-        b = self.budget
-        if b is None or not b.fits(rec.n_node, rec.n_edge, 1, rec.n_triplet):
-            new = graph.fixed_budget([rec], 1, multiple=self.multiple, edge_margin=self.margin)
-            if b is not None:  # grow, never shrink: an MD run keeps one program
-                self.n_repads += 1
-                new = graph.Budget(*(max(x, y) for x, y in zip(dataclasses.astuple(new),
-                                                               dataclasses.astuple(b))))
-            self.budget = new
-        return self.budget
+    @property
+    def budget(self) -> graph.Budget | None:
+        """The padding budget of the batches so far (grown, never shrunk)."""
+        return self.batcher.budgets.get("sparse")
+
+    @property
+    def n_repads(self) -> int:
+        """How often the budget had to grow."""
+        return self.batcher.n_grown
 
     def calculate(self, atoms: Any = None, properties: Any = ("energy",),
                   system_changes: Any = all_changes) -> None:
         super().calculate(atoms, properties, system_changes)
         atoms = self.atoms
-        rec = as_records(self.model, [atoms], self._given_cutoff)[0]
-        batch = graph.batch([rec], self._fit_budget(rec), dtype=self.dtype)
+        (rec,), _, budget, _ = self.batcher.prepare([atoms])
+        batch = graph.batch([rec], budget, dtype=self.dtype)
         if self.committee is None:
-            self.committee = ensemble.is_committee(self.model, self.params, batch)
+            self.committee = committee.is_committee(self.model, self.params, batch)
             self._fn = jax.jit(self._predict)
         out = jax.device_get(self._fn(self.params, batch))
         if "forces" not in out:

@@ -217,8 +217,7 @@ def test_line_graph_and_knn_follow_the_model(nh3):
     cfg = ALIGNNConfig(n_alignn_layers=1, n_gcn_layers=1, embedding=8, hidden=8, n_bond_rbf=8,
                        n_angle_rbf=8, cutoff=4.0, max_neighbors=2, output_key="energy")
     pot = potential.potential(alignn(cfg), stress=False)
-    rec = linegraph.add_line_graph(graph.make_record(nh3.numbers, nh3.positions, 4.0,
-                                                     max_neighbors=2))
+    rec = graph.make_record(nh3.numbers, nh3.positions, pot)
     b = graph.batch([rec])
     p = pot.init(jax.random.key(0), b)
     calc = JaxmatCalculator(pot, p)

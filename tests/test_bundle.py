@@ -128,7 +128,7 @@ def test_committee_bundle(refs, batch, tmp_path):
     # the calculator from the bundle equals the in-memory one, committee spread included
     atoms = data.load_ammonia()[3]
     mem = JaxmatCalculator(model, com)
-    for calc in (b.calculator(), JaxmatCalculator.from_bundle(b.path)):
+    for calc in (JaxmatCalculator.from_bundle(b), JaxmatCalculator.from_bundle(b.path)):
         np.testing.assert_array_equal(calc.get_potential_energy(atoms),
                                       mem.get_potential_energy(atoms))
         np.testing.assert_array_equal(calc.get_forces(atoms), mem.get_forces(atoms))
@@ -216,7 +216,7 @@ def test_user_models_need_a_registered_builder(batch, tmp_path):
         with pytest.raises(ValueError, match=r"config type of 'pair2' \('pair'\) is already"):
             bundle.register("pair2", _pair, PairConfig)
     finally:
-        del bundle._registry()["pair"]
+        del bundle._REGISTRY["pair"]
     with pytest.raises(ValueError, match="unknown builder 'pair'"):
         jaxmat.load(tmp_path / "a")
 

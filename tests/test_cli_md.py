@@ -8,14 +8,13 @@ from ase.io import read
 
 from jaxmat.cli.md import run_md
 from jaxmat.core import graph, potential
-from jaxmat.core.predict import as_records
 from jaxmat.models.pair import morse
 
 
 def argon_model():
     m = potential.potential(morse(D=0.012, a=1.3, r0=3.8, cutoff=6.0))
     at = bulk("Ar", "fcc", a=5.3, cubic=True).repeat(2)
-    return at, m, m.init(jax.random.key(0), graph.batch(as_records(m, [at])))
+    return at, m, m.init(jax.random.key(0), graph.batch(graph.records([at], m, labels=False)))
 
 
 @pytest.mark.parametrize("ensemble, traj", [("nve", "md.extxyz"), ("nvt", "md.traj"),

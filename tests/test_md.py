@@ -14,7 +14,6 @@ from ase.build import bulk, fcc111, molecule
 
 import jaxmat.md as md
 from jaxmat.core import graph, neighbors, potential
-from jaxmat.core.predict import as_records
 from jaxmat.core.protocol import GraphSpec, Model
 from jaxmat.models.pair import morse
 
@@ -32,7 +31,7 @@ def argon(rep: int = 2) -> Atoms:
 
 def pot(**kw) -> tuple[Model, dict]:
     m = potential.potential(morse(**{"D": 0.012, "a": 1.3, "r0": 3.8, "cutoff": 6.0, **kw}))
-    return m, m.init(jax.random.key(0), graph.batch(as_records(m, [argon()])))
+    return m, m.init(jax.random.key(0), graph.batch(graph.records([argon()], m, labels=False)))
 
 
 # --------------------------------------------------------------------------- device lists
@@ -214,7 +213,7 @@ def test_forces_equal_the_ase_calculator_on_a_periodic_cell():
 
     m = potential.potential(schnet(SchNetConfig(n_features=16, n_interactions=2, cutoff=4.0)))
     at = si_cell()
-    params = m.init(jax.random.key(1), graph.batch(as_records(m, [at])))
+    params = m.init(jax.random.key(1), graph.batch(graph.records([at], m, labels=False)))
     spec, nl = neighbors.allocate(at.positions, np.asarray(at.cell), at.pbc, 4.0, skin=1.0)
     stack = jax.tree_util.tree_map(lambda x: x[None], nl)
     out = force_fn(m, at.numbers, at.pbc, False)(

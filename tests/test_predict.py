@@ -1,5 +1,7 @@
 """predict: equals model.apply on an unpadded batch, committee statistics equal numpy's,
 one compile over datasets of any size, clear errors; committee.stats by hand."""
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
@@ -8,7 +10,8 @@ from ase.build import molecule
 from jaxmat import committee, data, ensemble, graph, potential
 from jaxmat.models import SchNetConfig, schnet
 from jaxmat.models.coordinate import coordinate_mlp
-from jaxmat.core.predict import as_records, compile_count, predict, resolve_cutoff
+from jaxmat.core.predict import compile_count, predict
+from jaxmat.core.protocol import resolve_spec
 
 CUTOFF = 3.5
 
@@ -105,7 +108,7 @@ def test_committee_stats_by_hand():
 def test_one_compile_for_datasets_of_any_size():
     model = _model()  # a fresh model: its own cache
     frames = data.load_ammonia()
-    params = model.init(jax.random.key(0), graph.batch(as_records(model, frames[:1])))
+    params = model.init(jax.random.key(0), graph.batch(graph.records(frames[:1], model, labels=False)))
     for n in (1, 5, 40, 2, 17):
         out = predict(model, params, frames[:n], batch_size=8)
         assert len(out["energy"]) == n
@@ -123,19 +126,25 @@ def test_errors_name_the_problem(setup):
         predict(model, params, [])
     with pytest.raises(ValueError, match="gives no \\['charge'\\]"):
         predict(model, params, atoms[:2], keys=("charge",))
-    with pytest.raises(ValueError, match="longer than the model's graph cutoff"):
+    with pytest.raises(ValueError, match="was built for the graph \\(cutoff 7 Å, all neighbours\\) but "
+                       "the model reads \\(cutoff 3.5 Å"):
         predict(model, params, graph.records_from_atoms(atoms[2:3], 2 * CUTOFF))
+    hand_made = dataclasses.replace(graph.records(atoms[2:3], 2 * CUTOFF)[0], spec=None)
+    with pytest.raises(ValueError, match="longer than the model's graph cutoff"):
+        predict(model, params, [hand_made])
     with pytest.raises(ValueError, match="members=True needs committee"):
         predict(model, params, atoms[:2], members=True)
     with pytest.raises(ValueError, match="expected ASE Atoms"):
         predict(model, params, [np.zeros((3, 3))])
     with pytest.raises(ValueError, match="disagrees with the graph cutoff"):
-        resolve_cutoff(model, 5.0)
-    assert resolve_cutoff(model) == CUTOFF == resolve_cutoff(model, CUTOFF)
+        resolve_spec(model, 5.0)
+    assert resolve_spec(model).cutoff == CUTOFF == resolve_spec(model, CUTOFF).cutoff
     free = potential.potential(coordinate_mlp(features=(4,)), stress=False)
     with pytest.raises(ValueError, match="declares no graph cutoff"):
-        as_records(free, atoms[:1])
-    assert len(as_records(free, atoms[:1], cutoff=2.0)) == 1
+        resolve_spec(free)
+    with pytest.raises(ValueError, match="declares no graph cutoff"):
+        predict(free, None, atoms[:1])
+    assert len(graph.records(atoms[:1], resolve_spec(free, 2.0))) == 1
     sparse_only = model.__class__(model.init, model.apply, name="sparse-only")
     with pytest.raises(ValueError, match="supports the batch layouts \\['sparse'\\]"):
         predict(sparse_only, params, recs[:2], layout="dense")

@@ -4,6 +4,8 @@ import re
 
 import numpy as np
 
+from jaxmat.ase import JaxmatCalculator
+
 README = os.path.join(os.path.dirname(__file__), "..", "README.md")
 
 
@@ -28,7 +30,7 @@ def test_quickstart_and_md_example_run(tmp_path, monkeypatch):
     assert pred["energy"].shape == (len(te),) and len(pred["forces"]) == len(te)
     # the reloaded calculator reproduces the in-memory prediction of the same structure
     atoms = scope["data"].load_ammonia()[0]
-    calc = scope["jaxmat"].load("runs/nh3").calculator()
+    calc = JaxmatCalculator.from_bundle("runs/nh3")
     rec = scope["graph"].records_from_atoms([atoms], 5.0)
     direct = scope["jaxmat"].predict(scope["model"], scope["result"].params, rec)["energy"][0]
     atoms.calc = calc

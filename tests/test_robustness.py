@@ -13,7 +13,6 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 
 from jaxmat.core import graph, potential
-from jaxmat.core.predict import as_records
 from jaxmat.core.protocol import GraphSpec, Model
 from jaxmat.md import FailureCriteria
 from jaxmat.workflows.adversarial.oracle import Oracle
@@ -52,7 +51,7 @@ def toy(terms: dict) -> tuple[Model, dict]:
             jnp.where(b.nodes["mask"], node_e, 0.0), b)}
 
     m = potential.potential(Model(init, apply, None, "toy-pair", GraphSpec(5.0)), stress=False)
-    return m, m.init(jax.random.key(0), graph.batch(as_records(m, [dimer(2.0)])))
+    return m, m.init(jax.random.key(0), graph.batch(graph.records([dimer(2.0)], m, labels=False)))
 
 
 def dimer(r: float) -> Atoms:

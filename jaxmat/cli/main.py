@@ -129,7 +129,7 @@ def _eval(args: argparse.Namespace) -> None:
     b = bundle.load(args.model)
     atoms = data.read_structures(args.data, args.index, args.energy_key, args.forces_key,
                                  args.stress_key)
-    records = graph.records_from_atoms(atoms, cutoff=b.graph.cutoff)
+    records = graph.records(atoms, b.model)
     metrics, arrays = errors(b.model, b.params, records, args.batch_size)
     metrics = {"model": b.path, "data": args.data, **metrics}
     print(format_metrics(metrics), file=sys.stderr if args.json_out == "-" else sys.stdout)

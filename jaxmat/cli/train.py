@@ -124,12 +124,12 @@ class Prepared:
 
 
 def prepare(cfg: TrainConfig, parts: dict[str, list]) -> Prepared:
-    """Records with the model's cutoff, model with ``energy_stats`` of the training records,
+    """Records of the model's graph spec, model with ``energy_stats`` of the training records,
     loaders (``fit.batch_size``, shuffled with ``seed``; validation in ``data.val_batch_size``),
     and a check that the data carry every target the loss needs."""
     mcfg = cfg.model.config
-    records = {k: graph.records_from_atoms(v, cutoff=mcfg.cutoff) if v else []
-               for k, v in parts.items()}
+    spec = BUILDERS[cfg.model.name](mcfg).graph  # the graph does not depend on the statistics
+    records = {k: graph.records(v, spec) if v else [] for k, v in parts.items()}
     mcfg = mcfg.with_stats(*potential.energy_stats(records["train"]))
     model = potential.potential(BUILDERS[cfg.model.name](mcfg), stress=cfg.model.stress)
     loader = graph.GraphLoader(records["train"], batch_size=cfg.fit.batch_size,

@@ -18,6 +18,7 @@ against the others, so an edited or incomplete bundle raises ``ValueError`` (or
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import inspect
 import json
 import os
@@ -33,6 +34,7 @@ import numpy as np
 
 from jaxmat.core.config import check, from_dict, to_json
 from jaxmat.core.protocol import GraphSpec, Model, Params
+from jaxmat.version import __version__
 
 FORMAT = "jaxmat-bundle"
 FORMAT_VERSION = 1
@@ -46,11 +48,14 @@ _KEYS = {"format", "format_version", "jaxmat_version", "model", "graph", "refere
 @dataclasses.dataclass(frozen=True)
 class Builder:
     """``fn(*configs) -> Model`` for models whose ``config`` has the dataclass type(s)
-    ``config_types``; a wrapper (``config_types`` None) is ``fn(model, **options)``."""
+    ``config_types``; a wrapper (``config_types`` None) is ``fn(model, **options)``.
+    ``module``: where ``fn`` lives (a bundle records it, so that loading a jaxmat model
+    imports the module that registers it)."""
 
     name: str
     fn: Callable[..., Model]
     config_types: tuple[type, ...] | None
+    module: str = ""
 
 
 _REGISTRY: dict[str, Builder] = {}
@@ -58,7 +63,8 @@ _REGISTRY: dict[str, Builder] = {}
 
 def register(name: str, builder: Callable[..., Model],
              config_type: type | tuple[type, ...] | None = None, replace: bool = False) -> None:
-    """Let bundles save and rebuild models made by ``builder``.
+    """Let bundles save and rebuild models made by ``builder`` (every built-in model module
+    registers its constructors when imported).
 
     With ``config_type`` (a dataclass, or a tuple of them): ``builder(config)`` (or
     ``builder(*configs)``) returns a Model whose ``config`` is that config (e.g.
@@ -66,42 +72,41 @@ def register(name: str, builder: Callable[..., Model],
     ``builder(inner_model, **options)``, whose Model has ``config={"builder": name,
     "model": inner_model, **options}`` with JSON-able options.
     """
-    reg = _registry()
+    reg = _REGISTRY
     types_ = None if config_type is None else (
         tuple(config_type) if isinstance(config_type, tuple) else (config_type,))
     for t in types_ or ():
         if not (isinstance(t, type) and dataclasses.is_dataclass(t)):
             raise ValueError(f"config_type of builder {name!r} must be dataclass types, got {t!r}")
     clash = [b.name for b in reg.values() if types_ and b.config_types == types_ and b.name != name]
-    if not replace and (name in reg or clash):
+    module = getattr(builder, "__module__", "") or ""
+    same = (name in reg and reg[name].module == module and reg[name].config_types == types_
+            and getattr(reg[name].fn, "__qualname__", 0) == getattr(builder, "__qualname__", 1))
+    if not replace and not same and (name in reg or clash):
         what = f"builder {name!r}" if name in reg else f"the config type of {name!r} ({clash[0]!r})"
         raise ValueError(f"{what} is already registered; pass replace=True to replace it")
     for other in clash:
         del reg[other]
-    reg[name] = Builder(name, builder, types_)
+    reg[name] = Builder(name, builder, types_, module)
 
 
-def _registry() -> dict[str, Builder]:
-    if not _REGISTRY:
-        from jaxmat.models import alignn, graph_target, painn, schnet
-        from jaxmat.models.alignn import ALIGNNConfig
-        from jaxmat.models.coordinate import CoordinateMLPConfig, coordinate_mlp
-        from jaxmat.models.mpnn import MPNNConfig, mpnn
-        from jaxmat.models.painn import PaiNNConfig
-        from jaxmat.models.schnet import SchNetConfig
-        from jaxmat.models.spectral import (SiteHeadConfig, painn_site_spectral,
-                                            schnet_site_spectral)
-        from jaxmat.core.potential import potential
-
-        for name, fn, t in [
-                ("schnet", schnet, (SchNetConfig,)), ("painn", painn, (PaiNNConfig,)),
-                ("alignn", alignn, (ALIGNNConfig,)), ("mpnn", mpnn, (MPNNConfig,)),
-                ("coordinate_mlp", coordinate_mlp, (CoordinateMLPConfig,)),
-                ("schnet_site_spectral", schnet_site_spectral, (SchNetConfig, SiteHeadConfig)),
-                ("painn_site_spectral", painn_site_spectral, (PaiNNConfig, SiteHeadConfig)),
-                ("potential", potential, None), ("graph_target", graph_target, None)]:
-            _REGISTRY[name] = Builder(name, fn, t)
-    return _REGISTRY
+def _builder(desc: dict, where: str) -> Builder:
+    """The registered builder a saved description names; a jaxmat module recorded with it is
+    imported first (it registers its models). A user's own builders must be registered
+    before loading."""
+    name, module = desc["builder"], desc.get("module", "")
+    if name not in _REGISTRY and isinstance(module, str) and module.startswith("jaxmat."):
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            raise ValueError(f"{where}: builder {name!r} lives in {module!r}, which cannot be "
+                             f"imported: {e}") from None
+    b = _REGISTRY.get(name)
+    if b is None:
+        raise ValueError(f"{where}: unknown builder {name!r} (registered: "
+                         f"{sorted(_REGISTRY)}); register it with jaxmat.core.bundle.register "
+                         "before loading")
+    return b
 
 
 def _is_wrapper_config(cfg: Any) -> bool:
@@ -122,7 +127,7 @@ _HOWTO = ("register its constructor with jaxmat.core.bundle.register(name, build
 
 
 def _describe(model: Model) -> dict:
-    cfg, reg = model.config, _registry()
+    cfg, reg = model.config, _REGISTRY
     if _is_wrapper_config(cfg):
         b = reg.get(cfg["builder"])
         if b is None or b.config_types is not None:
@@ -130,8 +135,8 @@ def _describe(model: Model) -> dict:
                              f"is not a registered wrapper; {_HOWTO}")
         options = {k: to_json(v, f"option {k!r} of wrapper {b.name!r}")
                    for k, v in cfg.items() if k not in ("builder", "model")}
-        return {"builder": b.name, "name": model.name, "options": options,
-                "model": _describe(cfg["model"])}
+        return {"builder": b.name, "module": b.module, "name": model.name,
+                "options": options, "model": _describe(cfg["model"])}
     if cfg is None:
         raise ValueError(f"model {model.name!r} has no config, so a bundle cannot rebuild it; "
                          f"{_HOWTO}")
@@ -141,7 +146,7 @@ def _describe(model: Model) -> dict:
         raise ValueError(f"no bundle builder is registered for the config of model "
                          f"{model.name!r} ({', '.join(type(c).__name__ for c in cfgs)}); {_HOWTO}")
     js = [to_json(c, type(c).__name__) for c in cfgs]
-    return {"builder": found[0].name, "name": model.name,
+    return {"builder": found[0].name, "module": found[0].module, "name": model.name,
             "config": js if isinstance(cfg, tuple) else js[0]}
 
 
@@ -150,15 +155,10 @@ def _build(desc: Any, where: str) -> Model:
     """Rebuild a model from its ``_describe`` record (``where``: file and JSON path)."""
     if not isinstance(desc, dict) or not {"builder", "name"} <= set(desc):
         raise ValueError(f"{where} must be an object with 'builder' and 'name', got {desc!r}")
-    reg = _registry()
-    b = reg.get(desc["builder"])
-    if b is None:
-        raise ValueError(f"{where}: unknown builder {desc['builder']!r} (registered: "
-                         f"{sorted(reg)}); register it with jaxmat.core.bundle.register before "
-                         "loading")
+    b = _builder(desc, where)
     wrapper = b.config_types is None
     keys = {"builder", "name", *(("options", "model") if wrapper else ("config",))}
-    if set(desc) != keys:
+    if set(desc) - {"module"} != keys:
         raise ValueError(f"{where}: builder {b.name!r} needs the keys {sorted(keys)}, got "
                          f"{sorted(desc)}")
     if wrapper:
@@ -297,8 +297,6 @@ def save(path: str | os.PathLike, model: Model, params: Params, *,
     renamed into place. An existing non-empty ``path`` is refused unless ``overwrite`` is
     set and it is a bundle; ``metadata`` is any JSON-able dict (e.g. metrics).
     """
-    import jaxmat
-
     path = os.path.abspath(os.fspath(path))
     desc = _describe(model)
     flat, _ = _flat(params)
@@ -310,7 +308,7 @@ def save(path: str | os.PathLike, model: Model, params: Params, *,
     want = {k: tuple(s.shape) for k, s in _flat(_template(model))[0].items()}
     n_members = _n_members({k: a.shape for k, a in arrays.items()}, want, "save")
     doc = {"format": FORMAT, "format_version": FORMAT_VERSION,
-           "jaxmat_version": jaxmat.__version__, "model": desc, "graph": model.graph.to_dict(),
+           "jaxmat_version": __version__, "model": desc, "graph": model.graph.to_dict(),
            **_stats(model, f"model {model.name!r}"), "units": dict(UNITS),
            "params": {"file": PARAMS_FILE, "n_members": n_members,
                       "arrays": {k: {"shape": list(a.shape), "dtype": str(a.dtype)}
@@ -403,12 +401,6 @@ class Bundle:
     def config(self) -> Any:
         """Config of the innermost built model (e.g. ``SchNetConfig`` inside a potential)."""
         return innermost_config(self.model)
-
-    def calculator(self, **kwargs: Any):
-        """ASE calculator (:class:`jaxmat.ase.JaxmatCalculator`) of this model and params."""
-        from jaxmat.ase import JaxmatCalculator
-
-        return JaxmatCalculator(self.model, self.params, **kwargs)
 
 
 def load(path: str | os.PathLike) -> Bundle:

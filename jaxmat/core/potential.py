@@ -14,6 +14,7 @@ import numpy as np
 
 from jaxmat.core import graph
 from jaxmat.core.protocol import Model, Outputs, Params
+from jaxmat.core.bundle import register
 
 
 def strained(batch: graph.Batch, positions: jax.Array, strain: jax.Array) -> graph.Batch:
@@ -131,3 +132,5 @@ def energy_stats(records: Sequence[graph.Record], max_z: int = 118) -> tuple[np.
         return refs, resid_scale
     return refs, max(float(np.sqrt(np.mean(np.concatenate(forces) ** 2))), 1e-3)
 
+
+register("potential", potential)

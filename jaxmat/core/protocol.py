@@ -58,6 +58,31 @@ class GraphSpec:
     def to_dict(self) -> dict:
         return {**dataclasses.asdict(self), "layouts": list(self.layouts)}
 
+    @property
+    def key(self) -> tuple:
+        """What decides a structure's graph: ``(cutoff, max_neighbors, line_graph)``."""
+        return (self.cutoff, self.max_neighbors, self.line_graph)
+
+    def describe(self) -> str:
+        """The graph in words, for error messages."""
+        if self.cutoff is None:
+            return "no graph"
+        nb = "all neighbours" if self.max_neighbors is None else f"{self.max_neighbors} nearest"
+        return f"cutoff {self.cutoff:g} Å, {nb}" + (", line graph" if self.line_graph else "")
+
+
+def as_spec(x: Any) -> GraphSpec:
+    """The :class:`GraphSpec` of ``x``: a spec, anything with a ``graph`` spec (a
+    :class:`Model`, a bundle) or a cutoff in Å (all neighbours within it)."""
+    if isinstance(x, GraphSpec):
+        return x
+    if isinstance(getattr(x, "graph", None), GraphSpec):
+        return x.graph
+    if isinstance(x, (int, float)) and not isinstance(x, bool):
+        return GraphSpec(cutoff=float(x))
+    raise ValueError(f"expected a GraphSpec, a model (or bundle) that declares one, or a cutoff "
+                     f"in Å; got {type(x).__name__}")
+
     @classmethod
     def from_dict(cls, d: dict) -> "GraphSpec":
         known = {f.name for f in dataclasses.fields(cls)}
@@ -65,6 +90,24 @@ class GraphSpec:
         if unknown:
             raise ValueError(f"unknown graph spec keys {unknown}; expected {sorted(known)}")
         return cls(**{**d, "layouts": tuple(d.get("layouts", ("sparse",)))})
+
+
+def resolve_spec(model: Any, cutoff: float | None = None) -> GraphSpec:
+    """The graph spec tools build ``model``'s graphs with: ``model.graph``; ``cutoff`` (Å)
+    only completes a model that declares none. ValueError if they disagree or neither is
+    given."""
+    spec = model.graph
+    name = getattr(model, "name", "model")
+    if cutoff is not None and not cutoff > 0:
+        raise ValueError(f"cutoff must be a positive distance in Å, got {cutoff}")
+    if spec.cutoff is not None and cutoff is not None and abs(float(cutoff) - spec.cutoff) > 1e-9:
+        raise ValueError(f"cutoff {cutoff} Å disagrees with the graph cutoff {spec.cutoff} Å of "
+                         f"{name}; leave cutoff out (the model knows its graph)")
+    if spec.cutoff is None and cutoff is None:
+        raise ValueError(f"{name} declares no graph cutoff (model.graph.cutoff is None): "
+                         "declare one with graph=jaxmat.GraphSpec(cutoff=...), pass a cutoff "
+                         "(Å) or give records built with one")
+    return spec if cutoff is None else dataclasses.replace(spec, cutoff=float(cutoff))
 
 
 def batch_layout(batch: Any) -> str | None:
@@ -86,7 +129,8 @@ def check_batch(spec: GraphSpec, batch: Any, name: str = "model") -> None:
                          f"{layout!r} batch; build batches with layout="
                          f"{spec.layouts[0]!r} (or let GraphLoader(model=...) choose)")
     if spec.line_graph and "line" not in batch.edges:
-        raise ValueError(f"{name} needs batches with line graphs (jaxmat.core.linegraph)")
+        raise ValueError(f"{name} needs batches with line graphs: build records with "
+                         "jaxmat.core.graph.records(structures, model)")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,23 +21,35 @@ from jaxmat.core.protocol import Model, Params
 
 
 def replica_batch(species: np.ndarray, pbc: np.ndarray, positions: jax.Array,
-                  cell: jax.Array, nbrs: Neighbors) -> graph.Batch:
-    """A sparse batch of the R replicas (graphs 0..R-1) and one padding graph."""
+                  cell: jax.Array, nbrs: Neighbors, cutoff: float | None = None) -> graph.Batch:
+    """A sparse batch of the R replicas (graphs 0..R-1) and one padding graph of
+    :data:`graph.PAD_NODES` nodes, as :func:`jaxmat.core.graph.batch` lays it out. Pairs of
+    the list beyond ``cutoff`` (Å; the list reaches cutoff + skin) become padding edges, so
+    the model sees exactly the graph that ``predict`` builds."""
     R, N = positions.shape[:2]
     E = nbrs.senders.shape[-1]
     dtype = positions.dtype
-    pad = R * N
+    real = R * N
+    P = graph.PAD_NODES
+    mask = nbrs.mask
+    if cutoff is not None:
+        vec = (jnp.take_along_axis(positions, jnp.minimum(nbrs.senders, N - 1)[..., None], 1)
+               - jnp.take_along_axis(positions, jnp.minimum(nbrs.receivers, N - 1)[..., None], 1)
+               + jnp.einsum("rek,rkl->rel", nbrs.shifts.astype(dtype), cell.astype(dtype)))
+        mask = mask & (jnp.sum(vec * vec, -1) <= cutoff * cutoff)
     off = (jnp.arange(R, dtype=jnp.int32) * N)[:, None]
-    senders = jnp.where(nbrs.mask, nbrs.senders + off, pad).reshape(-1)
-    receivers = jnp.where(nbrs.mask, nbrs.receivers + off, pad).reshape(-1)
-    shifts = jnp.where(nbrs.mask[..., None], nbrs.shifts.astype(dtype),
+    senders = jnp.where(mask, nbrs.senders + off, real + P - 1).reshape(-1)
+    receivers = jnp.where(mask, nbrs.receivers + off, real + P - 2).reshape(-1)
+    shifts = jnp.where(mask[..., None], nbrs.shifts.astype(dtype),
                        jnp.array([1.0, 0.0, 0.0], dtype)).reshape(-1, 3)
-    n_real = jnp.sum(nbrs.mask, axis=-1).astype(jnp.int32)
+    n_real = jnp.sum(mask, axis=-1).astype(jnp.int32)
     nodes = {
-        "positions": jnp.concatenate([positions.reshape(-1, 3), jnp.zeros((1, 3), dtype)]),
-        "species": jnp.asarray(np.concatenate([np.tile(species, R), [0]]).astype(np.int32)),
-        "graph": jnp.asarray(np.concatenate([np.repeat(np.arange(R), N), [R]]).astype(np.int32)),
-        "mask": jnp.asarray(np.arange(pad + 1) < pad),
+        "positions": jnp.concatenate([positions.reshape(-1, 3),
+                                      jnp.asarray(graph.pad_positions(P), dtype)]),
+        "species": jnp.asarray(np.concatenate([np.tile(species, R), np.zeros(P)]).astype(np.int32)),
+        "graph": jnp.asarray(np.concatenate([np.repeat(np.arange(R), N), np.full(P, R)])
+                             .astype(np.int32)),
+        "mask": jnp.asarray(np.arange(real + P) < real),
     }
     globals_ = {
         "cell": jnp.concatenate([cell.astype(dtype),
@@ -47,9 +59,9 @@ def replica_batch(species: np.ndarray, pbc: np.ndarray, positions: jax.Array,
         "mask": jnp.asarray(np.arange(R + 1) < R),
     }
     return jraph.GraphsTuple(
-        nodes=nodes, edges={"shifts": shifts, "mask": nbrs.mask.reshape(-1)},
+        nodes=nodes, edges={"shifts": shifts, "mask": mask.reshape(-1)},
         senders=senders, receivers=receivers, globals=globals_,
-        n_node=jnp.asarray(np.r_[np.full(R, N), 1].astype(np.int32)),
+        n_node=jnp.asarray(np.r_[np.full(R, N), P].astype(np.int32)),
         n_edge=jnp.concatenate([n_real, (R * E - jnp.sum(n_real))[None]]))
 
 
@@ -77,7 +89,7 @@ def make_force_fn(model: Model, species: np.ndarray, pbc: np.ndarray,
 
     def fn(params: Params, positions: jax.Array, cell: jax.Array, nbrs: Neighbors) -> dict:
         R, N = positions.shape[:2]
-        batch = replica_batch(species, pbc, positions, cell, nbrs)
+        batch = replica_batch(species, pbc, positions, cell, nbrs, model.graph.cutoff)
         if committee:
             outs = ensemble.apply(model, params, batch)
             forces_m = outs["forces"][:, : R * N].reshape(-1, R, N, 3)

@@ -25,8 +25,7 @@ from ase import Atoms, units
 from jaxmat.core import neighbors
 from jaxmat.core.ensemble import is_committee
 from jaxmat.core import graph
-from jaxmat.core.predict import as_records, resolve_cutoff
-from jaxmat.core.protocol import Model, Params
+from jaxmat.core.protocol import Model, Params, resolve_spec
 from jaxmat.md import failure
 from jaxmat.md.forces import force_fn
 from jaxmat.md.integrators import MDState, Settings, edge_lengths, kinetic_energy, make_step
@@ -144,7 +143,7 @@ def simulate(model: Model, params: Params, atoms: Atoms | Sequence[Atoms], steps
         raise ValueError(f"model {model.name!r}: MD needs a cutoff graph in the sparse layout; "
                          f"it declares layouts {list(model.graph.layouts)}, max_neighbors "
                          f"{model.graph.max_neighbors}")
-    cutoff = resolve_cutoff(model, None)
+    cutoff = resolve_spec(model).cutoff
     if init_temperature_K == "auto":
         given = all(np.any(a.get_velocities() != 0) for a in reps)
         init_temperature_K = None if given else temperature_K
@@ -157,7 +156,7 @@ def simulate(model: Model, params: Params, atoms: Atoms | Sequence[Atoms], steps
     spec = neighbors.plan(pos0, cell0, pbc, cutoff, skin)
     nbrs = neighbors.build_replicas(spec, pos0, cell0)
     if committee is None:
-        committee = is_committee(model, params, graph.batch(as_records(model, reps[:1])))
+        committee = is_committee(model, params, graph.batch(graph.records(reps[:1], model, labels=False)))
     forces = force_fn(model, species, pbc, committee)
     bond_set = None
     if criteria.bond_break is not None:

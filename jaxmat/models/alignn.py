@@ -6,7 +6,7 @@ atom graph, then bond and angle features on the line graph; plain edge-gated lay
 atom graph follow; atom features are mean-pooled per structure and a linear head gives a
 scalar or a vector target (e.g. a 300-point DOS) as ``scale * y + shift``.
 
-Inputs: batches with line graphs (:func:`jaxmat.core.linegraph.records_from_atoms`). Bond
+Inputs: batches with line graphs (records of the model's spec, :func:`jaxmat.core.graph.records`). Bond
 lengths (Å) are expanded in Gaussians on [0, cutoff], bond-angle cosines on [-1, 1]; both
 are computed in the model from positions, so input gradients are exact.
 Differences from the published model: atoms are embedded from the atomic number (no
@@ -21,9 +21,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxmat.core import graph, linegraph
+from jaxmat.core import graph
+from jaxmat.core.graph import linegraph
 from jaxmat.models.layers import gaussian_rbf
 from jaxmat.core.protocol import GraphSpec, Model, from_nnx
+from jaxmat.core.bundle import register
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,7 +127,7 @@ class ALIGNN(nnx.Module):
         cfg = self.cfg
         if "line" not in batch.edges:
             raise ValueError("ALIGNN needs batches with line graphs "
-                             "(jaxmat.core.linegraph.records_from_atoms)")
+                             "(jaxmat.core.graph.records(structures, model))")
         vec = graph.edge_vectors(batch)
         d = graph.safe_norm(vec)
         cos = linegraph.bond_cosines(batch, vec)
@@ -150,3 +152,6 @@ def alignn(cfg: ALIGNNConfig | None = None, **kwargs) -> Model:
     cfg = cfg or ALIGNNConfig(**kwargs)
     return from_nnx(lambda rngs: ALIGNN(cfg, rngs), name="ALIGNN", config=cfg,
                     graph=GraphSpec(cfg.cutoff, cfg.max_neighbors, line_graph=True))
+
+
+register("alignn", alignn, ALIGNNConfig)

@@ -15,6 +15,7 @@ from flax import nnx
 
 from jaxmat.core import graph
 from jaxmat.core.protocol import GraphSpec, Model, from_nnx
+from jaxmat.core.bundle import register
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,3 +53,6 @@ def coordinate_mlp(cfg: CoordinateMLPConfig | None = None, **kwargs) -> Model:
     cfg = cfg or CoordinateMLPConfig(**kwargs)
     return from_nnx(lambda rngs: CoordinateMLP(cfg, rngs), name="CoordinateMLP", config=cfg,
                     graph=GraphSpec(layouts=("sparse", "dense")))
+
+
+register("coordinate_mlp", coordinate_mlp, CoordinateMLPConfig)

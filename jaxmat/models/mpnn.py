@@ -22,6 +22,7 @@ from jaxmat.core import graph
 from jaxmat.models.layers import cosine_cutoff, gaussian_rbf
 from jaxmat.models.spectral import gaussian_smoother
 from jaxmat.core.protocol import GraphSpec, Model, from_nnx
+from jaxmat.core.bundle import register
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,3 +118,6 @@ def mpnn(cfg: MPNNConfig | None = None, **kwargs) -> Model:
     cfg = cfg or MPNNConfig(**kwargs)
     return from_nnx(lambda rngs: MPNN(cfg, rngs), name="MPNN", config=cfg,
                     graph=GraphSpec(cfg.cutoff, layouts=("sparse",)))
+
+
+register("mpnn", mpnn, MPNNConfig)

@@ -20,6 +20,7 @@ from flax import nnx
 from jaxmat.core import graph
 from jaxmat.models.layers import AtomicEnergyHead, bessel_rbf, cosine_cutoff
 from jaxmat.core.protocol import GraphSpec, Model, from_nnx
+from jaxmat.core.bundle import register
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,3 +135,6 @@ def painn(cfg: PaiNNConfig | None = None, **kwargs) -> Model:
     cfg = cfg or PaiNNConfig(**kwargs)
     return from_nnx(lambda rngs: PaiNN(cfg, rngs), name="PaiNN", config=cfg,
                     graph=GraphSpec(cfg.cutoff, layouts=("sparse",)))
+
+
+register("painn", painn, PaiNNConfig)

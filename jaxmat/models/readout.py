@@ -4,6 +4,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from jaxmat.core.protocol import Model, Outputs, Params
+from jaxmat.core.bundle import register
 
 
 def graph_target(model: Model, key: str = "target", source: str = "energy",
@@ -32,3 +33,6 @@ def graph_target(model: Model, key: str = "target", source: str = "energy",
     return Model(model.init, apply, apply_train if model.apply_train else None, model.name,
                  model.graph, {"builder": "graph_target", "model": model, "key": key,
                                "source": source, "per_atom": per_atom})
+
+
+register("graph_target", graph_target)

@@ -16,6 +16,7 @@ from flax import nnx
 from jaxmat.core import graph
 from jaxmat.models.layers import AtomicEnergyHead, cosine_cutoff, gaussian_rbf, shifted_softplus
 from jaxmat.core.protocol import GraphSpec, Model, from_nnx
+from jaxmat.core.bundle import register
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,3 +101,6 @@ def schnet(cfg: SchNetConfig | None = None, **kwargs) -> Model:
     cfg = cfg or SchNetConfig(**kwargs)
     return from_nnx(lambda rngs: SchNet(cfg, rngs), name="SchNet", config=cfg,
                     graph=GraphSpec(cfg.cutoff, layouts=("sparse", "dense")))
+
+
+register("schnet", schnet, SchNetConfig)

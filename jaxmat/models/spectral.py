@@ -25,6 +25,7 @@ from jaxmat.core import graph
 from jaxmat.models.painn import PaiNNConfig, PaiNNFeatures
 from jaxmat.models.schnet import SchNetConfig, SchNetFeatures
 from jaxmat.core.protocol import GraphSpec, Model, from_nnx
+from jaxmat.core.bundle import register
 
 
 def gaussian_smoother(n: int, sigma: float) -> np.ndarray:
@@ -162,3 +163,7 @@ def spectrum_loss(key: str = "xanes", site_weight: float = 1.0,
     """The :class:`SpectrumLoss` with these settings (a hashable value: equal settings give
     equal losses, so training reuses one compiled step)."""
     return SpectrumLoss(key, site_weight, slope_weight)
+
+
+register("schnet_site_spectral", schnet_site_spectral, (SchNetConfig, SiteHeadConfig))
+register("painn_site_spectral", painn_site_spectral, (PaiNNConfig, SiteHeadConfig))

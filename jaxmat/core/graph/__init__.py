@@ -12,10 +12,11 @@ Conventions (every model and tool relies on them):
 * A batch is a :class:`jraph.GraphsTuple` padded to a fixed :class:`Budget`.
   The last graph is a padding graph that owns every padding node and edge;
   ``nodes["mask"]``, ``edges["mask"]`` and ``globals["mask"]`` are ``True`` for
-  real entries. Padding edges join the last (padding) node to its own periodic image
-  :data:`PAD_DISTANCE` away (shift (1, 0, 0) in the padding graph's cell of
-  ``PAD_DISTANCE`` · I), so no edge has zero length and a plain ``jnp.linalg.norm``
-  of :func:`edge_vectors` has a finite gradient; padding atom slots of the dense layout
+  real entries. The padding graph has at least two nodes, ``PAD_DISTANCE`` apart, and
+  padding edges join the last two (shift (1, 0, 0) in the padding graph's cell of
+  ``PAD_DISTANCE`` · I), so no edge has zero length — also for a model that ignores the
+  shifts and takes ``positions[senders] - positions[receivers]`` — and a plain
+  ``jnp.linalg.norm`` of :func:`edge_vectors` has a finite gradient; padding atom slots of the dense layout
   sit ``PAD_DISTANCE`` apart on the x axis for the same reason. The padding graph's
   ``pbc`` is False, so it has no stress.
 * ``nodes``: ``positions`` (N, 3) Å, ``species`` (N,) atomic numbers (0 for
@@ -51,21 +52,23 @@ Two layouts share these names (``layout=`` in :func:`batch` and :class:`GraphLoa
   (:func:`split_dense`, :func:`merge_chunks`); :func:`jaxmat.core.potential.potential` maps
   over such chunks so that every chunk's edge arrays stay in cache.
 
-Optional line graph (bond graph, :mod:`jaxmat.core.linegraph`; sparse layout only): when the
+Optional line graph (bond graph, :mod:`jaxmat.core.graph.linegraph`; sparse layout only): when the
 records carry one, ``edges["line"]`` holds ``senders``/``receivers`` (T,) edge indices and
 ``mask`` (T,) for T triplets (T = ``Budget.n_triplet``). Padding triplets join the last
 edge to itself and are masked. Batches without line graphs are unchanged.
 """
 from __future__ import annotations
 
-from jaxmat.core.graph.batching import Batch, batch
-from jaxmat.core.graph.budget import (LAYOUTS, Budget, choose_layout, dense_budget, dense_shape,
-                                      estimate_budget, fixed_budget, pack)
-from jaxmat.core.graph.loader import GraphLoader
+from jaxmat.core.graph.batching import Batch, batch, pad_positions
+from jaxmat.core.graph.budget import (LAYOUTS, PAD_NODES, Budget, choose_layout, dense_budget, dense_shape,
+                                      estimate_budget, fixed_budget, pack, resolve_layout)
+from jaxmat.core.graph.loader import Batcher, GraphLoader
 from jaxmat.core.graph.neighborlist import check_symmetric, knn_neighbor_list, neighbor_list
 from jaxmat.core.graph.ops import (Pairs, convolve, dense_chunks, edge_vectors, graph_sum,
                                    is_dense, merge_chunks, n_graphs, n_nodes, pair_list,
                                    pair_vectors, safe_norm, split_dense, to_device)
-from jaxmat.core.graph.records import (LABEL_KEYS, Record, atoms_to_record, label_keys_found,
-                                       make_record, read_label, records_from_atoms)
+from jaxmat.core.graph.labels import LABEL_KEYS, label_keys_found, read_label
+from jaxmat.core.graph.linegraph import add_line_graph, line_graph
+from jaxmat.core.graph.records import (Record, atoms_to_record, check_records, make_record,
+                                       records, records_from_atoms)
 from jaxmat.core.graph.structure import MAX_Z, MIN_DISTANCE, PAD_DISTANCE, validate_structure

@@ -6,7 +6,8 @@ from collections.abc import Sequence
 import jraph
 import numpy as np
 
-from jaxmat.core.graph.budget import LAYOUTS, Budget, _check_dense, choose_layout, dense_shape
+from jaxmat.core.graph.budget import (LAYOUTS, PAD_NODES, Budget, _check_dense, choose_layout,
+                                      dense_shape)
 from jaxmat.core.graph.neighborlist import check_symmetric
 from jaxmat.core.graph.records import Record
 from jaxmat.core.graph.structure import PAD_DISTANCE
@@ -50,7 +51,7 @@ def _batch_sparse(records: Sequence[Record], budget: Budget | None, dtype) -> Ba
     n_real_edges = sum(r.n_edge for r in records)
     n_real_trip = sum(r.n_triplet for r in records)
     if budget is None:
-        budget = Budget(n_real_nodes + 1, n_real_edges, len(records) + 1, n_real_trip)
+        budget = Budget(n_real_nodes + PAD_NODES, n_real_edges, len(records) + 1, n_real_trip)
     if not budget.fits(n_real_nodes, n_real_edges, len(records), n_real_trip):
         raise ValueError(
             f"{len(records)} structures ({n_real_nodes} atoms, {n_real_edges} edges, "
@@ -71,13 +72,14 @@ def _batch_sparse(records: Sequence[Record], budget: Budget | None, dtype) -> Ba
     species = np.zeros(N, np.int32)
     species[:n_real_nodes] = np.concatenate([r.numbers for r in records])
     node_graph = np.repeat(np.arange(G, dtype=np.int32), n_node)
-    senders = np.full(E, N - 1, np.int32)
-    receivers = np.full(E, N - 1, np.int32)
+    positions[n_real_nodes:] = pad_positions(N - n_real_nodes)
+    senders = np.full(E, N - 1, np.int32)   # padding edges join the last two padding nodes
+    receivers = np.full(E, N - 2, np.int32)
     senders[:n_real_edges] = np.concatenate([r.senders + o for r, o in zip(records, offsets)])
     receivers[:n_real_edges] = np.concatenate([r.receivers + o for r, o in zip(records, offsets)])
     shifts = np.zeros((E, 3), dtype)
     shifts[:n_real_edges] = np.concatenate([r.shifts for r in records])
-    shifts[n_real_edges:, 0] = 1.0  # padding edges: PAD_DISTANCE long (module docstring)
+    shifts[n_real_edges:, 0] = 1.0  # padding edges: 2 PAD_DISTANCE long (module docstring)
     cell = np.zeros((G, 3, 3), dtype)
     cell[:g] = [r.cell for r in records]
     cell[g:] = PAD_DISTANCE * np.eye(3)
@@ -104,6 +106,15 @@ def _batch_sparse(records: Sequence[Record], budget: Budget | None, dtype) -> Ba
         nodes=nodes, edges=edges, senders=senders, receivers=receivers,
         globals=globals_, n_node=n_node, n_edge=n_edge,
     )
+
+
+def pad_positions(n: int) -> np.ndarray:
+    """Positions (n, 3) Å of ``n`` padding nodes: ``PAD_DISTANCE`` apart on the x axis, so an
+    edge between two of them is never shorter than ``PAD_DISTANCE``, with or without the
+    cell shift."""
+    out = np.zeros((n, 3))
+    out[:, 0] = PAD_DISTANCE * np.arange(1, n + 1)
+    return out
 
 
 def _line_edges(records: Sequence[Record], n_edge: np.ndarray, E: int, T: int) -> dict:

@@ -9,6 +9,8 @@ import numpy as np
 
 from jaxmat.core.graph.records import Record
 
+PAD_NODES = 2  # padding nodes of a sparse batch (distinct and far apart: no zero-length edge)
+
 
 def _round_up(x: float, multiple: int) -> int:
     return int(math.ceil(max(x, 1) / multiple) * multiple)
@@ -17,7 +19,8 @@ def _round_up(x: float, multiple: int) -> int:
 @dataclasses.dataclass(frozen=True)
 class Budget:
     """Fixed batch shape: total nodes, edges and graphs (including the padding graph), and
-    line-graph triplets (0 for batches without line graphs)."""
+    line-graph triplets (0 for batches without line graphs). A sparse batch keeps
+    :data:`PAD_NODES` padding nodes, so padding edges can join two distinct ones."""
 
     n_node: int
     n_edge: int
@@ -25,7 +28,7 @@ class Budget:
     n_triplet: int = 0
 
     def fits(self, n_node: int, n_edge: int, n_graph: int, n_triplet: int = 0) -> bool:
-        return (n_node < self.n_node and n_edge <= self.n_edge and n_graph < self.n_graph
+        return (n_node + PAD_NODES <= self.n_node and n_edge <= self.n_edge and n_graph < self.n_graph
                 and n_triplet <= self.n_triplet)
 
 
@@ -69,7 +72,7 @@ def fixed_budget(records: Sequence[Record], batch_size: int, layout: str = "spar
     n_triplet = 0
     if any(r.line_senders is not None for r in records):
         n_triplet = size([r.n_triplet for r in records])
-    return Budget(size([r.n_node for r in records], extra=1),
+    return Budget(size([r.n_node for r in records], extra=PAD_NODES),
                   size([r.n_edge for r in records], edge_margin), batch_size + 1, n_triplet)
 
 
@@ -103,6 +106,20 @@ def dense_shape(budget: Budget) -> tuple[int, int, int]:
         raise ValueError(f"{budget} is not a dense budget (n_graph * n_max atom slots, "
                          "n_graph * n_max * (n_max // 2) pair slots)")
     return g, n_max, n_max // 2
+
+
+def resolve_layout(records: Sequence[Record], layout: str, batch_size: int,
+                   layouts: Sequence[str] = ("sparse",), name: str = "model") -> str:
+    """The layout of a model's batches: ``layout`` when the model declares it (``layouts``,
+    its ``graph.layouts``), or for ``"auto"`` :func:`choose_layout` among them. Every
+    batcher (loaders, ``predict``, committees) decides here."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; choose from {LAYOUTS}")
+    if layout == "auto":
+        return choose_layout(records, batch_size, layouts)
+    if layout not in layouts:
+        raise ValueError(f"{name} supports the batch layouts {list(layouts)}, not {layout!r}")
+    return layout
 
 
 def choose_layout(records: Sequence[Record], batch_size: int = 32,

@@ -1,6 +1,10 @@
-"""Fixed-shape padded batches of a dataset, reshuffled per epoch."""
+"""Batchers: the one place that decides a model's batch layout, padding budget and budget
+growth. :class:`GraphLoader` serves training (a dataset, reshuffled per epoch, one budget);
+:class:`Batcher` serves prediction (structures arriving call after call: the budget is kept
+and grown, never shrunk, so a run compiles few programs)."""
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -8,8 +12,9 @@ import numpy as np
 
 from jaxmat.core.graph.batching import Batch, _partial_targets, _same_targets, batch
 from jaxmat.core.graph.budget import (LAYOUTS, Budget, choose_layout, dense_budget,
-                                      estimate_budget, pack)
-from jaxmat.core.graph.records import Record
+                                      estimate_budget, fixed_budget, pack, resolve_layout)
+from jaxmat.core.graph.records import Record, check_records, records
+from jaxmat.core.protocol import as_spec
 
 
 class GraphLoader:
@@ -19,8 +24,9 @@ class GraphLoader:
     A target that only some records carry is in every batch, with its ``<name>_mask``.
     ``layout`` is ``"sparse"``, ``"dense"`` (small molecules) or ``"auto"``
     (:func:`choose_layout` among the layouts ``model.graph`` declares; sparse without a
-    ``model``); every batch of a loader has the same shapes. With ``model`` an explicit
-    layout the model does not declare raises here, before any batch is built.
+    ``model``); every batch of a loader has the same shapes. With ``model`` records of
+    another graph spec, or an explicit layout the model does not declare, raise here, before
+    any batch is built.
     """
 
     def __init__(
@@ -35,16 +41,16 @@ class GraphLoader:
     ):
         if not records:
             raise ValueError("GraphLoader needs at least one structure")
-        if layout not in LAYOUTS:
-            raise ValueError(f"unknown layout {layout!r}; choose from {LAYOUTS}")
         self.records = list(records)
         self.batch_size = batch_size
-        allowed = model.graph.layouts if model is not None else ("sparse",)
-        if layout == "auto":
-            layout = choose_layout(self.records, batch_size, allowed)
-        elif model is not None and layout not in allowed:
-            raise ValueError(f"{model.name} supports the batch layouts {list(allowed)}, "
-                             f"not {layout!r}")
+        if model is not None:  # records of the model's graph, in a layout it declares
+            self.records = check_records(self.records, model.graph, model.name)
+            layout = resolve_layout(self.records, layout, batch_size, model.graph.layouts,
+                                    model.name)
+        elif layout == "auto":
+            layout = choose_layout(self.records, batch_size)
+        elif layout not in LAYOUTS:
+            raise ValueError(f"unknown layout {layout!r}; choose from {LAYOUTS}")
         self.layout = layout
         if self.layout == "dense":
             self.budget = budget or dense_budget(self.records, batch_size)
@@ -81,3 +87,70 @@ class GraphLoader:
 
     def __len__(self) -> int:
         return len(self._groups(self.order(0)))
+
+
+class Batcher:
+    """Batches of structures for one model (or graph spec), call after call.
+
+    ``prepare(data)`` turns structures (ASE Atoms or records of the model's spec) into
+    records (:func:`records`), picks the layout (:func:`resolve_layout`), fits the padding
+    budget — kept from earlier calls while every structure fits it, grown to the larger of
+    each size otherwise (``n_grown`` counts it), never shrunk — and packs the records into
+    groups. ``batch_size`` graphs per batch; ``edge_margin`` is head-room on edges and
+    ``multiple`` the rounding of a new budget.
+    """
+
+    def __init__(self, model: Any, batch_size: int = 32, layout: str = "auto",
+                 multiple: int = 64, edge_margin: float = 1.0, spec: Any = None):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if edge_margin < 1.0:
+            raise ValueError(f"edge_margin must be >= 1, got {edge_margin}")
+        if layout not in LAYOUTS:
+            raise ValueError(f"unknown layout {layout!r}; choose from {LAYOUTS}")
+        self.spec = as_spec(model if spec is None else spec)
+        self.name = getattr(model, "name", "model")
+        self.batch_size, self.layout = batch_size, layout
+        self.multiple, self.edge_margin = multiple, edge_margin
+        self.budgets: dict[str, Budget] = {}
+        self.n_grown = 0
+
+    def prepare(self, data: Sequence[Any], labels: bool = False
+                ) -> tuple[list[Record], str, Budget, list[list[int]]]:
+        """``(records, layout, budget, groups)`` for ``data``."""
+        if len(data) == 0:
+            raise ValueError("no structures given")
+        if self.spec.cutoff is None:  # a model without a graph cutoff reads given records
+            bad = [k for k, r in enumerate(data) if not isinstance(r, Record)]
+            if bad:
+                raise ValueError(f"{self.name} declares no graph cutoff: structure {bad[0]} "
+                                 "must be a record built with one, or declare the cutoff with "
+                                 "graph=jaxmat.GraphSpec(cutoff=...)")
+            recs = [r if labels else dataclasses.replace(r, targets={}, node_targets={})
+                    for r in check_records(data, self.spec, self.name)]
+        else:
+            recs = records(data, self.spec, labels=labels)
+        layout = resolve_layout(recs, self.layout, self.batch_size, self.spec.layouts, self.name)
+        budget = self.fit(recs, layout)
+        return recs, layout, budget, pack(recs, budget, layout=layout)
+
+    def fit(self, recs: Sequence[Record], layout: str) -> Budget:
+        """The kept budget of ``layout``, grown when a record of ``recs`` does not fit."""
+        old = self.budgets.get(layout)
+        bs = self.batch_size
+        if layout == "dense":
+            n_max = max(2, max(r.n_node for r in recs),  # 2: per-atom and per-graph shapes differ
+                        0 if old is None else old.n_node // old.n_graph)
+            new = Budget(bs * n_max, bs * n_max * (n_max // 2), bs)
+        elif old is not None and all(old.fits(r.n_node, r.n_edge, 1, r.n_triplet) for r in recs):
+            new = old
+        else:
+            new = fixed_budget(recs, bs, multiple=self.multiple, edge_margin=self.edge_margin)
+            if old is not None:
+                new = Budget(max(old.n_node, new.n_node), max(old.n_edge, new.n_edge),
+                             new.n_graph, max(old.n_triplet, new.n_triplet))
+        if old is not None and new != old:
+            self.n_grown += 1
+        self.budgets[layout] = new
+        return new
+

@@ -1,4 +1,11 @@
-"""Records: one structure with its neighbour list and labels, on the host (numpy)."""
+"""Records: one structure with its neighbour list and labels, on the host (numpy).
+
+A structure becomes a record in one place, :func:`records`, from the graph spec of the model
+that will read it (:class:`jaxmat.core.protocol.GraphSpec`: cutoff, k nearest neighbours,
+line graph). Every record carries the spec it was built for, and every consumer (loaders,
+``predict``, the calculator, MD, attacks, the CLI) refuses records of another spec
+(:func:`check_records`).
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -7,8 +14,11 @@ from typing import Any
 
 import numpy as np
 
+from jaxmat.core.graph.labels import _formula, read_label
+from jaxmat.core.graph.linegraph import line_graph
 from jaxmat.core.graph.neighborlist import knn_neighbor_list, neighbor_list
 from jaxmat.core.graph.structure import MIN_DISTANCE, validate_structure
+from jaxmat.core.protocol import GraphSpec, as_spec
 
 
 @dataclasses.dataclass
@@ -17,8 +27,9 @@ class Record:
 
     ``targets`` holds graph-level labels (``energy`` eV, ``stress`` eV/Å³ (3, 3), or any
     array); ``node_targets`` holds per-atom labels (``forces`` eV/Å, ...). ``line_senders``/
-    ``line_receivers`` (optional, from :func:`jaxmat.core.linegraph.add_line_graph`) index pairs
-    of edges that share an atom.
+    ``line_receivers`` (line-graph specs) index pairs of edges that share an atom
+    (:func:`jaxmat.core.graph.linegraph.line_graph`). ``spec``: the graph spec the record was
+    built for (None for a record assembled by hand).
     """
 
     numbers: np.ndarray
@@ -32,6 +43,7 @@ class Record:
     node_targets: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     line_senders: np.ndarray | None = None
     line_receivers: np.ndarray | None = None
+    spec: GraphSpec | None = None
 
     @property
     def n_node(self) -> int:
@@ -46,27 +58,34 @@ class Record:
         return 0 if self.line_senders is None else len(self.line_senders)
 
 
+def _graph_spec(spec: Any) -> GraphSpec:
+    """The graph-building part of ``spec`` (layouts do not change a record)."""
+    s = as_spec(spec)
+    if s.cutoff is None:
+        raise ValueError("the graph spec has no cutoff (the model reads no atom graph); "
+                         "records need a cutoff in Å")
+    return GraphSpec(s.cutoff, s.max_neighbors, s.line_graph)
+
+
 def make_record(
     numbers: Any,
     positions: Any,
-    cutoff: float,
+    spec: Any,
     cell: Any = None,
     pbc: Any = False,
     targets: dict[str, Any] | None = None,
     node_targets: dict[str, Any] | None = None,
     name: str = "structure",
-    max_neighbors: int | None = None,
 ) -> Record:
-    """Validate a structure and build its neighbour list (cutoff in Å).
-
-    With ``max_neighbors`` the graph keeps only the nearest neighbours of each atom
-    (:func:`knn_neighbor_list`, undirected); the default keeps every pair within the cutoff.
-    """
+    """Validate a structure (Å) and build its graph for ``spec`` (a :class:`GraphSpec`, a
+    model or bundle, or a cutoff in Å): every pair within the cutoff, or the nearest
+    neighbours (:func:`knn_neighbor_list`, undirected), plus the line graph when asked."""
+    spec = _graph_spec(spec)
     numbers, positions, cell, pbc = validate_structure(numbers, positions, cell, pbc, name)
-    if max_neighbors is None:
-        i, j, shifts, d = neighbor_list(positions, cell, pbc, cutoff)
+    if spec.max_neighbors is None:
+        i, j, shifts, d = neighbor_list(positions, cell, pbc, spec.cutoff)
     else:
-        i, j, shifts, d = knn_neighbor_list(positions, cell, pbc, cutoff, max_neighbors)
+        i, j, shifts, d = knn_neighbor_list(positions, cell, pbc, spec.cutoff, spec.max_neighbors)
     if len(d) and d.min() < MIN_DISTANCE:
         e = int(np.argmin(d))
         raise ValueError(
@@ -81,81 +100,17 @@ def make_record(
         if not np.all(np.isfinite(v)):
             raise ValueError(f"{name}: non-finite values in '{k}'")
     targets = {k: np.asarray(v, dtype=np.float64) for k, v in (targets or {}).items()}
-    return Record(numbers, positions, cell, pbc, j, i, shifts, targets, node_targets)
+    ls = lr = None
+    if spec.line_graph:
+        ls, lr = line_graph(j, i, shifts, n)
+    return Record(numbers, positions, cell, pbc, j, i, shifts, targets, node_targets, ls, lr,
+                  spec)
 
 
-def _formula(atoms: Any) -> str:
-    """Chemical formula for messages; unknown atomic numbers or no atoms give "structure"."""
-    try:
-        return atoms.get_chemical_formula() or "structure"
-    except (IndexError, KeyError):
-        return "structure"
-
-
-# label names tried in order when no key is given: ASE calculator results first, then the
-# common extxyz conventions of potential-training codes (``atoms.info`` / ``atoms.arrays``)
-LABEL_KEYS = {
-    "energy": ("energy", "REF_energy", "dft_energy", "DFT_energy", "total_energy", "Energy"),
-    "forces": ("forces", "REF_forces", "dft_forces", "DFT_forces", "force", "Forces"),
-    "stress": ("stress", "REF_stress", "dft_stress", "DFT_stress", "Stress"),
-}
-
-
-def _label_sources(atoms: Any) -> list[tuple[str, dict]]:
-    calc = getattr(atoms, "calc", None)
-    res = getattr(calc, "results", None) or {}
-    return [("calculator", dict(res)), ("info", atoms.info), ("arrays", atoms.arrays)]
-
-
-def label_keys_found(atoms: Any) -> list[str]:
-    """Every label-like key a structure carries (calculator results, info, arrays)."""
-    skip = {"numbers", "positions"}
-    return sorted({k for _, src in _label_sources(atoms) for k in src if k not in skip})
-
-
-def read_label(atoms: Any, kind: str, key: str | None = None,
-               name: str = "structure") -> np.ndarray | None:
-    """The ``kind`` label (``energy`` eV, ``forces`` eV/Å, ``stress`` eV/Å³ as (3, 3)) of a
-    structure, from ``key`` when given (``ValueError`` naming the keys found if absent), else
-    from the first of :data:`LABEL_KEYS` present; None when none is."""
-    if kind not in LABEL_KEYS:
-        raise ValueError(f"unknown label kind {kind!r}; choose from {sorted(LABEL_KEYS)}")
-    keys = (key,) if key else LABEL_KEYS[kind]
-    for k in keys:
-        for where, src in _label_sources(atoms):
-            if where == "calculator" and k != kind:
-                continue  # calculator results use ASE's own names only
-            if k in src and src[k] is not None:
-                return _as_label(kind, src[k], k, name)
-    if key:
-        raise ValueError(f"{name}: no {kind} label under the key {key!r}; keys found: "
-                         f"{label_keys_found(atoms)}")
-    return None
-
-
-def _as_label(kind: str, value: Any, key: str, name: str) -> np.ndarray:
-    v = np.asarray(value, dtype=np.float64)
-    if kind == "energy" and v.size != 1:
-        raise ValueError(f"{name}: energy label {key!r} has shape {v.shape}, expected a scalar")
-    if kind == "stress":
-        from ase.stress import voigt_6_to_full_3x3_stress
-
-        if v.shape == (6,):
-            v = voigt_6_to_full_3x3_stress(v)
-        elif v.shape == (9,):
-            v = v.reshape(3, 3)
-        if v.shape != (3, 3):
-            raise ValueError(f"{name}: stress label {key!r} has shape {v.shape}, "
-                             "expected 6 (Voigt), 9 or (3, 3)")
-    if not np.all(np.isfinite(v)):
-        raise ValueError(f"{name}: non-finite values in the {kind} label {key!r}")
-    return v.reshape(()) if kind == "energy" else v
-
-
-def atoms_to_record(atoms: Any, cutoff: float, name: str | None = None,
-                    max_neighbors: int | None = None, energy_key: str | None = None,
-                    forces_key: str | None = None, stress_key: str | None = None) -> Record:
-    """ASE ``Atoms`` -> :class:`Record` with its labels.
+def atoms_to_record(atoms: Any, spec: Any, name: str | None = None,
+                    energy_key: str | None = None, forces_key: str | None = None,
+                    stress_key: str | None = None) -> Record:
+    """ASE ``Atoms`` -> :class:`Record` of ``spec`` with its labels.
 
     Energy (eV), forces (eV/Å) and stress (eV/Å³) are read by :func:`read_label`: from the
     given ``*_key`` (an error names the keys found when it is absent), else from the
@@ -172,26 +127,77 @@ def atoms_to_record(atoms: Any, cutoff: float, name: str | None = None,
     for key, value in atoms.info.items():
         if key.startswith("target_"):
             targets[key[len("target_"):]] = np.asarray(value, dtype=np.float64)
-    return make_record(
-        atoms.numbers,
-        atoms.positions,
-        cutoff,
-        cell=np.asarray(atoms.cell),
-        pbc=atoms.pbc,
-        targets=targets,
-        node_targets=node_targets,
-        name=name,
-        max_neighbors=max_neighbors,
-    )
+    return make_record(atoms.numbers, atoms.positions, spec, cell=np.asarray(atoms.cell),
+                       pbc=atoms.pbc, targets=targets, node_targets=node_targets, name=name)
 
 
-def records_from_atoms(atoms_list: Sequence[Any], cutoff: float,
-                       max_neighbors: int | None = None, energy_key: str | None = None,
-                       forces_key: str | None = None,
-                       stress_key: str | None = None) -> list[Record]:
-    """Convert many ASE structures (labels as in :func:`atoms_to_record`); errors name the
+def records(data: Sequence[Any], spec: Any, *, labels: bool = True,
+            energy_key: str | None = None, forces_key: str | None = None,
+            stress_key: str | None = None) -> list[Record]:
+    """The one way structures become records: ``data`` (ASE Atoms, or records already built,
+    which are checked) for ``spec`` (a :class:`GraphSpec`, a model or bundle that declares
+    one, or a cutoff in Å). ``labels=False`` drops the labels (prediction). Errors name the
     structure's index."""
-    return [atoms_to_record(a, cutoff, name=f"structure {k} ({_formula(a)})",
-                            max_neighbors=max_neighbors, energy_key=energy_key,
-                            forces_key=forces_key, stress_key=stress_key)
-            for k, a in enumerate(atoms_list)]
+    if len(data) == 0:
+        raise ValueError("no structures given")
+    spec = _graph_spec(spec)
+    out = []
+    for k, s in enumerate(data):
+        if isinstance(s, Record):
+            r = check_records([s], spec, f"structure {k}")[0]
+        elif hasattr(s, "numbers") and hasattr(s, "get_positions"):
+            r = atoms_to_record(s, spec, name=f"structure {k} ({_formula(s)})",
+                                energy_key=energy_key, forces_key=forces_key,
+                                stress_key=stress_key)
+        else:
+            raise ValueError(f"structure {k}: expected ASE Atoms or a jaxmat Record, got "
+                             f"{type(s).__name__}")
+        out.append(r if labels else dataclasses.replace(r, targets={}, node_targets={}))
+    return out
+
+
+def records_from_atoms(atoms_list: Sequence[Any], spec: Any = None, *,
+                       cutoff: float | None = None, max_neighbors: int | None = None,
+                       energy_key: str | None = None, forces_key: str | None = None,
+                       stress_key: str | None = None) -> list[Record]:
+    """:func:`records` of ASE structures with their labels; ``cutoff``/``max_neighbors``
+    (Å) stand for ``GraphSpec(cutoff, max_neighbors)`` when no ``spec`` is given."""
+    if (spec is None) == (cutoff is None):
+        raise ValueError("give the graph spec (a model, bundle or GraphSpec) or a cutoff in Å, "
+                         "not both or neither")
+    if spec is None:
+        spec = GraphSpec(cutoff=cutoff, max_neighbors=max_neighbors)
+    elif max_neighbors is not None:
+        raise ValueError("max_neighbors is part of the graph spec; set it there")
+    return records(atoms_list, spec, energy_key=energy_key, forces_key=forces_key,
+                   stress_key=stress_key)
+
+
+def check_records(recs: Sequence[Record], spec: Any, name: str = "model") -> list[Record]:
+    """``recs`` if they were built for ``spec`` (its cutoff, neighbours and line graph),
+    else ``ValueError`` naming both specs. Records without a spec (assembled by hand) pass
+    when no edge is longer than the cutoff; they get a line graph when the spec needs one."""
+    spec = as_spec(spec)
+    want = GraphSpec(spec.cutoff, spec.max_neighbors, spec.line_graph)
+    out = []
+    for k, r in enumerate(recs):
+        if r.spec is not None:
+            if r.spec.key != want.key:
+                raise ValueError(
+                    f"{name}: record {k} was built for the graph ({r.spec.describe()}) but the "
+                    f"model reads ({want.describe()}); build records with "
+                    "jaxmat.core.graph.records(structures, model)")
+            out.append(r)
+            continue
+        if spec.cutoff is not None and r.n_edge:
+            d = np.linalg.norm(r.positions[r.senders] - r.positions[r.receivers]
+                               + r.shifts @ r.cell, axis=1)
+            if d.max() > spec.cutoff + 1e-6:
+                raise ValueError(f"{name}: record {k} has edges up to {d.max():.3f} Å, longer "
+                                 f"than the model's graph cutoff {spec.cutoff:g} Å; build "
+                                 "records with jaxmat.core.graph.records(structures, model)")
+        if spec.line_graph and r.line_senders is None:
+            ls, lr = line_graph(r.senders, r.receivers, r.shifts, r.n_node)
+            r = dataclasses.replace(r, line_senders=ls, line_receivers=lr)
+        out.append(r)
+    return out

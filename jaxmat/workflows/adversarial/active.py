@@ -35,10 +35,8 @@ import numpy as np
 from jaxmat.core import config, ensemble, graph, train
 from jaxmat.workflows.adversarial.attack import AttackConfig, Boltzmann, attack
 from jaxmat.core.checkpoint import Checkpointer
-from jaxmat.core.linegraph import add_line_graph
 from jaxmat.workflows.adversarial.oracle import Oracle
-from jaxmat.core.predict import resolve_cutoff
-from jaxmat.core.protocol import Model, Params
+from jaxmat.core.protocol import Model, Params, resolve_spec
 from jaxmat.workflows.adversarial.select import SelectConfig, committee_predict, select, too_close, variance_threshold
 from jaxmat.workflows.adversarial.store import Store
 
@@ -277,7 +275,8 @@ class _Loop:
         self.workdir = os.path.abspath(cfg.workdir)
         os.makedirs(self.workdir, exist_ok=True)
         self._check_config()
-        self.cutoff = resolve_cutoff(model, cutoff)
+        self.spec = resolve_spec(model, cutoff)
+        self.cutoff = self.spec.cutoff
         self.store = Store(os.path.join(self.workdir, "labels.db"))
         self.ckpt_dir = os.path.join(self.workdir, "committee")
         self.progress_path = os.path.join(self.workdir, "progress.jsonl")
@@ -347,9 +346,7 @@ class _Loop:
         for a in atoms:
             rid = a.info["row_id"]
             if rid not in self._records:
-                r = graph.atoms_to_record(a, self.cutoff, name=f"row {rid}",
-                                          max_neighbors=self.model.graph.max_neighbors)
-                self._records[rid] = add_line_graph(r) if self.model.graph.line_graph else r
+                self._records[rid] = graph.atoms_to_record(a, self.spec, name=f"row {rid}")
             out.append(self._records[rid])
         return out
 

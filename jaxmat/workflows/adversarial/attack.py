@@ -38,8 +38,7 @@ import numpy as np
 import optax
 
 from jaxmat.core import committee, ensemble, graph, neighbors
-from jaxmat.core.predict import resolve_cutoff
-from jaxmat.core.protocol import Model, Params
+from jaxmat.core.protocol import Model, Params, resolve_spec
 from jaxmat.md import forces
 
 
@@ -235,7 +234,8 @@ def _compiled(model: Model, per_atom: bool, optimizer: Any, clamp: float | None,
 
     def run(spec, n_steps, species, pbc, params, pos0, cell, delta, nbrs, kT, e_min, log_z):
         def terms(d, nb):
-            b = forces.replica_batch(np.array(species), np.array(pbc), pos0 + d, cell, nb)
+            b = forces.replica_batch(np.array(species), np.array(pbc), pos0 + d, cell, nb,
+                                     spec.cutoff)
             t = committee_terms(model, params, b, kT, e_min, log_z, per_atom)
             return {k: v[:-1] for k, v in t.items()}  # drop the padding graph
 
@@ -326,7 +326,7 @@ def _checked_inputs(model: Model, params: Params, starts: list, reference: Boltz
         raise ValueError("reference must be a Boltzmann (see Boltzmann.from_structures)")
     if reference.kT <= 0:
         raise ValueError(f"kT must be positive (eV), got {reference.kT}")
-    cutoff = resolve_cutoff(model, cutoff)
+    cutoff = resolve_spec(model, cutoff).cutoff
     spec = model.graph
     if spec.max_neighbors is not None or spec.line_graph or "sparse" not in spec.layouts:
         raise ValueError(f"{model.name} reads a graph with max_neighbors={spec.max_neighbors}, "

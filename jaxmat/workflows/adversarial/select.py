@@ -18,8 +18,8 @@ import numpy as np
 
 from jaxmat.core import graph
 from jaxmat.workflows.adversarial.attack import as_structure
-from jaxmat.core.predict import as_records, predict
-from jaxmat.core.protocol import Model, Params
+from jaxmat.core.predict import predict
+from jaxmat.core.protocol import Model, Params, resolve_spec
 
 
 # --------------------------------------------------------------------------- committee statistics
@@ -32,7 +32,7 @@ def committee_predict(model: Model, params: Params, structures: Sequence[Any],
     ``model.graph``; ``cutoff`` (Å) only for a model without one (ValueError if it
     disagrees with the model's).
     """
-    recs = as_records(model, structures, cutoff)
+    recs = graph.records(structures, resolve_spec(model, cutoff), labels=False)
     out = predict(model, params, recs, batch_size=batch_size, keys=("energy", "forces"))
     if "forces_var_graph" not in out:
         raise ValueError("committee_predict needs committee params (a leading member axis)")

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmat.core import graph
+from jaxmat.core.graph import ops
 
 
 def line_graph(
@@ -56,39 +56,38 @@ def line_graph(
     return e1.astype(np.int32), e2.astype(np.int32)
 
 
-def add_line_graph(record: graph.Record, backtracking: bool = False) -> graph.Record:
+def add_line_graph(record: Any, backtracking: bool = False) -> Any:
     """Copy of ``record`` with its line graph (see :func:`line_graph`)."""
     ls, lr = line_graph(record.senders, record.receivers, record.shifts, record.n_node,
                         backtracking)
     return dataclasses.replace(record, line_senders=ls, line_receivers=lr)
 
 
-def records_from_atoms(
-    atoms_list: Sequence[Any], cutoff: float = 8.0, max_neighbors: int | None = 12,
-    backtracking: bool = False,
-) -> list[graph.Record]:
-    """ASE structures -> records with line graphs.
-
-    Defaults follow ALIGNN: the 12 nearest neighbours (ties kept, undirected) within 8 Å;
-    ``max_neighbors=None`` gives the plain cutoff graph.
-    """
-    recs = graph.records_from_atoms(atoms_list, cutoff, max_neighbors=max_neighbors)
-    return [add_line_graph(r, backtracking) for r in recs]
-
-
-def bond_cosines(batch: graph.Batch, vectors: jax.Array | None = None) -> jax.Array:
+def bond_cosines(batch: ops.Batch, vectors: jax.Array | None = None) -> jax.Array:
     """cos θ (T,) of every triplet: the angle at the shared atom between its two bonds.
 
     ``vectors`` are the edge vectors (Å, from :func:`jaxmat.core.graph.edge_vectors` if not
     given). Finite with finite gradients for zero-length (padding) bonds; 1 there.
     """
     line = batch.edges["line"]
-    vec = graph.edge_vectors(batch) if vectors is None else vectors
+    vec = ops.edge_vectors(batch) if vectors is None else vectors
     a = vec[line["senders"]]  # shared atom -> far end of the incoming bond
     b = -vec[line["receivers"]]  # shared atom -> receiver of the outgoing bond
-    na = graph.safe_norm(a)
-    nb = graph.safe_norm(b)
+    na = ops.safe_norm(a)
+    nb = ops.safe_norm(b)
     denom = na * nb
     ok = denom > 0
     cos = jnp.sum(a * b, axis=-1) / jnp.where(ok, denom, 1.0)
     return jnp.where(ok, jnp.clip(cos, -1.0, 1.0), 1.0)
+
+
+def records_from_atoms(atoms_list: Sequence[Any], cutoff: float = 8.0,
+                       max_neighbors: int | None = 12) -> list:
+    """Records with line graphs for the ALIGNN defaults: the 12 nearest neighbours (ties
+    kept, undirected) within 8 Å (``max_neighbors=None``: the plain cutoff graph); the same
+    as :func:`jaxmat.core.graph.records` with ``GraphSpec(cutoff, max_neighbors,
+    line_graph=True)``."""
+    from jaxmat.core.graph.records import records
+    from jaxmat.core.protocol import GraphSpec
+
+    return records(atoms_list, GraphSpec(cutoff, max_neighbors, line_graph=True))

@@ -62,7 +62,7 @@ class CommitteeLoader:
 
     def __init__(self, data: Any, n_members: int, batch_size: int = 32,
                  budget: graph.Budget | None = None, seed: int = 0, bootstrap: bool = False,
-                 shuffle: bool = True):
+                 shuffle: bool = True, model: Model | None = None):
         if n_members < 1:
             raise ValueError(f"committee size must be >= 1, got {n_members}")
         self.layout = "sparse"
@@ -73,6 +73,8 @@ class CommitteeLoader:
         if not data:
             raise ValueError("committee training data is empty")
         self.records = data if isinstance(data[0], graph.Record) else None
+        if self.records is not None and model is not None:  # records of the model's spec
+            self.records = data = graph.check_records(self.records, model.graph, model.name)
         self.batches = None if self.records is not None else data
         if self.records is not None:
             self.budget = budget or graph.estimate_budget(self.records, batch_size)
@@ -175,7 +177,7 @@ def fit(
 
     ``train_data``: records, a :class:`graph.GraphLoader`, a list of same-shape batches, or a
     :class:`CommitteeLoader`; each member gets its own data order (and resample with
-    ``bootstrap``). ``val_data`` (loader or list of batches) is shared; metrics, best params and
+    ``bootstrap``). ``val_data`` (records, a loader or a list of batches) is shared; metrics, best params and
     early stopping (``config.patience`` on ``config.monitor``) are per member, and a stopped
     member's updates are masked out. ``config.checkpoint_dir`` saves the whole committee (orbax)
     every ``config.checkpoint_every`` epochs and at the end; a later call resumes from it.
@@ -189,7 +191,10 @@ def fit(
             raise ValueError(f"loader built for {loader.n_members} members, params have {n}")
     else:
         loader = CommitteeLoader(train_data, n, getattr(cfg, "batch_size", 32), seed=cfg.seed,
-                                 bootstrap=bootstrap)
+                                 bootstrap=bootstrap, model=model)
+    if isinstance(val_data, (list, tuple)) and val_data and isinstance(val_data[0], graph.Record):
+        val_data = graph.GraphLoader(val_data, getattr(cfg, "batch_size", 32), shuffle=False,
+                                     model=model)
     mesh = getattr(cfg, "mesh", None)
     put = (lambda t: shard_members(t, mesh)) if mesh is not None else (lambda t: t)
     dp = parallel.for_config(cfg)

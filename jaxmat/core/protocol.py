@@ -70,6 +70,14 @@ class GraphSpec:
         nb = "all neighbours" if self.max_neighbors is None else f"{self.max_neighbors} nearest"
         return f"cutoff {self.cutoff:g} Å, {nb}" + (", line graph" if self.line_graph else "")
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "GraphSpec":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown graph spec keys {unknown}; expected {sorted(known)}")
+        return cls(**{**d, "layouts": tuple(d.get("layouts", ("sparse",)))})
+
 
 def as_spec(x: Any) -> GraphSpec:
     """The :class:`GraphSpec` of ``x``: a spec, anything with a ``graph`` spec (a
@@ -82,14 +90,6 @@ def as_spec(x: Any) -> GraphSpec:
         return GraphSpec(cutoff=float(x))
     raise ValueError(f"expected a GraphSpec, a model (or bundle) that declares one, or a cutoff "
                      f"in Å; got {type(x).__name__}")
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "GraphSpec":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown graph spec keys {unknown}; expected {sorted(known)}")
-        return cls(**{**d, "layouts": tuple(d.get("layouts", ("sparse",)))})
 
 
 def resolve_spec(model: Any, cutoff: float | None = None) -> GraphSpec:

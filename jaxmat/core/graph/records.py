@@ -176,13 +176,14 @@ def records_from_atoms(atoms_list: Sequence[Any], spec: Any = None, *,
 def check_records(recs: Sequence[Record], spec: Any, name: str = "model") -> list[Record]:
     """``recs`` if they were built for ``spec`` (its cutoff, neighbours and line graph),
     else ``ValueError`` naming both specs. Records without a spec (assembled by hand) pass
-    when no edge is longer than the cutoff; they get a line graph when the spec needs one."""
+    when no edge is longer than the cutoff; they get a line graph when the spec needs one.
+    A spec without a cutoff (a model that declares no graph) takes the records' own graphs."""
     spec = as_spec(spec)
     want = GraphSpec(spec.cutoff, spec.max_neighbors, spec.line_graph)
     out = []
     for k, r in enumerate(recs):
         if r.spec is not None:
-            if r.spec.key != want.key:
+            if spec.cutoff is not None and r.spec.key != want.key:
                 raise ValueError(
                     f"{name}: record {k} was built for the graph ({r.spec.describe()}) but the "
                     f"model reads ({want.describe()}); build records with "

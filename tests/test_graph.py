@@ -144,13 +144,15 @@ def test_batch_padding_and_masks():
     assert b.globals["mask"].sum() == len(recs)
     assert list(b.n_node[: len(recs)]) == [r.n_node for r in recs]
     np.testing.assert_array_equal(b.globals["n_atoms"], [r.n_node for r in recs] + [0] * 3)
-    # padding nodes: species 0, zero positions, in the last (padding) graph
+    # padding nodes: species 0, PAD_DISTANCE apart on the x axis, in the last (padding) graph
     pad = ~b.nodes["mask"]
-    assert (b.nodes["species"][pad] == 0).all() and (b.nodes["positions"][pad] == 0).all()
+    assert (b.nodes["species"][pad] == 0).all()
+    np.testing.assert_array_equal(b.nodes["positions"][pad][:, 0],
+                                  graph.PAD_DISTANCE * np.arange(1, 8))
     assert (b.nodes["graph"][pad] == G - 1).all()
-    # padding edges join the last node to itself
+    # padding edges join the last two padding nodes (never a zero-length edge)
     assert (b.senders[~b.edges["mask"]] == N - 1).all()
-    assert (b.receivers[~b.edges["mask"]] == N - 1).all()
+    assert (b.receivers[~b.edges["mask"]] == N - 2).all()
     # real edges stay inside their own graph
     g_s = b.nodes["graph"][b.senders[b.edges["mask"]]]
     g_r = b.nodes["graph"][b.receivers[b.edges["mask"]]]

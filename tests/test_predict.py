@@ -155,10 +155,10 @@ def test_fixed_budget_does_not_depend_on_the_record_count():
     b = graph.fixed_budget(frames, 8)
     assert b == graph.fixed_budget(frames[:3], 8) == graph.fixed_budget(frames[:1], 8)
     n, e = frames[0].n_node, frames[0].n_edge
-    assert b.n_graph == 9 and b.n_node == 64 and b.n_node >= 8 * n + n + 1
+    assert b.n_graph == 9 and b.n_node == 64 and b.n_node >= 8 * n + n + graph.PAD_NODES
     assert graph.fixed_budget(frames, 1, multiple=16) == graph.Budget(16, 16, 2)  # the largest
     assert graph.fixed_budget(frames, 1, multiple=1, edge_margin=1.5) == graph.Budget(
-        n + 1, int(np.ceil(1.5 * e)), 2)
+        n + graph.PAD_NODES, int(np.ceil(1.5 * e)), 2)
     assert graph.estimate_budget(frames[:3], 8) == graph.fixed_budget(frames[:3], 3)
     dense = graph.fixed_budget(frames[:2], 5, layout="dense")
     assert dense == graph.Budget(5 * n, 5 * n * (n // 2), 5)

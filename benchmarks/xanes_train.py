@@ -67,6 +67,9 @@ def main() -> None:
     args = ap.parse_args()
     os.makedirs(args.run_dir, exist_ok=True)
     for el in args.elements:
+        if os.path.exists(os.path.join(args.run_dir, f"{args.name}_{el}.npz")):
+            print(f"{el}: {args.name}_{el}.npz exists, skipped (resumable)", flush=True)
+            continue
         tr, va, te = (load_xanes(el, s, cutoff=args.cutoff) for s in ("train", "val", "test"))
         model = site_head(args.backbone, el, len(tr.grid), args.features, args.cutoff)
         t = time.perf_counter()

@@ -89,8 +89,8 @@ def _registry() -> dict[str, Builder]:
         from jaxmat.models.mpnn import MPNNConfig, mpnn
         from jaxmat.models.painn import PaiNNConfig
         from jaxmat.models.schnet import SchNetConfig
-        from jaxmat.models.spectral import (SiteHeadConfig, painn_site_spectral,
-                                            schnet_site_spectral)
+        from jaxmat.models.spectral import (SiteHeadConfig, TransitionHeadConfig, painn_site_spectral,
+                                            schnet_site_spectral, schnet_transition_spectral)
         from jaxmat.core.potential import potential
 
         for name, fn, t in [
@@ -99,6 +99,7 @@ def _registry() -> dict[str, Builder]:
                 ("coordinate_mlp", coordinate_mlp, (CoordinateMLPConfig,)),
                 ("schnet_site_spectral", schnet_site_spectral, (SchNetConfig, SiteHeadConfig)),
                 ("painn_site_spectral", painn_site_spectral, (PaiNNConfig, SiteHeadConfig)),
+                ("schnet_transition_spectral", schnet_transition_spectral, (SchNetConfig, TransitionHeadConfig)),
                 ("potential", potential, None), ("graph_target", graph_target, None)]:
             _REGISTRY[name] = Builder(name, fn, t)
     return _REGISTRY

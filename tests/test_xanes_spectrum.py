@@ -104,3 +104,18 @@ def test_embedding_failure_names_the_molecule(monkeypatch, tmp_path):
         api.spectrum("OCC#N", "O", cache=tmp_path)
     with pytest.raises(ValueError, match=r"^'OCC#N': RDKit cannot embed this SMILES"):
         api.structure("OCC#N")
+
+
+def test_predict_without_a_shipped_model_names_molecule_and_element(monkeypatch, tmp_path):
+    import jaxmat.data
+
+    monkeypatch.setattr(api, "_SHIPPED", {})
+    monkeypatch.setattr(jaxmat.data, "data_path", lambda *p: str(tmp_path.joinpath(*p)))
+    with pytest.raises(ValueError, match=r"^'CCN', element N: no shipped XANES model for N"):
+        api.predict("CCN", "N")
+    with pytest.raises(ValueError, match=r"^'CCO', element C: no XANES model"):
+        api.predict("CCO", "C")
+    with pytest.raises(ValueError, match=r"^'\[NH4\+\]', element N: net charge"):
+        api.predict("[NH4+]", "N")
+    with pytest.raises(ValueError, match="give the absorbing element"):
+        api.predict("CCO")

@@ -294,12 +294,37 @@ def _edge(res: dict, element: str, cal: dict, settings: Any, canonical: str) -> 
 
 
 # --------------------------------------------------------------------------- predicted spectrum
-def predict(model: Any, smiles_or_atoms: Any | Sequence[Any], element: str | None = None,
+_SHIPPED: dict[str, _bundle.Bundle] = {}
+
+
+def shipped_model(element: str, name: str = "") -> _bundle.Bundle:
+    """The XANES model shipped in the package data for ``element`` (``files/xanes/models/
+    <element>``), loaded once per process; ``name`` labels the molecule in the error."""
+    from jaxmat.data import data_path
+
+    if element not in _SHIPPED:
+        path = data_path("xanes", "models", element)
+        if element not in Z or not os.path.isdir(path):
+            have = sorted(e for e in Z if os.path.isdir(data_path("xanes", "models", e)))
+            raise ValueError(f"{name or 'structure'}, element {element}: no shipped XANES model "
+                             f"for {element} (shipped: {have}); pass a bundle from save_model")
+        _SHIPPED[element] = load_model(path)
+    return _SHIPPED[element]
+
+
+def _is_model(x: Any) -> bool:
+    return isinstance(x, _bundle.Bundle) or (isinstance(x, (str, os.PathLike))
+                                             and os.path.isdir(x))
+
+
+def predict(model: Any, smiles_or_atoms: Any | Sequence[Any] = None, element: str | None = None,
             combiner: str | None = None, batch_size: int = 64) -> dict[str, Any] | list[dict]:
     """Predicted K-edge spectra of one structure (SMILES or ASE Atoms) or a list of them.
 
-    ``model``: a bundle path or a loaded XANES bundle (:func:`load_model`); ``element``
-    must be the model's (default: it).  Returns per structure ``grid`` (P,) eV,
+    ``predict(smiles_or_atoms, element)`` uses the model shipped for ``element``
+    (:func:`shipped_model`); ``predict(model, smiles_or_atoms, element=None)`` a bundle path
+    or a loaded XANES bundle (:func:`load_model`), whose element ``element`` must be
+    (default: it).  Returns per structure ``grid`` (P,) eV,
     ``spectrum`` (P,) eV⁻¹ (committee members combined by ``combiner``, default the
     bundle's), ``sigma`` (P,) the members' standard deviation (zeros for a single model),
     ``site_spectra``/``site_sigma`` (k, P) for the ``site_atoms`` (k,) of the element,
@@ -310,6 +335,19 @@ def predict(model: Any, smiles_or_atoms: Any | Sequence[Any], element: str | Non
     from jaxmat.core.predict import predict as _predict
     from jaxmat.workflows.xanes.combine import combine
 
+    if not _is_model(model):  # predict(smiles_or_atoms, element): the shipped model
+        if element is not None:
+            raise ValueError("predict(smiles_or_atoms, element) takes the element second; "
+                             "pass a bundle first to use element=")
+        model, smiles_or_atoms, element = None, model, smiles_or_atoms
+        if not isinstance(element, str):
+            raise ValueError(f"{_label(smiles_or_atoms)}: give the absorbing element, e.g. "
+                             "predict('CC(=O)OC', 'O'), or a bundle first")
+        first = smiles_or_atoms if not isinstance(smiles_or_atoms, (list, tuple)) else (
+            smiles_or_atoms[0] if smiles_or_atoms else None)
+        if first is not None:
+            check_input(first, (element,))
+        model = shipped_model(element, _label(first))
     b = model if isinstance(model, _bundle.Bundle) else load_model(model)
     x = _xanes_meta(b)
     single = isinstance(smiles_or_atoms, str) or not isinstance(smiles_or_atoms, (list, tuple))

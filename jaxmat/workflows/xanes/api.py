@@ -151,6 +151,9 @@ def _absorbers(numbers: np.ndarray, element: str) -> np.ndarray:
 
 # --------------------------------------------------------------------------- result cache
 _MEMORY: dict[str, dict] = {}
+_CALIBRATIONS: dict[str, dict] = {}
+#: bump when the generator's raw results change meaning (old cache entries are then unused)
+CACHE_VERSION = 1
 
 
 def cache_dir() -> str:
@@ -166,7 +169,8 @@ def cache_dir() -> str:
 def _cache_key(canonical: str, smiles_or_atoms: Any, settings: Any) -> str:
     import hashlib
 
-    h = hashlib.sha256(json.dumps(settings.to_dict(), sort_keys=True).encode())
+    h = hashlib.sha256(json.dumps({"version": CACHE_VERSION, **settings.to_dict()},
+                                  sort_keys=True).encode())
     if canonical:
         h.update(b"smiles:" + canonical.encode())
     else:
@@ -264,9 +268,9 @@ def _calibration(settings: Any) -> dict:
     if stored.get("settings") == settings.to_dict():
         return stored
     key = json.dumps(settings.to_dict(), sort_keys=True)
-    if ("calibration", key) not in _MEMORY:
-        _MEMORY[("calibration", key)] = calibrate(settings)  # type: ignore[index]
-    return _MEMORY[("calibration", key)]  # type: ignore[index]
+    if key not in _CALIBRATIONS:
+        _CALIBRATIONS[key] = calibrate(settings)
+    return _CALIBRATIONS[key]
 
 
 def _edge(res: dict, element: str, cal: dict, settings: Any, canonical: str) -> dict[str, Any]:
@@ -328,7 +332,8 @@ def predict(model: Any, smiles_or_atoms: Any | Sequence[Any] = None, element: st
     ``spectrum`` (P,) eV⁻¹ (committee members combined by ``combiner``, default the
     bundle's), ``sigma`` (P,) the members' standard deviation (zeros for a single model),
     ``site_spectra``/``site_sigma`` (k, P) for the ``site_atoms`` (k,) of the element,
-    ``members`` (M, P), ``numbers``, ``positions`` Å.
+    ``members`` (M, P), ``numbers``, ``positions`` Å, ``smiles`` (canonical; a SMILES is
+    embedded in RDKit's canonical atom order, as :func:`spectrum` computes it).
     """
     from ase import Atoms
 
@@ -357,9 +362,9 @@ def predict(model: Any, smiles_or_atoms: Any | Sequence[Any] = None, element: st
                          f"the model predicts the {x['element']} K-edge, not {element}")
     element = x["element"]
     combiner = combiner or x.get("combiner", "mean")
-    for s in items:
-        check_input(s, (element,))
-    structs = [structure(s) for s in items]
+    # SMILES are embedded in RDKit's canonical atom order, as spectrum() computes them
+    canon = [check_input(s, (element,))[0] for s in items]
+    structs = [structure(c or s) for c, s in zip(canon, items)]
     for numbers, _, _ in structs:
         _absorbers(numbers, element)
     atoms = [Atoms(numbers=n, positions=p) for n, p, _ in structs]
@@ -379,6 +384,7 @@ def predict(model: Any, smiles_or_atoms: Any | Sequence[Any] = None, element: st
                                       for j in range(len(sites))]),
             "site_sigma": site_m.std(0), "site_atoms": sites, "members": members,
             "numbers": numbers, "positions": positions, "element": element,
+            "smiles": canon[k],
             "combiner": combiner})
     return results[0] if single else results
 

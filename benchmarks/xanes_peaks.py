@@ -109,10 +109,11 @@ def main() -> None:
     args = ap.parse_args()
     rows = []
     for el in args.elements:
-        if not all(os.path.exists(os.path.join(args.run_dir, f"{r}_{el}.npz")) for r in args.runs):
-            print(f"{el}: not every run has finished, skipped", flush=True)
-            continue
-        rows.append(score_edge(el, args.runs, args.run_dir, args.n_boot))
+        have = [r for r in args.runs if os.path.exists(os.path.join(args.run_dir, f"{r}_{el}.npz"))]
+        if len(have) < len(args.runs):
+            print(f"{el}: no predictions of {sorted(set(args.runs) - set(have))}", flush=True)
+        if have:
+            rows.append(score_edge(el, have, args.run_dir, args.n_boot))
     md = table(rows)
     suffix = "" if args.elements == ["O", "N"] else "_" + "".join(args.elements)
     write_results(args.out + suffix, {"device": device_info(), "settings": vars(args),

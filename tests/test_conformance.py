@@ -25,7 +25,8 @@ from jaxmat import graph, potential
 from jaxmat.core import bundle
 from jaxmat.models import ALIGNNConfig, PaiNNConfig, SchNetConfig, alignn, painn, schnet
 from jaxmat.models.mpnn import MPNNConfig, mpnn
-from jaxmat.models.spectral import painn_site_spectral, schnet_site_spectral
+from jaxmat.models.spectral import (painn_site_spectral, schnet_site_spectral,
+                                    schnet_transition_spectral)
 
 pytestmark = pytest.mark.usefixtures("x64")
 
@@ -44,6 +45,8 @@ CASES = {
                                      readout_hidden=8, cutoff=C)), False),
     "schnet_site_spectral": (lambda: schnet_site_spectral(SCHNET, z=7, n_out=6, hidden=8), False),
     "painn_site_spectral": (lambda: painn_site_spectral(PAINN, z=7, n_out=6, hidden=8), False),
+    "schnet_transition_spectral": (lambda: schnet_transition_spectral(
+        SCHNET, z=7, grid=(400.0, 410.0, 6), n_transitions=4, hidden=8), False),
 }
 WRAPPERS = {"potential", "graph_target"}  # exercised through the cases above
 NO_GRAPH = {"coordinate_mlp"}  # reads raw coordinates, declares no atom graph

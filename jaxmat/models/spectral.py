@@ -1,14 +1,23 @@
-"""Site-resolved spectral head for any graph backbone, and the spectrum loss.
+"""Site-resolved spectral heads for any graph backbone, the stick broadening, and the
+spectrum loss.
 
-Each absorbing atom (species ``z``) maps its backbone embedding to its own spectrum
-(MLP + softplus, non-negative); the molecule spectrum is the mean over the absorbing atoms
-of the graph, as a measured K-edge is the average over the element's sites.
+Each absorbing atom (species ``z``) maps its backbone embedding to its own spectrum; the
+molecule spectrum is the mean over the absorbing atoms of the graph, as a measured K-edge
+is the average over the element's sites.  Two heads:
+
+* :class:`SiteSpectra` (gridded): MLP + softplus straight onto the grid (non-negative);
+* :class:`SiteTransitions` (peak-preserving): ``K`` transitions per site (energies eV,
+  intensities >= 0, optionally width factors) and an ionisation edge, broadened by
+  :func:`broaden_sticks` — the generator's own broadening — so the output keeps the
+  generator's peak widths however the loss is set.
 
 The backbone is any NNX module ``backbone(batch) -> dict`` holding per-atom features
 (N, F) under ``feature_key``: :class:`SchNetFeatures` (SchNet's interaction blocks) or
 :class:`PaiNNFeatures` (PaiNN's invariant ``scalar_features``).
 
-Outputs: ``{key: (G, P), key + "_site": (N, P)}`` (zero rows for non-absorbing atoms).
+Outputs: ``{key: (G, P), key + "_site": (N, P)}`` (zero rows for non-absorbing atoms);
+the transition head adds ``key + "_site_energy"`` (N, K) eV, ``key + "_site_strength"``
+(N, K), ``key + "_site_edge"`` (N,) eV and ``key + "_site_width"`` (N, K) FWHM eV.
 """
 from __future__ import annotations
 
@@ -26,6 +35,30 @@ from jaxmat.models.painn import PaiNNConfig, PaiNNFeatures
 from jaxmat.models.schnet import SchNetConfig, SchNetFeatures
 from jaxmat.core.protocol import GraphSpec, Model, from_nnx
 from jaxmat.core.bundle import register
+
+
+FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
+
+
+def broadening_fwhm(energies: Any, edge: Any, fwhm_below: float, fwhm_above: float,
+                    ramp: float, xp: Any = np) -> Any:
+    """Full width at half maximum (eV) of a stick at ``energies`` (..., K) eV for an
+    ionisation ``edge`` (...) eV: ``fwhm_below`` at and below the edge, growing linearly to
+    ``fwhm_above`` ``ramp`` eV above it."""
+    x = xp.clip((energies - xp.asarray(edge)[..., None]) / ramp, 0.0, 1.0)
+    return fwhm_below + (fwhm_above - fwhm_below) * x
+
+
+def broaden_sticks(energies: Any, strengths: Any, grid: Any, fwhm: Any, xp: Any = np) -> Any:
+    """Sum of area-normalised Gaussians: sticks ``(energies eV, strengths)`` (..., K) of
+    full widths ``fwhm`` (..., K) eV on ``grid`` (P,) eV -> (..., P) strength per eV.
+    ``xp``: the array module (``numpy``, or ``jax.numpy`` for a differentiable model);
+    the generator (:func:`jaxmat.workflows.xanes.broaden.broaden`) and
+    :class:`SiteTransitions` both broaden with it."""
+    sigma = fwhm / FWHM_PER_SIGMA
+    z = (grid[..., None, :] - energies[..., :, None]) / sigma[..., :, None]
+    g = xp.exp(-0.5 * z * z) / (sigma[..., :, None] * np.sqrt(2.0 * np.pi))
+    return xp.sum(g * strengths[..., :, None], axis=-2)
 
 
 def gaussian_smoother(n: int, sigma: float) -> np.ndarray:
@@ -72,11 +105,100 @@ class SiteSpectra(nnx.Module):
         site = jax.nn.softplus(self.layers[-1](h))
         if cfg.smooth > 0:
             site = site @ gaussian_smoother(cfg.n_out, cfg.smooth)
-        absorber = (batch.nodes["species"] == cfg.z) & batch.nodes["mask"]
-        site = site * absorber[:, None]
-        n_abs = graph.graph_sum(absorber.astype(site.dtype), batch)
-        mol = graph.graph_sum(site, batch) / jnp.maximum(n_abs, 1.0)[:, None]
-        return {cfg.output_key: mol, f"{cfg.output_key}_site": site}
+        return _site_mean(site, batch, cfg.z, cfg.output_key)
+
+
+def _site_mean(site: jax.Array, batch: graph.Batch, z: int, key: str) -> dict[str, jax.Array]:
+    """Zero the rows of non-absorbing and padding atoms; molecule = mean over absorbers."""
+    absorber = (batch.nodes["species"] == z) & batch.nodes["mask"]
+    site = jnp.where(absorber[:, None], site, 0.0)
+    n_abs = graph.graph_sum(absorber.astype(site.dtype), batch)
+    mol = graph.graph_sum(site, batch) / jnp.maximum(n_abs, 1.0)[:, None]
+    return {key: mol, f"{key}_site": site}
+
+
+@dataclasses.dataclass(frozen=True)
+class TransitionHeadConfig:
+    """Peak-preserving head: ``n_transitions`` sticks per absorbing site, broadened onto the
+    grid ``(start, stop, points)`` eV as the generator does (FWHM ``fwhm_below`` eV at and
+    below the site's edge, ``fwhm_above`` ``ramp`` eV above it).  Stick energies lie in
+    ``[start - margin_below, stop + margin_above]`` eV; the edge is ``edge`` ±
+    ``edge_range`` eV (``edge``: typical calibrated 1s ionisation energy of the element;
+    None = grid centre).  ``widths``: also learn a factor in [0.5, 2] on each stick's
+    FWHM.  ``strength_scale``: intensities are ``strength_scale * softplus(.)``."""
+
+    z: int = 8
+    grid: tuple[float, float, int] = (526.0, 552.0, 261)
+    n_transitions: int = 24
+    hidden: int = 128
+    n_layers: int = 2
+    fwhm_below: float = 0.6
+    fwhm_above: float = 4.0
+    ramp: float = 12.0
+    edge: float | None = None
+    edge_range: float = 5.0
+    margin_below: float = 2.0
+    margin_above: float = 8.0
+    widths: bool = False
+    strength_scale: float = 0.1
+    feature_key: str = "features"
+    output_key: str = "xanes"
+
+    def energy_grid(self) -> np.ndarray:
+        """The output grid (P,) eV."""
+        a, b, n = self.grid
+        return np.linspace(a, b, int(n))
+
+
+class SiteTransitions(nnx.Module):
+    """Backbone + per-site transitions (energies, intensities, edge, optional widths),
+    broadened by :func:`broaden_sticks`; mean over absorbing atoms per graph."""
+
+    def __init__(self, backbone: nnx.Module, n_features: int, cfg: TransitionHeadConfig,
+                 rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.backbone = backbone
+        k = cfg.n_transitions
+        n_out = (3 if cfg.widths else 2) * k + 1
+        sizes = [n_features] + [cfg.hidden] * (cfg.n_layers - 1) + [n_out]
+        self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes, sizes[1:])])
+        # sticks start spread evenly over the energy window
+        u = (np.arange(k) + 0.5) / k
+        self.energy_bias = nnx.Param(jnp.asarray(np.log(u / (1 - u)), jnp.float32))
+
+    def transitions(self, h: jax.Array) -> dict[str, jax.Array]:
+        """Per-atom ``energy`` (N, K) eV, ``strength`` (N, K), ``edge`` (N,) eV, ``width``
+        (N, K) FWHM eV (and ``_rel``, energies above the grid start) from features (N, F)."""
+        cfg = self.cfg
+        for layer in self.layers[:-1]:
+            h = jax.nn.silu(layer(h))
+        out = self.layers[-1](h)
+        k = cfg.n_transitions
+        a, b, _ = cfg.grid
+        lo, hi = a - cfg.margin_below, b + cfg.margin_above
+        # energies relative to the grid start: float32 keeps ~1e-6 eV instead of ~3e-5 eV
+        rel = (lo - a) + (hi - lo) * jax.nn.sigmoid(out[:, :k] + self.energy_bias[...])
+        strength = cfg.strength_scale * jax.nn.softplus(out[:, k:2 * k])
+        centre = 0.5 * (a + b) if cfg.edge is None else cfg.edge
+        edge_rel = (centre - a) + cfg.edge_range * jnp.tanh(out[:, -1])
+        width = broadening_fwhm(rel, edge_rel, cfg.fwhm_below, cfg.fwhm_above, cfg.ramp, jnp)
+        if cfg.widths:
+            width = width * jnp.exp(np.log(2.0) * jnp.tanh(out[:, 2 * k:3 * k]))
+        return {"energy": a + rel, "strength": strength, "edge": a + edge_rel, "width": width,
+                "_rel": rel}
+
+    def __call__(self, batch: graph.Batch) -> dict[str, jax.Array]:
+        cfg = self.cfg
+        t = self.transitions(self.backbone(batch)[cfg.feature_key])
+        g = cfg.energy_grid().astype(np.float64)
+        site = broaden_sticks(t.pop("_rel"), t["strength"], jnp.asarray(g - g[0], jnp.float32),
+                              t["width"], jnp)
+        out = _site_mean(site, batch, cfg.z, cfg.output_key)
+        absorber = ((batch.nodes["species"] == cfg.z) & batch.nodes["mask"])[:, None]
+        for name, v in t.items():
+            keep = absorber if v.ndim == 2 else absorber[:, 0]
+            out[f"{cfg.output_key}_site_{name}"] = jnp.where(keep, v, 0.0)
+        return out
 
 
 def site_spectral(backbone: Callable[[nnx.Rngs], nnx.Module], n_features: int,
@@ -89,6 +211,28 @@ def site_spectral(backbone: Callable[[nnx.Rngs], nnx.Module], n_features: int,
     cfg = cfg or SiteHeadConfig(**kwargs)
     return from_nnx(lambda rngs: SiteSpectra(backbone(rngs), n_features, cfg, rngs), name=name,
                     graph=graph_spec, config=config)
+
+
+def transition_spectral(backbone: Callable[[nnx.Rngs], nnx.Module], n_features: int,
+                        cfg: TransitionHeadConfig | None = None, name: str = "SiteTransitions",
+                        graph_spec: GraphSpec | None = None, config: Any = None,
+                        **kwargs: Any) -> Model:
+    """Protocol model: ``backbone(rngs)`` (per-atom features of width ``n_features`` under
+    ``cfg.feature_key``) + the peak-preserving transition head (:class:`SiteTransitions`)."""
+    cfg = cfg or TransitionHeadConfig(**kwargs)
+    return from_nnx(lambda rngs: SiteTransitions(backbone(rngs), n_features, cfg, rngs),
+                    name=name, graph=graph_spec, config=config)
+
+
+def schnet_transition_spectral(schnet_cfg: SchNetConfig | None = None,
+                               cfg: TransitionHeadConfig | None = None, **kwargs: Any) -> Model:
+    """Peak-preserving transition head on SchNet atom embeddings."""
+    scfg = schnet_cfg or SchNetConfig(n_features=64, n_interactions=3, max_z=10)
+    cfg = cfg or TransitionHeadConfig(**kwargs)
+    return transition_spectral(lambda rngs: SchNetFeatures(scfg, rngs), scfg.n_features, cfg,
+                               name="SchNetSiteTransitions",
+                               graph_spec=GraphSpec(scfg.cutoff, layouts=("sparse", "dense")),
+                               config=(scfg, cfg))
 
 
 def schnet_site_spectral(schnet_cfg: SchNetConfig | None = None,
@@ -167,3 +311,5 @@ def spectrum_loss(key: str = "xanes", site_weight: float = 1.0,
 
 register("schnet_site_spectral", schnet_site_spectral, (SchNetConfig, SiteHeadConfig))
 register("painn_site_spectral", painn_site_spectral, (PaiNNConfig, SiteHeadConfig))
+register("schnet_transition_spectral", schnet_transition_spectral,
+         (SchNetConfig, TransitionHeadConfig))

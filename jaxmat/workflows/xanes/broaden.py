@@ -1,4 +1,7 @@
-"""Stick spectra -> broadened K-edge spectra on fixed photon-energy grids (numpy only).
+"""Stick spectra -> broadened K-edge spectra on fixed photon-energy grids.
+
+The Gaussian sum is :func:`jaxmat.models.spectral.broaden_sticks`, the one the
+peak-preserving model head broadens its predicted transitions with.
 
 Energies in eV; a stick is ``(energy eV, oscillator strength)``; spectra are oscillator
 strength per eV (eV⁻¹).  The Gaussian full width grows from ``fwhm_below`` at and below
@@ -39,8 +42,10 @@ class Broadening:
     ramp: float = 12.0
 
     def fwhm(self, energy: np.ndarray, edge: float) -> np.ndarray:
-        x = np.clip((np.asarray(energy) - edge) / self.ramp, 0.0, 1.0)
-        return self.fwhm_below + (self.fwhm_above - self.fwhm_below) * x
+        from jaxmat.models.spectral import broadening_fwhm
+
+        return broadening_fwhm(np.asarray(energy, np.float64), np.asarray(edge, np.float64),
+                               self.fwhm_below, self.fwhm_above, self.ramp)
 
 
 def broaden(energies: np.ndarray, strengths: np.ndarray, energy_grid: np.ndarray,
@@ -52,10 +57,10 @@ def broaden(energies: np.ndarray, strengths: np.ndarray, energy_grid: np.ndarray
         raise ValueError(f"energies {e.shape} and strengths {f.shape} must be equal 1-D shapes")
     if not (np.all(np.isfinite(e)) and np.all(np.isfinite(f))):
         raise ValueError("non-finite stick energies or strengths")
-    sigma = broadening.fwhm(e, edge) / (2.0 * np.sqrt(2.0 * np.log(2.0)))
-    x = (np.asarray(energy_grid, dtype=np.float64)[:, None] - e[None, :]) / sigma[None, :]
-    g = np.exp(-0.5 * x * x) / (sigma[None, :] * np.sqrt(2.0 * np.pi))
-    return g @ f
+    from jaxmat.models.spectral import broaden_sticks
+
+    return broaden_sticks(e, f, np.asarray(energy_grid, dtype=np.float64),
+                          broadening.fwhm(e, edge))
 
 
 def first_strong(energies: np.ndarray, strengths: np.ndarray, window: float = 10.0,

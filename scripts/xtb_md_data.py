@@ -4,8 +4,9 @@
     OMP_NUM_THREADS=1 nice -n 10 python scripts/xtb_md_data.py all            # every one
     python scripts/xtb_md_data.py --summary                                   # table of files
 
-Each dataset: the start geometry (RDKit ETKDG + MMFF from SMILES with a fixed seed, or the
-shipped alanine dipeptide) relaxed with GFN2-xTB (ASE BFGS, fmax 0.05 eV/Å); then several
+Each dataset: the start geometry, the lowest GFN2-xTB minimum (ASE BFGS, fmax 0.05 eV/Å)
+among ``CONFORMERS`` RDKit ETKDG + MMFF conformers (fixed seed) of a SMILES, or the shipped
+alanine dipeptide relaxed; then several
 independent Langevin trajectories (seeds ``(seed, traj)``; 0.5 fs, friction 0.01/fs, FixCom
 with ``fixcm=False``), a thermalisation of ``THERMALISE_STEPS`` discarded, a frame every
 ``STRIDE`` steps (5 fs). Frames go to ``<name>_<T>K.extxyz`` (gzipped once complete if over
@@ -51,6 +52,7 @@ STRIDE = 10                 # MD steps per written frame (5 fs)
 THERMALISE_STEPS = 2000     # 1 ps discarded at the start of every trajectory
 CHUNK = 25                  # frames per trajectory per turn (one state write per turn)
 FMAX = 0.05                 # eV/Å, BFGS relaxation of the start geometry
+CONFORMERS = 10             # RDKit conformers relaxed; MD starts from the lowest minimum
 ACCURACY = 0.01             # tblite accuracy: labels reproducible from scratch to ~1e-6 eV/Å
 GZIP_ABOVE = 3_000_000      # bytes
 SPLIT = (0.6, 0.07, 0.33)   # train / validation / test fractions of each trajectory
@@ -60,7 +62,9 @@ SPLIT = (0.6, 0.07, 0.33)   # train / validation / test fractions of each trajec
 class Spec:
     """One dataset: molecule ``name`` (``smiles``, or None for the shipped alanine
     dipeptide) at ``temperature_K`` K, ``frames`` frames from ``trajs`` trajectories.
-    ``role``: ``evaluation`` (report on it) or ``selection`` (choose defaults on it)."""
+    ``role``: ``evaluation`` (report on it) or ``selection`` (choose defaults on it).
+    ``seed``: of the RDKit conformers (RDKit's seed 0 gives ten copies of one conformer)
+    and, with the trajectory id, of the momenta and thermostat noise."""
 
     name: str
     smiles: str | None
@@ -68,7 +72,7 @@ class Spec:
     frames: int
     trajs: int
     role: str
-    seed: int = 0
+    seed: int = 42
 
     @property
     def key(self) -> str:
@@ -77,7 +81,7 @@ class Spec:
 
 DATASETS = {s.key: s for s in (
     Spec("ethanol", "CCO", 600.0, 1500, 4, "evaluation"),
-    Spec("malonaldehyde", "O=CC=CO", 600.0, 1500, 4, "selection"),
+    Spec("malonaldehyde", "O=C/C=C\\O", 600.0, 1500, 4, "selection"),
     Spec("alanine_dipeptide", None, 600.0, 1500, 4, "evaluation"),
     Spec("glycine", "NCC(=O)O", 600.0, 1500, 4, "selection"),
     Spec("ethanol", "CCO", 300.0, 1000, 4, "evaluation"),
@@ -92,9 +96,9 @@ def calculator() -> Any:
     return TBLite(method="GFN2-xTB", verbosity=0, accuracy=ACCURACY)
 
 
-def start_geometry(spec: Spec) -> Any:
-    """Unrelaxed start (Å): RDKit ETKDG + MMFF with seed ``spec.seed``, or the shipped
-    alanine dipeptide."""
+def start_geometries(spec: Spec) -> list:
+    """Unrelaxed candidate starts (Å): ``CONFORMERS`` RDKit ETKDG + MMFF conformers with
+    seed ``spec.seed``, or the shipped alanine dipeptide."""
     from ase import Atoms
 
     if spec.smiles is None:
@@ -102,7 +106,7 @@ def start_geometry(spec: Spec) -> Any:
             raise ValueError(f"{spec.key}: no SMILES and not the shipped alanine dipeptide")
         from jaxmat.workflows.adversarial.systems import alanine_dipeptide
 
-        return alanine_dipeptide()
+        return [alanine_dipeptide()]
     from rdkit import Chem
     from rdkit.Chem import AllChem
 
@@ -112,12 +116,16 @@ def start_geometry(spec: Spec) -> Any:
     mol = Chem.AddHs(mol)
     params = AllChem.ETKDGv3()
     params.randomSeed = spec.seed
-    if AllChem.EmbedMolecule(mol, params) != 0:
+    ids = list(AllChem.EmbedMultipleConfs(mol, CONFORMERS, params))
+    if not ids:
         raise RuntimeError(f"{spec.key}: ETKDG embedding of {spec.smiles!r} failed")
-    if AllChem.MMFFOptimizeMolecule(mol, maxIters=2000) != 0:
-        raise RuntimeError(f"{spec.key}: MMFF relaxation of {spec.smiles!r} did not converge")
-    pos = mol.GetConformer().GetPositions()
-    return Atoms([a.GetAtomicNum() for a in mol.GetAtoms()], pos - pos.mean(axis=0))
+    AllChem.MMFFOptimizeMoleculeConfs(mol, maxIters=2000)
+    z = [a.GetAtomicNum() for a in mol.GetAtoms()]
+    out = []
+    for i in ids:
+        pos = mol.GetConformer(i).GetPositions()
+        out.append(Atoms(z, pos - pos.mean(axis=0)))
+    return out
 
 
 def relax(atoms: Any, calc: Any) -> Any:
@@ -130,6 +138,17 @@ def relax(atoms: Any, calc: Any) -> Any:
         raise RuntimeError(f"BFGS did not reach fmax {FMAX} eV/Å in 1000 steps "
                            f"(max |F| {np.abs(atoms.get_forces()).max():.3g} eV/Å)")
     return atoms
+
+
+def lowest_minimum(spec: Spec, calc: Any) -> Any:
+    """The lowest GFN2-xTB minimum among the relaxed candidate starts."""
+    best = None
+    for atoms in start_geometries(spec):
+        atoms = relax(atoms, calc)
+        e = float(atoms.get_potential_energy())
+        if best is None or e < best[0] - 1e-6:
+            best = (e, atoms)
+    return best[1]
 
 
 def _dynamics(numbers: np.ndarray, traj: dict, temperature_K: float, calc: Any) -> tuple:
@@ -165,7 +184,7 @@ def new_state(spec: Spec, calc: Any) -> dict:
     from jaxmat.workflows.adversarial.active import langevin
 
     t0 = time.process_time()
-    atoms = relax(start_geometry(spec), calc)
+    atoms = lowest_minimum(spec, calc)
     trajs = []
     for k in range(spec.trajs):
         a = atoms.copy()
@@ -187,7 +206,8 @@ def settings() -> dict:
     return {"method": "GFN2-xTB", "tblite": md.version("tblite"), "accuracy": ACCURACY,
             "ase": md.version("ase"), "rdkit": md.version("rdkit"),
             "timestep_fs": TIMESTEP_FS, "friction_per_fs": FRICTION_PER_FS, "stride": STRIDE,
-            "thermalise_steps": THERMALISE_STEPS, "relax_fmax": FMAX, "split": list(SPLIT)}
+            "thermalise_steps": THERMALISE_STEPS, "relax_fmax": FMAX,
+            "conformers": CONFORMERS, "split": list(SPLIT)}
 
 
 def advance(state: dict, k: int, n_frames: int, calc: Any) -> list:
@@ -309,8 +329,6 @@ def generate(spec: Spec, frames: int | None = None, out: str = OUT,
              log: Callable[[str], None] = print, make_calc: Callable[[], Any] = calculator) -> str:
     """Create or continue dataset ``spec`` until every trajectory has its share of
     ``frames`` (default ``spec.frames``); returns the frame file's path."""
-    from ase.io import write
-
     frames = spec.frames if frames is None else frames
     if frames % spec.trajs:
         raise ValueError(f"{spec.key}: {frames} frames do not divide into {spec.trajs} "
@@ -318,6 +336,36 @@ def generate(spec: Spec, frames: int | None = None, out: str = OUT,
     per_traj = frames // spec.trajs
     os.makedirs(out, exist_ok=True)
     p = paths(spec.key, out)
+    with _lock(os.path.join(out, f".{spec.key}.lock")):
+        return _generate(spec, per_traj, p, log, make_calc)
+
+
+class _lock:
+    """One writer per dataset: an exclusive ``flock`` on a lock file (released by the
+    system when the writer dies)."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __enter__(self):
+        import fcntl
+
+        self.fd = os.open(self.path, os.O_CREAT | os.O_RDWR)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.fd)
+            raise RuntimeError(f"another process is writing this dataset (holds the lock "
+                               f"{self.path})") from None
+
+    def __exit__(self, *exc):
+        os.close(self.fd)
+
+
+def _generate(spec: Spec, per_traj: int, p: dict, log: Callable[[str], None],
+              make_calc: Callable[[], Any]) -> str:
+    from ase.io import write
+
     calc = make_calc()
     if os.path.exists(p["state"]):
         with open(p["state"]) as f:
@@ -349,9 +397,20 @@ def generate(spec: Spec, frames: int | None = None, out: str = OUT,
     return finish(p)
 
 
+def _bonds(atoms: Any) -> frozenset:
+    """Covalent bonds (pairs within 1.2× the sum of ASE's natural radii)."""
+    from ase.neighborlist import natural_cutoffs, neighbor_list
+
+    i, j = neighbor_list("ij", atoms, natural_cutoffs(atoms, mult=1.2))
+    return frozenset((a, b) for a, b in zip(i, j) if a < b)
+
+
 def summary(out: str = OUT) -> list[dict]:
     """One row per finished dataset in ``out``: frames, split sizes, energy range per atom
-    (eV), mean kinetic temperature (K), CPU time (s)."""
+    (eV), mean kinetic temperature (K), frames whose covalent bonds differ from the relaxed
+    start, CPU time (s)."""
+    from ase import Atoms
+
     rows = []
     for key in DATASETS:
         p = paths(key, out)
@@ -365,12 +424,14 @@ def summary(out: str = OUT) -> list[dict]:
             split = json.load(f)
         e = np.array([f.info["REF_energy"] / len(f) for f in frames])
         fmax = np.array([np.abs(f.arrays["REF_forces"]).max() for f in frames])
+        start = _bonds(Atoms(state["numbers"], state["relaxed_positions"]))
         rows.append({"file": os.path.basename(path), "n_atoms": len(frames[0]),
                      "frames": len(frames), "trajs": len(state["trajs"]),
                      **{f"n_{k}": len(v) for k, v in split.items()},
                      "E_per_atom_min": float(e.min()), "E_per_atom_max": float(e.max()),
                      "E_per_atom_std": float(e.std()), "F_max": float(fmax.max()),
                      "T_kin_mean": float(np.mean([f.info["T_kin_K"] for f in frames])),
+                     "bonds_changed": sum(_bonds(f) != start for f in frames),
                      "cpu_s": state["relax_cpu_s"] + sum(t["cpu_s"] for t in state["trajs"]),
                      "role": state["spec"]["role"]})
     return rows
@@ -396,13 +457,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         log(f"{k}: finished -> {generate(DATASETS[k], a.frames, a.out, log)}")
     if a.summary:
         print("| file | atoms | frames (train/val/test) | trajs | E/atom min..max (eV) | "
-              "σ(E/atom) (eV) | max abs F (eV/Å) | mean T_kin (K) | CPU (s) | role |")
-        print("|---|---|---|---|---|---|---|---|---|---|")
+              "σ(E/atom) (eV) | max abs F (eV/Å) | mean T_kin (K) | bonds changed | CPU (s) | "
+              "role |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
         for r in summary(a.out):
             print(f"| {r['file']} | {r['n_atoms']} | {r['frames']} ({r['n_train']}/"
                   f"{r['n_val']}/{r['n_test']}) | {r['trajs']} | {r['E_per_atom_min']:.4f}.."
                   f"{r['E_per_atom_max']:.4f} | {r['E_per_atom_std']:.4f} | {r['F_max']:.2f} | "
-                  f"{r['T_kin_mean']:.0f} | {r['cpu_s']:.0f} | {r['role']} |")
+                  f"{r['T_kin_mean']:.0f} | {r['bonds_changed']} | {r['cpu_s']:.0f} | "
+                  f"{r['role']} |")
     return 0
 
 

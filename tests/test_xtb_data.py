@@ -122,6 +122,7 @@ def test_resume_continues_the_same_trajectories(tmp_path, monkeypatch):
 
     monkeypatch.setattr(gen, "THERMALISE_STEPS", 20)
     monkeypatch.setattr(gen, "CHUNK", 2)
+    monkeypatch.setattr(gen, "CONFORMERS", 2)
     spec = gen.Spec("ethanol", "CCO", 600.0, 8, 2, "evaluation")
     quiet = lambda msg: None  # noqa: E731
     one = gen.generate(spec, out=str(tmp_path / "one"), log=quiet, make_calc=_lj)

@@ -88,7 +88,7 @@ def close(a, b, tol=1e-8):
 def test_declared_layouts_agree(case):
     model, _, structures, *_ = case
     mol = [structures[0]]
-    ref = run(case, mol, graph.Budget(16, 64, 2))
+    ref = run(case, mol)
     for layout in model.graph.layouts:
         if layout != "sparse":
             close(run(case, mol, graph.Budget(4, 8, 1), layout), ref)

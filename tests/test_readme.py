@@ -36,7 +36,7 @@ def _blocks() -> list[tuple[str, str]]:
     """(section heading, code) of every python block, in README order."""
     out, section = [], ""
     text = open(README, encoding="utf-8").read()
-    for m in re.finditer(r"^(#{2,3}) (.+)$|```python\n(.*?)```", text, flags=re.S | re.M):
+    for m in re.finditer(r"^(#{2,3}) ([^\n]+)$|```python\n(.*?)```", text, flags=re.S | re.M):
         if m.group(2):
             section = m.group(2).strip()
         else:

@@ -79,15 +79,12 @@ def register(name: str, builder: Callable[..., Model],
         if not (isinstance(t, type) and dataclasses.is_dataclass(t)):
             raise ValueError(f"config_type of builder {name!r} must be dataclass types, got {t!r}")
     clash = [b.name for b in reg.values() if types_ and b.config_types == types_ and b.name != name]
-    module = getattr(builder, "__module__", "") or ""
-    same = (name in reg and reg[name].module == module and reg[name].config_types == types_
-            and getattr(reg[name].fn, "__qualname__", 0) == getattr(builder, "__qualname__", 1))
-    if not replace and not same and (name in reg or clash):
+    if not replace and (name in reg or clash):
         what = f"builder {name!r}" if name in reg else f"the config type of {name!r} ({clash[0]!r})"
         raise ValueError(f"{what} is already registered; pass replace=True to replace it")
     for other in clash:
         del reg[other]
-    reg[name] = Builder(name, builder, types_, module)
+    reg[name] = Builder(name, builder, types_, getattr(builder, "__module__", "") or "")
 
 
 def _builder(desc: dict, where: str) -> Builder:

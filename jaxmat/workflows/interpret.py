@@ -715,7 +715,7 @@ def boundary_report(composition: Any, hull: Any, elements: Sequence[str], step: 
     dist = hull_distance(xs, H)
     inside = bool(dist < 1e-7)
     room = {(a, h): (max(100 * hull_room(xs, d, H, cap), 0.0) if inside else 0.0) for a, h, d in steps}
-    return Boundary(sample, inside, 100 * dist, max(min(room.values()), 0.0), room, len(steps),
+    return Boundary(sample, inside, 100 * dist, max(min(room.values()), 0.0) + 0.0, room, len(steps),
                     int(inside_steps.sum()), step,
                     BOUNDARY_MIN_INSIDE if min_inside is None else float(min_inside))
 

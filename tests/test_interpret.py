@@ -332,3 +332,51 @@ def test_plots_draw_the_given_numbers():
     with pytest.raises(ValueError, match="does not match"):
         interpret.plot_correlation(m, els[:3])
     plt.close("all")
+
+
+# --------------------------------------------------------------------------- boundary
+SQUARE = np.array([[1.0, 0.0, 0.0], [0.9, 0.1, 0.0], [0.9, 0.0, 0.1], [0.8, 0.1, 0.1]])  # B, C ≤ 10 %
+
+
+def test_boundary_report_interior_vs_hull_vertex():
+    """A sample in the middle of the training square can move 5 at.% along every step and
+    keeps all 9 steps of 1 at.% inside; a vertex keeps 3 of 9 and gets the warning."""
+    mid = interpret.boundary_report([0.9, 0.05, 0.05], SQUARE, "ABC", sample="mid")
+    assert mid.inside and mid.distance == pytest.approx(0.0, abs=1e-6)
+    assert mid.n_steps == 9 and mid.n_inside == 9 and mid.warning is None
+    assert mid.depth == pytest.approx(5.0, abs=1e-4)
+    assert mid.room[("B", "A")] == pytest.approx(5.0, abs=1e-4)
+    assert mid.room[("A", "B")] == pytest.approx(5.0, abs=1e-4)  # B can fall to 0
+    corner = interpret.boundary_report([0.8, 0.1, 0.1], SQUARE, "ABC", sample="corner")
+    assert corner.inside and corner.depth == pytest.approx(0.0, abs=1e-6)
+    assert corner.n_inside == 3 and corner.fraction_inside == pytest.approx(1 / 3)
+    assert corner.warning is not None and "corner" in corner.warning
+    assert "3 of 9" in corner.warning and "boundary" in corner.warning
+    assert interpret.BOUNDARY_MIN_INSIDE > 1 / 3  # the default threshold warns at a vertex
+    # on an edge of the square (B at its maximum): 6 of 9 steps stay inside
+    edge = interpret.boundary_report([0.85, 0.1, 0.05], SQUARE, "ABC")
+    assert edge.n_inside == 6 and edge.depth == pytest.approx(0.0, abs=1e-6)
+    assert edge.room[("C", "A")] == pytest.approx(5.0, abs=1e-4)
+    assert (edge.warning is None) == (6 / 9 >= interpret.BOUNDARY_MIN_INSIDE)
+    assert interpret.boundary_report([0.85, 0.1, 0.05], SQUARE, "ABC", min_inside=0.9).warning
+    # outside the square: L1 distance to its nearest point (0.8, 0.1, 0.1) is 20 at.%
+    out = interpret.boundary_report([0.7, 0.2, 0.1], SQUARE, "ABC")
+    assert not out.inside and out.distance == pytest.approx(20.0, abs=1e-4)
+    assert out.depth == 0.0 and "outside" in out.warning
+    assert interpret.hull_distance([0.9, 0.05, 0.05], SQUARE) == pytest.approx(0.0, abs=1e-9)
+    with pytest.raises(ValueError, match="hull points must be"):
+        interpret.boundary_report([0.9, 0.05, 0.05], SQUARE[:, :2], "ABC")
+
+
+def test_directions_carry_the_boundary_report():
+    m = linear_model(3)
+    P = {"w": jnp.asarray([[0.0, 1.0, -1.0], [0.0, 1.1, -1.0]]), "c": jnp.zeros(2)}
+    corner = {"composition": np.array([[0.8, 0.1, 0.1]], np.float32), "sample": "s7"}
+    d = interpret.suggest_directions(m, P, corner, "ABC", hull=SQUARE)
+    assert d.boundary is not None and d.boundary.n_inside == len(d.ranked) == 3
+    assert d.rank_by == "fixed" and "WARNING: s7 sits on the boundary" in d.table()
+    mid = interpret.suggest_directions(m, P, {"composition": np.array([[0.9, 0.05, 0.05]])}, "ABC",
+                                       hull=SQUARE)
+    assert mid.boundary.warning is None and "WARNING" not in mid.table()
+    assert (mid[0]["add"], mid[0]["remove"]) == ("B", "C")
+    assert mid[0]["outside_hull"] is False and " in" in mid.table().splitlines()[2]

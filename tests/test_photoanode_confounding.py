@@ -286,3 +286,126 @@ def test_width_operator_matches_the_simulators_broadening():
     row = interpret.band_attribution(exact[None], s0[None], nu, [band])[0]
     assert row["d_width"] == pytest.approx(np.dot(exact, exact), rel=0.05)
     assert abs(row["d_shift"]) < 0.1 * row["d_width"]
+
+
+# --------------------------------------------------------------------------- total-effect directions
+def _linear_confounded():
+    """P = a·x + v·s and s = C x (as above): element D acts only through band 0."""
+    a = jnp.array([0.0, 1.0, 0.5, 0.0])
+    C = jnp.zeros((4, 3)).at[3].set(jnp.array([2.0, 0.0, 0.0]))
+    v = jnp.array([-1.0, 0.0, 0.0])
+    jitter = jnp.array([-0.01, 0.0, 0.01])
+    params = {"a": a[None] + jitter[:, None], "v": jnp.tile(v, (3, 1))}
+    sparams = {"C": jnp.tile(C, (3, 1, 1))}
+    model = Model(lambda k, b=None: {}, lambda p, b: {"P": b["composition"] @ p["a"]
+                                                       + b["spectrum"] @ p["v"]}, name="lin")
+    smodel = Model(lambda k, b=None: {}, lambda q, b: {"spectrum": b["composition"] @ q["C"]},
+                   name="slin")
+    return model, params, smodel, sparams, np.asarray(C)
+
+
+def test_directions_rank_by_total_effect_and_mark_flags():
+    model, params, smodel, sparams, C = _linear_confounded()
+    x = np.array([[0.4, 0.3, 0.2, 0.1]], np.float32)
+    ref = {"composition": x, "spectrum": x @ C, "mask": np.ones(1, bool)}
+    lib = np.random.default_rng(1).dirichlet(np.ones(4), 40).astype(np.float32)
+    rows = interpret.confounding_check(model, params, smodel, sparams,
+                                       {"composition": lib, "spectrum": lib @ C,
+                                        "mask": np.ones(40, bool)}, "ABCD", host=0, per=1.0)
+    d = interpret.suggest_directions(model, params, ref, "ABCD", within_hull=False,
+                                     spectrum_model=smodel, spectrum_params=sparams,
+                                     confounding=rows)
+    assert d.rank_by == "total"
+    by = {(c["add"], c["remove"]): c for c in d}
+    # add D for A: 0 at fixed spectrum, −2 per unit with the band moving (per 1 at.%: −0.02)
+    da = by[("D", "A")]
+    assert da["slope_fixed"] == pytest.approx(0.0, abs=1e-6)
+    assert da["slope_total"] == pytest.approx(-0.02, abs=1e-6)
+    assert da["gap"] == pytest.approx(-0.02, abs=1e-6) and da["gap_exceeds_spreads"]
+    assert da["flagged"] == ["D"] and da["slope"] == da["slope_total"]
+    # add A for D: the fixed view calls it neutral, the total view ranks it near the top
+    assert by[("A", "D")]["slope_total"] == pytest.approx(0.02, abs=1e-6)
+    totals = [c["slope_total"] for c in d]
+    assert totals == sorted(totals, reverse=True)
+    fixed = interpret.suggest_directions(model, params, ref, "ABCD", within_hull=False,
+                                         spectrum_model=smodel, spectrum_params=sparams,
+                                         rank_by="fixed")
+    assert [c["slope_fixed"] for c in fixed] == sorted((c["slope_fixed"] for c in fixed), reverse=True)
+    assert [(c["add"], c["remove"]) for c in fixed][:3] != [(c["add"], c["remove"]) for c in d][:3]
+    table = d.table(top=40)
+    assert "ΔP total" in table and "at fixed spectrum" in table and "D*" in table
+    assert by[("B", "C")]["flagged"] == [] and not by[("B", "C")]["gap_exceeds_spreads"]
+    with pytest.raises(ValueError, match="rank_by='total' needs spectrum_model"):
+        interpret.suggest_directions(model, params, ref, "ABCD", within_hull=False, rank_by="total")
+
+
+def test_confounding_table_shows_every_gap_and_the_spectrum_fit():
+    rows = interpret.flag_confounding(
+        np.stack([np.full((5, 2), 0.10), np.full((5, 2), 0.14)]),   # spreads 0.02
+        np.stack([np.full((5, 2), 0.07), np.full((5, 2), 0.07)]) + np.array([0.0, -0.2]), ["X", "Y"])
+    fit = {"r2": 0.09, "r2_read": 0.05, "n": 20,
+           "bands": [{"centre": 826.0, "fwhm": 20.0, "r2": 0.05, "weight": 1.0}]}
+    text = interpret.confounding_table(interpret.ConfoundingReport(rows, fit))
+    lines = text.splitlines()
+    # X: gap -0.050 against spreads 0.020 + 0.000 (flagged by size); Y: opposite signs
+    x_line = next(line for line in lines if line.startswith("X"))
+    y_line = next(line for line in lines if line.startswith("Y"))
+    assert "-0.050" in x_line and "0.020" in x_line and "FLAG: gap > the sum" in x_line
+    assert "-0.250" in y_line and "FLAG: opposite signs" in y_line
+    assert "826: 0.05" in text and "WARNING: composition explains little" in text
+    good = dict(fit, r2_read=0.99, r2=0.95)
+    assert "WARNING" not in interpret.confounding_table(rows, spectrum_fit=good)
+    quiet = interpret.flag_confounding(np.stack([np.full((5, 1), 0.1), np.full((5, 1), 0.2)]),
+                                       np.stack([np.full((5, 1), 0.13), np.full((5, 1), 0.2)]), ["Z"])
+    z_line = interpret.confounding_table(quiet).splitlines()[1]
+    assert "+0.015" in z_line and "0.085" in z_line and "gap within the spreads" in z_line
+
+
+def test_spectrum_fit_per_band_against_hand_computed_r2():
+    nu = np.linspace(700, 900, 201)
+    rng = np.random.default_rng(0)
+    w = 20 + 4 * rng.normal(size=30)
+    obs = np.stack([_band(nu, 826, wi) + _band(nu, 740, 25, 0.5) for wi in w])
+    pred = np.stack([_band(nu, 826, 20.0) + _band(nu, 740, 25, 0.5) for _ in w])  # misses the width
+    sal = np.where(np.abs(nu - 826) < 30, 1.0, 0.0)
+    fit = interpret.spectrum_fit(pred, obs, nu, saliency=sal)
+    bands = {round(b["centre"]): b for b in fit["bands"]}
+    win = np.abs(nu - 826) <= bands[826]["fwhm"]
+    r2 = 1 - ((pred - obs)[:, win] ** 2).sum() / ((obs - obs.mean(0))[:, win] ** 2).sum()
+    assert bands[826]["r2"] == pytest.approx(r2, rel=1e-9) and r2 < 0.5
+    assert bands[740]["weight"] < 0.05 and fit["r2_read"] == pytest.approx(bands[826]["r2"], abs=0.05)
+    assert interpret.spectrum_fit_warning(fit, min_r2=0.9) and not interpret.spectrum_fit_warning(fit, -10)
+    with pytest.raises(ValueError, match="need predicted and observed"):
+        interpret.spectrum_fit(pred[:, :5], obs, nu)
+
+
+def test_simulated_structures_plant_other_confounders_and_hulls():
+    from jaxmat.data import photoanode_sim as sim
+
+    cfg = sim.LibraryConfig(n_samples=300, seed=7, broadening=(("Tb", 150.0), ("W", 100.0)),
+                            v_site_max=0.06, b_site_max=0.12, crystallinity=0.4)
+    table, truth = sim.simulate_library(cfg)
+    assert truth["confounders"] == ("Tb", "W") == cfg.confounders
+    gap = np.abs(truth["grad_total"] - truth["grad"]).mean(0)
+    el = list(table.elements)
+    assert gap[el.index("Tb")] > 1.0 and gap[el.index("W")] > 1.0
+    others = [k for k, e in enumerate(el) if e not in ("Tb", "W")]
+    assert gap[others].max() < 1e-4  # Dy is no longer a confounder
+    x = table.composition
+    assert x[:, [2, 5]].max() <= 0.06 + 1e-6 and x[:, [3, 4, 6]].max() > 0.1
+    # total gradients match finite differences of P with the band width moving (c fixed)
+    k = int(np.argmax(x[:, el.index("Tb")]))
+    xk, uk, ck = x[k].astype(np.float64), truth["u"][k], truth["crystallinity"][k]
+
+    def p(xx):
+        s = sim.disorder_feature(jnp.asarray(xx[None], jnp.float32), jnp.asarray([uk]), cfg,
+                                 jnp.asarray([ck]))
+        return float(sim.power(jnp.asarray(xx[None], jnp.float32), s)[0])
+
+    e = np.zeros(7)
+    e[el.index("Tb")], e[0] = 1e-3, -1e-3
+    fd = (p(xk + e) - p(xk - e)) / 2e-3
+    exact = truth["grad_total"][k] @ (e / 1e-3)
+    assert fd == pytest.approx(exact, rel=0.05, abs=0.05)
+    with pytest.raises(ValueError, match="unknown element"):
+        sim.LibraryConfig(broadening=(("Xx", 1.0),))

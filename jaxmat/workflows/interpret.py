@@ -11,11 +11,14 @@ gives all per-sample gradients. Gradients carry the output's units per input uni
 Composition gradients are also given as directional derivatives on the simplex: add
 element X at the expense of all others (in proportion to their fractions) or of a named
 host. Committee tools take stacked params (:mod:`jaxmat.core.ensemble`) and ``vmap`` over
-members. :func:`suggest_directions` ranks alloying directions (inside the training hull by
-default). :func:`total_gradients` lets the spectrum move with composition through a learned
+members. :func:`total_gradients` lets the spectrum move with composition through a learned
 composition → spectrum model; :func:`confounding_check` flags elements whose effect at fixed
-spectrum and total effect disagree. :func:`band_attribution` reads a spectrum saliency per
-band as shift vs width. Plotting helpers import matplotlib lazily.
+spectrum and total effect disagree, and :func:`spectrum_fit` says how well that model fits
+held-out spectra (per band). :func:`suggest_directions` ranks alloying directions (inside
+the training hull by default; by the total effect when given the spectrum model) and
+:func:`boundary_report` says where the reference sits in the training hull.
+:func:`band_attribution` reads a spectrum saliency per band as shift vs width. Plotting
+helpers import matplotlib lazily.
 """
 from __future__ import annotations
 
@@ -325,7 +328,8 @@ def confounding_check(model: Model, params: Params, spectrum_model: Model,
 
     Per element: ``conditional`` and ``total`` (library means of the committee mean, output
     units), their ``*_spread`` (library means of the per-sample committee standard
-    deviation), ``sign_differs`` (fraction of samples whose committee-mean signs differ) and
+    deviation), ``gap_spread`` (the same for the paired per-member gap total − conditional),
+    ``sign_differs`` (fraction of samples whose committee-mean signs differ) and
     ``flagged`` with ``reason``: the two means have opposite signs and differ by more than
     the larger spread (``"sign"``; opposite signs within the noise do not count), or differ by
     more than the sum of their spreads (``"size"``). A flagged element's effect at fixed
@@ -363,7 +367,8 @@ def flag_confounding(conditional: Any, total: Any, elements: Sequence[str]) -> l
         c, t = dc[:, :, k], dt[:, :, k]
         r = {"element": e, "conditional": float(c.mean()), "total": float(t.mean()),
              "conditional_spread": float(c.std(0).mean()), "total_spread": float(t.std(0).mean()),
-             "sign_differs": float(np.mean(np.sign(c.mean(0)) != np.sign(t.mean(0))))}
+             "sign_differs": float(np.mean(np.sign(c.mean(0)) != np.sign(t.mean(0)))),
+             "gap_spread": float((t - c).std(0).mean())}
         gap = abs(r["total"] - r["conditional"])
         if r["total"] * r["conditional"] < 0 and gap > max(r["conditional_spread"],
                                                              r["total_spread"]):
@@ -376,13 +381,114 @@ def flag_confounding(conditional: Any, total: Any, elements: Sequence[str]) -> l
     return rows
 
 
-def confounding_table(rows: Sequence[dict], unit: str = "mW/cm² per at.%") -> str:
-    """Plain-text table of :func:`confounding_check` rows."""
-    lines = [f"{'':3} {'at fixed spectrum':>19} {'spectrum moving':>19}  ({unit})"]
+SPECTRUM_FIT_MIN_R2 = 0.5  # provisional; chosen by benchmarks/photoanode_directions.py
+
+
+def spectrum_fit(predicted: Any, observed: Any, raman_shift: Any, bands: Sequence[dict] | None = None,
+                 saliency: Any = None, window: float = 1.0) -> dict:
+    """Held-out fit of a composition → spectrum model: R² of ``predicted`` against
+    ``observed`` spectra (n, L) over the whole axis (``r2``) and per band (``bands``: each
+    with ``centre``, ``fwhm`` (cm⁻¹), ``r2`` over the points within ``window`` FWHM of the
+    centre, and ``weight``, the band's share of |``saliency``|, the property model's mean
+    ∂P/∂I (L,), or equal shares without it). R² pools the points of a window: 1 − Σ error² /
+    Σ (I − per-point mean)². ``r2_read``: the weighted mean band R², the fit where the
+    property model reads the spectrum, which total effects rely on. Bands default to
+    :func:`find_bands` of the mean observed spectrum."""
+    pr, ob = np.asarray(predicted, np.float64), np.asarray(observed, np.float64)
+    nu = np.asarray(raman_shift, np.float64)
+    if pr.shape != ob.shape or ob.ndim != 2 or ob.shape[1] != len(nu) or len(ob) < 2:
+        raise ValueError(f"need predicted and observed spectra (n >= 2, {len(nu)}), got "
+                         f"{pr.shape} and {ob.shape}")
+    err = ((pr - ob) ** 2).sum(0)
+    var = ((ob - ob.mean(0)) ** 2).sum(0)
+    if bands is None:
+        try:
+            bands = find_bands(ob.mean(0), nu)
+        except ValueError:  # no clear band: the whole axis is the one window
+            bands = []
+    sal = None if saliency is None else np.abs(np.asarray(saliency, np.float64))
+    if sal is not None and sal.shape != nu.shape:
+        raise ValueError(f"saliency must be one value per Raman point ({nu.shape}), got {sal.shape}")
+    out = []
+    for b in bands:
+        win = np.abs(nu - b["centre"]) <= window * b["fwhm"]
+        if not win.any():
+            raise ValueError(f"band at {b['centre']} cm⁻¹ has no points within {window} FWHM")
+        out.append({"centre": float(b["centre"]), "fwhm": float(b["fwhm"]),
+                    "r2": float(1 - err[win].sum() / max(var[win].sum(), 1e-30)),
+                    "weight": 1.0 if sal is None else float(sal[win].sum())})
+    total = sum(r["weight"] for r in out) or 1.0
+    for r in out:
+        r["weight"] /= total
+    r2 = float(1 - err.sum() / max(var.sum(), 1e-30))
+    return {"r2": r2, "bands": out, "n": len(ob),
+            "r2_read": float(sum(r["weight"] * r["r2"] for r in out)) if out else r2}
+
+
+def spectrum_fit_warning(fit: dict | None, min_r2: float | None = None) -> str | None:
+    """A sentence when the composition → spectrum model's fit where the property model reads
+    the spectrum (``r2_read`` of :func:`spectrum_fit`) is below ``min_r2`` (default
+    :data:`SPECTRUM_FIT_MIN_R2`, provisional until chosen on simulated libraries with known
+    total gradients by ``benchmarks/photoanode_directions.py``);
+    None otherwise."""
+    if not fit:
+        return None
+    lim = SPECTRUM_FIT_MIN_R2 if min_r2 is None else min_r2
+    if fit["r2_read"] >= lim:
+        return None
+    return (f"WARNING: composition explains little of the spectrum where the property model reads "
+            f"it (held-out R² {fit['r2_read']:.2f} < {lim:.2f}; whole spectrum {fit['r2']:.2f}): the "
+            f"spectrum varies mostly with something other than composition (processing, "
+            f"crystallinity), so the total effects and the flags rest on a weak composition → "
+            f"spectrum model; trust the fixed-spectrum effects only where no element is flagged.")
+
+
+class ConfoundingReport(list):
+    """The rows of :func:`confounding_check` (a list of dicts, one per element) and
+    ``spectrum_fit`` (:func:`spectrum_fit` of the composition → spectrum model, or None),
+    printed together by :func:`confounding_table`."""
+
+    def __init__(self, rows: Sequence[dict], spectrum_fit: dict | None = None):
+        super().__init__(rows)
+        self.spectrum_fit = spectrum_fit
+
+    @property
+    def flagged(self) -> list[str]:
+        return [r["element"] for r in self if r["flagged"]]
+
+    @property
+    def warning(self) -> str | None:
+        return spectrum_fit_warning(self.spectrum_fit)
+
+
+def confounding_table(rows: Sequence[dict], unit: str = "mW/cm² per at.%",
+                      spectrum_fit: dict | None = None) -> str:
+    """Plain-text table of :func:`confounding_check` rows: every element's effect at fixed
+    spectrum and total effect (± committee spread), their gap, the spreads it is compared with
+    and the verdict; then the composition → spectrum fit per band (``spectrum_fit``, or the
+    one a :class:`ConfoundingReport` carries) with a warning when it is too weak."""
+    fit = spectrum_fit if spectrum_fit is not None else getattr(rows, "spectrum_fit", None)
+    lines = [f"{'':3} {'at fixed spectrum':>17} {'spectrum moving':>17} {'gap':>7} "
+             f"{'spreads':>7}  verdict   ({unit})"]
     for r in rows:
-        flag = f"FLAG ({'sign' if r['reason'] == 'sign' else 'size'})" if r["flagged"] else ""
-        lines.append(f"{r['element']:3} {r['conditional']:+9.3f} ± {r['conditional_spread']:.3f}   "
-                     f"{r['total']:+9.3f} ± {r['total_spread']:.3f}   {flag}")
+        gap = r["total"] - r["conditional"]
+        spreads = r["conditional_spread"] + r["total_spread"]
+        if r["flagged"]:
+            verdict = ("FLAG: opposite signs, gap > the larger spread" if r["reason"] == "sign"
+                       else "FLAG: gap > the sum of the spreads")
+        else:
+            verdict = "gap within the spreads"
+        lines.append(f"{r['element']:3} {r['conditional']:+8.3f} ± {r['conditional_spread']:.3f} "
+                     f"{r['total']:+8.3f} ± {r['total_spread']:.3f} {gap:+7.3f} {spreads:7.3f}  "
+                     f"{verdict}")
+    if fit:
+        bands = ", ".join(f"{b['centre']:.0f}: {b['r2']:.2f}" for b in fit["bands"])
+        lines.append(f"composition → spectrum model, held-out R² ({fit['n']} spectra): whole "
+                     f"spectrum {fit['r2']:.2f}; per band (cm⁻¹) {bands}; where P reads it "
+                     f"{fit['r2_read']:.2f}")
+        warn = spectrum_fit_warning(fit)
+        if warn:
+            lines.append(warn)
     return "\n".join(lines)
 
 
@@ -464,15 +570,16 @@ def band_table(rows: Sequence[dict], unit: str = "mW/cm²") -> str:
 
 
 # --------------------------------------------------------------------------- suggestions
+BOUNDARY_MIN_INSIDE = 0.5  # provisional; chosen by benchmarks/photoanode_directions.py
+
+
 def in_convex_hull(points: Any, hull_points: Any, tol: float = 1e-9) -> np.ndarray:
     """Whether each row of ``points`` is a convex combination of rows of ``hull_points``
     (one linear programme each, scipy HiGHS)."""
     from scipy.optimize import linprog
 
     P = np.atleast_2d(np.asarray(points, np.float64))
-    H = np.asarray(hull_points, np.float64)
-    if H.ndim != 2 or H.shape[1] != P.shape[1] or len(H) == 0:
-        raise ValueError(f"hull points must be (n, {P.shape[1]}), got {H.shape}")
+    H = _hull_points(hull_points, P.shape[1])
     A = np.vstack([H.T, np.ones((1, len(H)))])
     out = []
     for p in P:
@@ -482,14 +589,150 @@ def in_convex_hull(points: Any, hull_points: Any, tol: float = 1e-9) -> np.ndarr
     return np.array(out)
 
 
+def _hull_points(hull_points: Any, n_el: int) -> np.ndarray:
+    H = np.asarray(hull_points, np.float64)
+    if H.ndim != 2 or H.shape[1] != n_el or len(H) == 0:
+        raise ValueError(f"hull points must be (n, {n_el}), got {H.shape}")
+    return H
+
+
+def hull_distance(point: Any, hull_points: Any) -> float:
+    """L1 distance (same units as the fractions) from ``point`` to the convex hull of
+    ``hull_points``: min ‖point − Hᵀλ‖₁ over λ ≥ 0, Σλ = 1 (a linear programme); 0 inside."""
+    from scipy.optimize import linprog
+
+    p = np.asarray(point, np.float64).ravel()
+    H = _hull_points(hull_points, len(p))
+    n, k = len(H), len(p)
+    A = np.block([[H.T, np.eye(k), -np.eye(k)], [np.ones((1, n)), np.zeros((1, 2 * k))]])
+    c = np.concatenate([np.zeros(n), np.ones(2 * k)])
+    res = linprog(c, A_eq=A, b_eq=np.append(p, 1.0), bounds=(0, None), method="highs")
+    if res.status != 0:
+        raise ValueError(f"distance to the hull failed: {res.message}")
+    return float(max(res.fun, 0.0))
+
+
+def hull_room(point: Any, step_direction: Any, hull_points: Any, cap: float = 0.1) -> float:
+    """How far (up to ``cap``, in units of the direction) ``point`` can move along
+    ``step_direction`` and stay in the convex hull of ``hull_points`` (a linear programme;
+    0 when the point itself is outside or sits on a facet the direction leaves through)."""
+    from scipy.optimize import linprog
+
+    p = np.asarray(point, np.float64).ravel()
+    d = np.asarray(step_direction, np.float64).ravel()
+    H = _hull_points(hull_points, len(p))
+    n = len(H)
+    A = np.vstack([np.hstack([H.T, -d[:, None]]), np.append(np.ones(n), 0.0)[None]])
+    c = np.append(np.zeros(n), -1.0)
+    res = linprog(c, A_eq=A, b_eq=np.append(p, 1.0), bounds=[(0, None)] * n + [(0, cap)],
+                  method="highs")
+    return float(res.x[-1]) if res.status == 0 else 0.0
+
+
+def alloying_steps(composition: Any, elements: Sequence[str], step: float = 0.01,
+                   hosts: Sequence[str] | None = None) -> list[tuple[str, str, np.ndarray]]:
+    """Every step of ``step`` from one ``composition`` (n_el,): add X at the expense of host h
+    (every ordered pair with ``x_h ≥ step``; ``hosts`` limits h) or of all others
+    (``"others"``). Each: (added element, host or ``"others"``, unit direction (n_el,))."""
+    xs = np.asarray(composition, np.float64).ravel()
+    if len(xs) != len(elements):
+        raise ValueError(f"{len(elements)} element names for {len(xs)} composition columns")
+    unknown = [h for h in (hosts or []) if h not in elements]
+    if unknown:
+        raise ValueError(f"unknown host element(s) {unknown}; elements are {list(elements)}")
+    host_idx = range(len(elements)) if hosts is None else [list(elements).index(h) for h in hosts]
+    out = []
+    for a in range(len(elements)):
+        options: list[int | None] = [h for h in host_idx if h != a and xs[h] >= step - 1e-12]
+        if xs[a] < 1.0:
+            options.append(None)
+        for h in options:
+            out.append((elements[a], "others" if h is None else elements[h],
+                        np.asarray(direction(xs, a, h), np.float64)))
+    return out
+
+
+@dataclasses.dataclass
+class Boundary:
+    """Where a reference composition sits in the training hull (:func:`boundary_report`).
+
+    ``inside``: the reference itself is in the hull; ``distance``: its L1 distance to the
+    hull (at.%, 0 inside); ``depth``: how far (at.%) it can move along its most constrained
+    alloying direction before leaving (0 on a hull facet); ``room``: that length per step
+    (``(add, remove) -> at.%``, capped); ``n_inside`` of ``n_steps`` steps of ``step`` stay
+    inside; ``warning``: a sentence when fewer than ``min_inside`` of them do, else None."""
+
+    sample: str
+    inside: bool
+    distance: float
+    depth: float
+    room: dict
+    n_steps: int
+    n_inside: int
+    step: float
+    min_inside: float
+
+    @property
+    def fraction_inside(self) -> float:
+        return self.n_inside / max(self.n_steps, 1)
+
+    @property
+    def warning(self) -> str | None:
+        if self.fraction_inside >= self.min_inside:
+            return None
+        where = ("outside the training compositions (L1 distance "
+                 f"{self.distance:.2f} at.%)" if not self.inside else
+                 "on the boundary of the training compositions")
+        return (f"WARNING: {self.sample or 'the reference'} sits {where}: only {self.n_inside} of "
+                f"{self.n_steps} steps of {100 * self.step:g} at.% stay inside (fewer than "
+                f"{self.min_inside:.0%}). The model has seen no sample beyond it, so the ranking "
+                f"of the other steps is extrapolation and can have the wrong sign; take a more "
+                f"interior reference or measure around this one first.")
+
+    def summary(self) -> str:
+        line = (f"reference {self.sample or ''}: {'inside' if self.inside else 'OUTSIDE'} the "
+                f"training hull, distance {self.distance:.2f} at.%, depth {self.depth:.2f} at.% "
+                f"along its most constrained step; {self.n_inside} of {self.n_steps} steps of "
+                f"{100 * self.step:g} at.% stay inside")
+        return line + ("\n" + self.warning if self.warning else "")
+
+
+def boundary_report(composition: Any, hull: Any, elements: Sequence[str], step: float = 0.01,
+                    hosts: Sequence[str] | None = None, min_inside: float | None = None,
+                    sample: str = "", cap: float = 0.1) -> Boundary:
+    """:class:`Boundary` of one reference ``composition`` (n_el,) against ``hull`` (the
+    training compositions (n, n_el)): its distance to the hull, the room along every step of
+    :func:`alloying_steps` (up to ``cap``) and how many steps of ``step`` stay inside. The
+    warning fires when the fraction inside is below ``min_inside`` (default
+    :data:`BOUNDARY_MIN_INSIDE`, provisional until chosen on simulated libraries with known
+    gradients by ``benchmarks/photoanode_directions.py``)."""
+    xs = np.asarray(composition, np.float64).ravel()
+    H = _hull_points(hull, len(xs))
+    steps = alloying_steps(xs, elements, step, hosts)
+    if not steps:
+        raise ValueError("no alloying step from this composition (no host has >= step)")
+    inside_steps = in_convex_hull(np.stack([xs + step * d for _, _, d in steps]), H)
+    dist = hull_distance(xs, H)
+    inside = bool(dist < 1e-7)
+    room = {(a, h): (max(100 * hull_room(xs, d, H, cap), 0.0) if inside else 0.0) for a, h, d in steps}
+    return Boundary(sample, inside, 100 * dist, max(min(room.values()), 0.0) + 0.0, room, len(steps),
+                    int(inside_steps.sum()), step,
+                    BOUNDARY_MIN_INSIDE if min_inside is None else float(min_inside))
+
+
 @dataclasses.dataclass
 class Directions:
     """Ranked alloying steps: ``ranked`` (inside the training hull, or all of them when the
-    hull was not applied) and ``outside`` (steps that leave it), each sorted by ``slope``.
-    Indexing and iteration go through ``ranked``; :meth:`table` prints both."""
+    hull was not applied) and ``outside`` (steps that leave it), each sorted by ``slope``
+    (the ``rank_by`` effect: ``"total"``, the spectrum moving with composition, or
+    ``"fixed"``, the spectrum held fixed). ``boundary``: the reference's
+    :class:`Boundary`, when known. Indexing and iteration go through ``ranked``;
+    :meth:`table` prints both."""
 
     ranked: list[dict]
     outside: list[dict]
+    rank_by: str = "fixed"
+    boundary: Boundary | None = None
 
     def __getitem__(self, k):
         return self.ranked[k]
@@ -501,11 +744,30 @@ class Directions:
         return len(self.ranked)
 
     def table(self, top: int = 8, unit: str = "mW/cm²") -> str:
-        """Plain-text table of the best ``top`` steps, then the best out-of-hull ones."""
-        head = f"{'add':>4} {'for':>7} {'ΔP (' + unit + ')':>16} {'agree':>6}"
-        row = lambda c: (f"{c['add']:>4} {c['remove']:>7} {c['slope']:+9.3f} ± {c['std']:.3f} "  # noqa: E731
-                         f"{c['agreement']:6.2f}")
-        lines = [head, *map(row, self.ranked[:top])]
+        """Plain-text table of the best ``top`` steps, then the best out-of-hull ones: the
+        ranking effect, the other one, their gap, the flagged elements a step involves (``*``
+        when its own gap exceeds the two spreads) and whether it stays in the hull; the
+        boundary report first, with its warning when the reference sits on the hull."""
+        two = any("slope_total" in c for c in self.ranked + self.outside)
+        first = "total" if self.rank_by == "total" else "fixed spectrum"
+        head = f"{'add':>4} {'for':>7} {'ΔP ' + first + ' (' + unit + ')':>24}"
+        if two:
+            other = "at fixed spectrum" if self.rank_by == "total" else "total"
+            head += f" {other:>17} {'gap':>7} {'flag':>6}"
+        head += f" {'agree':>5} {'hull':>4}"
+
+        def row(c):
+            s = f"{c['add']:>4} {c['remove']:>7} {c['slope']:+15.3f} ± {c['std']:.3f}"
+            if two:
+                o = "fixed" if self.rank_by == "total" else "total"
+                flag = ",".join(c["flagged"]) + ("*" if c["gap_exceeds_spreads"] else "")
+                s += (f" {c['slope_' + o]:+9.3f} ± {c['std_' + o]:.3f} {c['gap']:+7.3f} "
+                      f"{flag or '–':>6}")
+            hull = {None: "?", True: "out", False: "in"}[c["outside_hull"]]
+            return s + f" {c['agreement']:5.2f} {hull:>4}"
+
+        lines = [self.boundary.summary()] if self.boundary is not None else []
+        lines += [head, *map(row, self.ranked[:top])]
         if self.outside:
             lines += [f"outside the training hull ({len(self.outside)} steps, best first):",
                       *map(row, self.outside[:min(top, 3)])]
@@ -516,24 +778,42 @@ def suggest_directions(model: Model, params: Params, batch: dict, elements: Sequ
                        wrt: str = "composition", output: str = "P", scale: float = 1.0,
                        hull: Any = None, step: float = 0.01, hosts: Sequence[str] | None = None,
                        top: int | None = None, stacked: bool = True,
-                       within_hull: bool = True) -> Directions:
-    """Rank alloying directions from the one composition in ``batch`` (batch size 1; other
-    inputs such as the spectrum stay fixed) by the predicted change of the output for a step
-    of ``step`` (default 1 at.%): add X at the expense of host h, for every ordered pair with
-    ``x_h ≥ step`` (``hosts`` limits h), or of all others (``remove="others"``).
+                       within_hull: bool = True, spectrum_model: Model | None = None,
+                       spectrum_params: Params = None, spectrum: str = "spectrum",
+                       rank_by: str | None = None, confounding: Sequence[dict] | None = None,
+                       boundary: bool = True) -> Directions:
+    """Rank alloying directions from the one composition in ``batch`` (batch size 1) by the
+    predicted change of the output for a step of ``step`` (default 1 at.%): add X at the
+    expense of host h, for every ordered pair with ``x_h ≥ step`` (``hosts`` limits h), or of
+    all others (``remove="others"``).
 
     ``params`` is a committee (leading member axis) unless ``stacked=False``. Each entry:
-    ``add``, ``remove``, ``slope`` (committee-mean gradient estimate of the change for the
-    step, output units), ``std``, ``agreement`` (fraction of members predicting an
-    increase), ``composition`` after the step and ``outside_hull`` (True when it leaves the
-    convex hull of ``hull``, the training compositions; None without ``hull``).
+    ``add``, ``remove``, ``slope_fixed`` (committee-mean change with the other inputs, such as
+    the spectrum, held fixed, output units), ``std_fixed``, ``agreement_fixed`` (fraction of
+    members predicting an increase), ``composition`` after the step and ``outside_hull``
+    (True when it leaves the convex hull of ``hull``, the training compositions; None
+    without ``hull``). With ``spectrum_model`` (composition → ``spectrum``, paired members
+    ``spectrum_params``) also ``slope_total``, ``std_total``, ``agreement_total``
+    (:func:`total_gradients`: the spectrum moving with composition), ``gap`` (total − fixed),
+    ``gap_exceeds_spreads`` (|gap| > std_fixed + std_total) and ``flagged`` (the step's
+    elements flagged by ``confounding``, rows of :func:`confounding_check`). ``slope``,
+    ``std`` and ``agreement`` repeat the ``rank_by`` effect: ``"total"`` (default with a
+    spectrum model) or ``"fixed"``.
+
     With ``within_hull`` (default) ``hull`` is required and out-of-hull steps go to
     :attr:`Directions.outside`, not into the ranking; ``within_hull=False`` ranks every step.
+    With ``hull`` and ``boundary`` the :func:`boundary_report` of the reference is attached.
     ``top`` cuts both lists.
     """
     if within_hull and hull is None:
         raise ValueError("within_hull=True needs hull= (the training compositions, (n, n_el)); "
                          "pass within_hull=False to rank steps without a hull check")
+    rank_by = rank_by or ("total" if spectrum_model is not None else "fixed")
+    if rank_by not in ("total", "fixed"):
+        raise ValueError(f"rank_by must be 'total' or 'fixed', got {rank_by!r}")
+    if rank_by == "total" and spectrum_model is None:
+        raise ValueError("rank_by='total' needs spectrum_model= and spectrum_params= "
+                         "(a composition → spectrum model)")
     x = np.asarray(get_leaf(batch, wrt), np.float64)
     if x.ndim != 2 or x.shape[0] != 1:
         raise ValueError(f"suggest_directions needs a batch of one composition, got {x.shape}")
@@ -546,23 +826,30 @@ def suggest_directions(model: Model, params: Params, batch: dict, elements: Sequ
         g = np.asarray(committee(fn, params))[:, 0]  # (M, n_el)
     else:
         g = np.asarray(fn(params))[None, 0]
+    grads = {"fixed": g}
+    if spectrum_model is not None:
+        tot = lambda p, q: total_gradients(model, p, spectrum_model, q, batch, wrt,  # noqa: E731
+                                           spectrum, output, scale)
+        if stacked and jax.tree_util.tree_leaves(params):
+            grads["total"] = np.asarray(jax.vmap(tot)(params, spectrum_params))[:, 0]
+        else:
+            grads["total"] = np.asarray(tot(params, spectrum_params))[None, 0]
+    flagged = {r["element"] for r in (confounding or []) if r["flagged"]}
     xs = x[0]
-    unknown = [h for h in (hosts or []) if h not in elements]
-    if unknown:
-        raise ValueError(f"unknown host element(s) {unknown}; elements are {list(elements)}")
-    host_idx = range(len(elements)) if hosts is None else [list(elements).index(h) for h in hosts]
     cands = []
-    for a in range(len(elements)):
-        options: list[int | None] = [h for h in host_idx if h != a and xs[h] >= step - 1e-12]
-        if xs[a] < 1.0:
-            options.append(None)
-        for h in options:
-            d = np.asarray(direction(xs, a, h), np.float64)
-            slopes = step * (g @ d)
-            cands.append({"add": elements[a], "remove": "others" if h is None else elements[h],
-                          "slope": float(slopes.mean()), "std": float(slopes.std()),
-                          "agreement": float(np.mean(slopes > 0)),
-                          "composition": xs + step * d})
+    for add, host, d in alloying_steps(xs, elements, step, hosts):
+        c = {"add": add, "remove": host, "composition": xs + step * d}
+        for kind, gk in grads.items():
+            slopes = step * (gk @ d)
+            c[f"slope_{kind}"], c[f"std_{kind}"] = float(slopes.mean()), float(slopes.std())
+            c[f"agreement_{kind}"] = float(np.mean(slopes > 0))
+        if "total" in grads:
+            c["gap"] = c["slope_total"] - c["slope_fixed"]
+            c["gap_exceeds_spreads"] = bool(abs(c["gap"]) > c["std_fixed"] + c["std_total"])
+            c["flagged"] = [e for e in (add, host) if e in flagged]
+        c["slope"], c["std"], c["agreement"] = (c[f"{k}_{rank_by}"] for k in ("slope", "std",
+                                                                            "agreement"))
+        cands.append(c)
     if hull is not None and cands:
         inside = in_convex_hull(np.stack([c["composition"] for c in cands]), hull)
         for c, ok in zip(cands, inside):
@@ -573,7 +860,11 @@ def suggest_directions(model: Model, params: Params, batch: dict, elements: Sequ
     cands.sort(key=lambda c: -c["slope"])
     ranked = [c for c in cands if not (within_hull and c["outside_hull"])]
     outside = [c for c in cands if within_hull and c["outside_hull"]]
-    return Directions(ranked[:top] if top else ranked, outside[:top] if top else outside)
+    report = None
+    if hull is not None and boundary and cands:
+        report = boundary_report(xs, hull, elements, step, hosts, sample=str(batch.get("sample", "")))
+    return Directions(ranked[:top] if top else ranked, outside[:top] if top else outside, rank_by,
+                      report)
 
 
 # --------------------------------------------------------------------------- plots

@@ -104,7 +104,10 @@ class PhotoanodeCommittee:
     """A trained committee of :func:`photoanode_net` (``params``, leading member axis) on
     standardised P, with its composition → spectrum committee (``spectrum_params``, paired
     members) for :func:`jaxmat.workflows.interpret.confounding_check`. ``hull``: the
-    training compositions; ``best_epoch``: per member, chosen on the validation rows."""
+    training compositions; ``best_epoch``: per member, chosen on the validation rows;
+    ``spectrum_fit``: the composition → spectrum committee's fit on the validation rows
+    (:func:`interpret.spectrum_fit`); ``flags``: the confounding check on the training rows,
+    which :meth:`directions` marks."""
 
     model: Model
     params: Params
@@ -116,6 +119,8 @@ class PhotoanodeCommittee:
     raman_shift: np.ndarray
     hull: np.ndarray
     best_epoch: list[int]
+    spectrum_fit: dict | None = None
+    flags: "interpret.ConfoundingReport | None" = None
 
     def batch(self, table: SpectraTable) -> dict:
         """Model inputs of ``table`` (normalised spectra, standardised P)."""
@@ -132,24 +137,57 @@ class PhotoanodeCommittee:
         p = self.scaler.inverse(p)
         return p.mean(0), p.std(0)
 
-    def evaluate(self, table: SpectraTable) -> dict[str, float]:
-        """R² and MAE (mW/cm²) of the committee mean on ``table`` (e.g. the test rows)."""
+    def evaluate(self, table: SpectraTable) -> dict:
+        """R² and MAE (mW/cm²) of the committee mean on ``table`` (e.g. the test rows), and
+        ``spectrum``: the composition → spectrum committee's fit on the same rows (R² whole
+        and per band, :func:`interpret.spectrum_fit`) with its ``warning`` (None when fine)."""
         pred, _ = self.predict(table)
         y = np.asarray(table.target, np.float64)
+        fit = self.fit_spectrum(table)
         return {"r2": float(1 - np.mean((pred - y) ** 2) / np.var(y)),
-                "mae": float(np.mean(np.abs(pred - y))), "n": len(y)}
+                "mae": float(np.mean(np.abs(pred - y))), "n": len(y),
+                "spectrum": {**fit, "warning": interpret.spectrum_fit_warning(fit)}}
+
+    def fit_spectrum(self, table: SpectraTable) -> dict:
+        """:func:`interpret.spectrum_fit` of the composition → spectrum committee mean on the
+        rows of ``table``, bands weighted by the property committee's mean |∂P/∂I| there."""
+        from jaxmat.core import ensemble
+
+        b = self.batch(table)
+        pred = np.asarray(ensemble.apply(self.spectrum_model, self.spectrum_params, b)["spectrum"])
+        sal = interpret.committee(lambda p: interpret.input_gradients(
+            self.model, p, b, "spectrum", "P", self.scaler.std), self.params)
+        return interpret.spectrum_fit(pred.mean(0), b["spectrum"], self.raman_shift,
+                                      saliency=np.asarray(sal).mean((0, 1)))
 
     def directions(self, reference: dict, **kwargs) -> "interpret.Directions":
         """:func:`interpret.suggest_directions` from a batch of one (:func:`reference_batch`),
-        in mW/cm² per 1 at.% step, steps outside the training hull listed apart."""
-        return interpret.suggest_directions(self.model, self.params, reference, self.elements,
-                                            scale=self.scaler.std, hull=self.hull, **kwargs)
+        in mW/cm² per 1 at.% step: ranked by the total effect (the spectrum moving with
+        composition through the composition → spectrum committee; ``rank_by="fixed"`` for
+        the spectrum held fixed), both shown with their gap, the elements :attr:`flags`
+        marks, the in-hull status (steps outside the training hull listed apart) and the
+        reference's :meth:`boundary` report."""
+        kw = {"scale": self.scaler.std, "hull": self.hull, "spectrum_model": self.spectrum_model,
+              "spectrum_params": self.spectrum_params, "confounding": self.flags, **kwargs}
+        return interpret.suggest_directions(self.model, self.params, reference, self.elements, **kw)
 
-    def confounding(self, table: SpectraTable, host: int | None = None) -> list[dict]:
-        """:func:`interpret.confounding_check` on the rows of ``table`` (mW/cm² per at.%)."""
-        return interpret.confounding_check(self.model, self.params, self.spectrum_model,
+    def boundary(self, reference: dict, **kwargs) -> "interpret.Boundary":
+        """:func:`interpret.boundary_report` of a batch of one (:func:`reference_batch`)
+        against the training compositions."""
+        x = np.asarray(reference["composition"])
+        if x.shape != (1, len(self.elements)):
+            raise ValueError(f"need a batch of one composition over {self.elements}, got {x.shape}")
+        return interpret.boundary_report(x[0], self.hull, self.elements,
+                                         sample=str(reference.get("sample", "")), **kwargs)
+
+    def confounding(self, table: SpectraTable, host: int | None = None
+                    ) -> "interpret.ConfoundingReport":
+        """:func:`interpret.confounding_check` on the rows of ``table`` (mW/cm² per at.%),
+        with the composition → spectrum committee's validation fit (:attr:`spectrum_fit`)."""
+        rows = interpret.confounding_check(self.model, self.params, self.spectrum_model,
                                            self.spectrum_params, self.batch(table), self.elements,
                                            scale=self.scaler.std, host=host)
+        return interpret.ConfoundingReport(rows, self.spectrum_fit)
 
     def gradients(self, table: SpectraTable) -> dict[str, np.ndarray]:
         """Per member: ``dilute`` (ΔP per +1 at.% at the expense of the others, (M, n, n_el))
@@ -198,7 +236,8 @@ def fit_committee(table: SpectraTable, split: Split, members: int = 4, epochs: i
     :class:`PhotoanodeConfig`) on ``split.train`` and its composition → spectrum committee
     (``spectrum_config``), each member's best epoch chosen on ``split.val``; ``split.test``
     is not read. P is standardised and compositions are standardised inside the models with
-    training statistics; spectra are normalised as published."""
+    training statistics; spectra are normalised as published. The composition → spectrum
+    fit is measured on ``split.val`` and the confounding check run on ``split.train``."""
     from jaxmat.core import ensemble
 
     n = len(table)
@@ -221,9 +260,12 @@ def fit_committee(table: SpectraTable, split: Split, members: int = 4, epochs: i
                        train.target_loss("P"), fit_cfg)
     sres = ensemble.fit(smodel, ensemble.init(smodel, key_s, None, members), batches, [bva],
                         train.target_loss(scfg.output), fit_cfg)
-    return PhotoanodeCommittee(model, res.params, smodel, sres.params, scaler, split,
-                               tuple(table.elements), np.asarray(table.raman_shift),
-                               np.asarray(tr.composition), list(res.best_epoch))
+    fit = PhotoanodeCommittee(model, res.params, smodel, sres.params, scaler, split,
+                              tuple(table.elements), np.asarray(table.raman_shift),
+                              np.asarray(tr.composition), list(res.best_epoch))
+    fit.spectrum_fit = fit.fit_spectrum(va)
+    fit.flags = fit.confounding(tr)
+    return fit
 
 
 def reference_batch(table: SpectraTable, sample: str | int = "best") -> dict:

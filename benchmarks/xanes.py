@@ -2,7 +2,7 @@
 heads, a SchNet-head committee and a functional-group baseline on the shipped dataset.
 
 Metrics on the test split (scaffold split of jaxmat/data/files/xanes/xanes.npz), for
-significant peaks (jaxmat.workflows.spectra: prominence >= 10 % of the spectrum's maximum)
+significant peaks (jaxmat.core.spectra: prominence >= 10 % of the spectrum's maximum)
 matched one to one within 1 eV: precision (fraction of predicted peaks with a reference
 partner; the paper's headline) and recall (fraction of reference peaks reproduced), both
 with 95 % bootstrap intervals over molecules, peak-height error, the fraction of spectra

@@ -24,7 +24,7 @@ from common import device_info, write_results  # noqa: E402
 import numpy as np  # noqa: E402
 
 from jaxmat.data.xanes import load_xanes  # noqa: E402
-from jaxmat.workflows import spectra  # noqa: E402
+from jaxmat.core import spectra  # noqa: E402
 from jaxmat.workflows.xanes.combine import COMBINERS, combine_many  # noqa: E402
 from xanes import baseline_predict  # noqa: E402
 

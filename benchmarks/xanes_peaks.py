@@ -25,7 +25,7 @@ from common import device_info, write_results  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from jaxmat.workflows import spectra  # noqa: E402
+from jaxmat.core import spectra  # noqa: E402
 from xanes_levers import blurred, candidates, recall_breakdown  # noqa: E402
 
 
@@ -94,7 +94,7 @@ def table(rows: list[dict]) -> str:
                          f"{info['fit_s'] / 60:.0f} min on the shared CPU, best epochs "
                          f"{info['best_epoch']}")
     return ("\n".join(lines) + "\n\nSignificant peaks: prominence >= 10 % of the spectrum's "
-            "maximum, matched one to one within 1 eV (jaxmat.workflows.spectra). Candidate "
+            "maximum, matched one to one within 1 eV (jaxmat.core.spectra). Candidate "
             "'run: xk how' = first k members combined by how; the choice maximises validation "
             "min(precision, recall).\n\n" + "\n\n".join(notes))
 

@@ -89,7 +89,7 @@ def source_md(shipped: list[dict]) -> str:
             f"{s['training'].get('n_train')} training molecules, "
             f"{s['training'].get('fit_s', 0) / 60:.0f} min on 2 shared CPU cores |")
     lines += ["", "Significant peaks: prominence >= 10 % of the maximum, matched within 1 eV "
-              "(`jaxmat.workflows.spectra`); test = scaffold test split, molecule spectra. "
+              "(`jaxmat.core.spectra`); test = scaffold test split, molecule spectra. "
               "The issue's targets (precision >= 90 %, recall >= 85 %) are not reached; see "
               "`benchmarks/results/xanes_peaks.md`."]
     return "\n".join(lines) + "\n"

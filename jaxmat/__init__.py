@@ -33,10 +33,11 @@ from jaxmat.version import __version__
 MODULES = {
     **{m: f"jaxmat.core.{m}" for m in (
         "bundle", "calibrate", "checkpoint", "committee", "crossval", "engine", "ensemble",
-        "graph", "neighbors", "parallel", "potential", "predict", "protocol", "train")},
+        "graph", "interpret", "neighbors", "parallel", "potential", "predict", "protocol",
+        "spectra", "train")},
     "linegraph": "jaxmat.core.graph.linegraph",
     "md": "jaxmat.md",
-    **{m: f"jaxmat.workflows.{m}" for m in ("interpret", "photoanode", "spectra", "xanes")},
+    **{m: f"jaxmat.workflows.{m}" for m in ("photoanode", "xanes")},
     **{m: f"jaxmat.workflows.adversarial.{m}" for m in (
         "active", "attack", "oracle", "select", "store")},
 }

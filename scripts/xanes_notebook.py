@@ -98,7 +98,7 @@ y_pred = predict_spectra(model, params, test.records)"""),
     md("""## Held-out scores and the functional-group baseline
 
 A *significant* peak has a prominence ≥ 10 % of the spectrum maximum
-(`jaxmat.workflows.spectra.SIGNIFICANT_PROMINENCE`); peaks are matched one to one within
+(`jaxmat.core.spectra.SIGNIFICANT_PROMINENCE`); peaks are matched one to one within
 1 eV.  Both sides are reported, with 95 % bootstrap intervals over molecules:
 **precision** (predicted peaks that are real) and **recall** (real peaks that are
 predicted), plus the peak-height error.  The baseline predicts for each O site the mean

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from jaxmat.workflows import spectra
+from jaxmat.core import spectra
 
 G = np.linspace(525, 555, 301)  # 0.1 eV steps
 

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from jaxmat.workflows import spectra
+from jaxmat.core import spectra
 from jaxmat.workflows.xanes.combine import align, combine, combine_many, consensus_peaks
 
 G = np.linspace(526, 552, 261)

@@ -1,7 +1,7 @@
 """A simulated combinatorial photoanode library in the layout of Umehara et al. (2019).
 
 Everything is written in JAX, so the exact input gradients of the generator are the
-ground truth for :mod:`jaxmat.workflows.interpret`.
+ground truth for :mod:`jaxmat.core.interpret`.
 
 **Compositions.** Seven metal fractions ``Bi, V, W, Dy, Gd, Mo, Tb`` (sum 1) of
 scheelite BiVO₄ alloys: Bi-site share ``a = 0.5 + U(-0.03, 0.03)``; W and Mo

@@ -11,7 +11,7 @@ branch alone, then the head, optionally all together) is a workflow:
 :func:`jaxmat.workflows.photoanode.fit_staged`.
 :func:`cnn1d` is a generic 1-D CNN on a spectrum with optional side inputs;
 :func:`composition_spectrum_net` predicts the spectrum from composition (the chain of the
-confounding check, :func:`jaxmat.workflows.interpret.total_gradients`).
+confounding check, :func:`jaxmat.core.interpret.total_gradients`).
 
 Batches are plain dicts: ``spectrum`` (B, n_points) normalised intensities,
 ``composition`` (B, n_elements) fractions, the target and ``mask`` (B,).

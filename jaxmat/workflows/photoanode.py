@@ -24,7 +24,7 @@ from jaxmat.data.loader import ArrayLoader
 from jaxmat.data.photoanode import SpectraTable, Standardizer
 from jaxmat.models.photoanode import (CompositionSpectrumConfig, PhotoanodeConfig,
                                       composition_spectrum_net, photoanode_net)
-from jaxmat.workflows import interpret
+from jaxmat.core import interpret
 
 
 def restrict(model: Model, params: Params, trainable: Sequence[str],
@@ -103,7 +103,7 @@ def split_library(n: int, fractions: Sequence[float] = (0.7, 0.1, 0.2), seed: in
 class PhotoanodeCommittee:
     """A trained committee of :func:`photoanode_net` (``params``, leading member axis) on
     standardised P, with its composition → spectrum committee (``spectrum_params``, paired
-    members) for :func:`jaxmat.workflows.interpret.confounding_check`. ``hull``: the
+    members) for :func:`jaxmat.core.interpret.confounding_check`. ``hull``: the
     training compositions; ``best_epoch``: per member, chosen on the validation rows;
     ``spectrum_fit``: the composition → spectrum committee's fit on the validation rows
     (:func:`interpret.spectrum_fit`); ``flags``: the confounding check on the training rows,

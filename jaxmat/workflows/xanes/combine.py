@@ -4,7 +4,7 @@ The member mean keeps every peak at 1/M of its height where members disagree on 
 position, so real peaks flatten and spurious ones survive at reduced height.  Here:
 
 * ``"mean"``, ``"median"`` (pointwise over members);
-* ``"aligned"``: the members' significant peaks (:func:`jaxmat.workflows.spectra.find_peaks`)
+* ``"aligned"``: the members' significant peaks (:func:`jaxmat.core.spectra.find_peaks`)
   are clustered across members (peaks of different members within ``tol`` eV, 1 eV, of the
   cluster's first peak); clusters holding at least ``quorum`` of the members are consensus
   peaks at the members' median energy.  Each member's energy axis is warped piecewise
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from jaxmat.workflows.spectra import PEAK_TOL_EV, SIGNIFICANT_PROMINENCE, find_peaks
+from jaxmat.core.spectra import PEAK_TOL_EV, SIGNIFICANT_PROMINENCE, find_peaks
 
 COMBINERS = ("mean", "median", "aligned")
 

@@ -79,13 +79,15 @@ class JaxmatCalculator(Calculator):
         self._fn = jax.jit(self._predict)
 
     @classmethod
-    def from_bundle(cls, path: str, **kwargs: Any) -> "JaxmatCalculator":
+    def from_bundle(cls, path: str, calibrated: bool = True,
+                    **kwargs: Any) -> "JaxmatCalculator":
         """Calculator of the model and params in the bundle at ``path``
-        (:func:`jaxmat.core.bundle.load`); ``kwargs`` as for the constructor."""
+        (:func:`jaxmat.core.bundle.load`); committee σ scaled by the bundle's stored
+        calibration unless ``calibrated=False`` or ``sigma_scale`` is given; ``kwargs`` as
+        for the constructor."""
         from jaxmat.core import bundle
 
-        b = bundle.load(path)
-        return cls(b.model, b.params, **kwargs)
+        return bundle.load(path).calculator(calibrated=calibrated, **kwargs)
 
     # ------------------------------------------------------------------ device side
     def _predict(self, params: Params, batch: graph.Batch) -> dict[str, jax.Array]:

@@ -150,3 +150,18 @@ def test_cli_committee_with_split_file_resumes_and_stores_calibration(tmp_path):
     assert "calibration_raw" in summary["test"]
     with open(tmp_path / "run" / "metrics.json") as f:
         assert json.load(f)["convergence"]["total_steps"] == 6
+
+
+def test_eval_prints_sigma_raw_and_calibrated():
+    from jaxmat.cli.eval import format_metrics
+
+    m = {"nll": 1.0, "spearman": 0.5, "miscalibration_area": 0.1, "coverage_68": 0.4,
+         "coverage_95": 0.7, "rmse": 2.0, "mean_sigma": 1.0}
+    text = format_metrics({"n_structures": 3, "n_atoms": 12,
+                           "calibration": {"forces_eV_per_A": {**m, "coverage_68": 0.68,
+                                                               "mean_sigma": 2.0, "scale": 2.0}},
+                           "calibration_raw": {"forces_eV_per_A": m}})
+    lines = text.splitlines()
+    assert "σ forces_eV_per_A raw:" in lines[1] and "coverage 68/95 % 40.0/70.0" in lines[1]
+    assert "RMSE/mean σ 2" in lines[1]
+    assert "σ forces_eV_per_A calibrated (x2):" in lines[2] and "RMSE/mean σ 1" in lines[2]

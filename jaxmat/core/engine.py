@@ -13,8 +13,9 @@ runs of any length share one compiled step. The schedule's length is set in step
 (``steps`` or ``epochs``) or, by default, from the size of the training set
 (:func:`default_steps`), and shortened to fit a wall-time budget (``max_minutes``) so that a
 capped run still anneals; the plan and the time spent are saved in checkpoints. A run that
-ends with its validation metric still falling warns (:func:`convergence`). :mod:`jaxmat.core.train` (one model) and :mod:`jaxmat.core.ensemble`
-(committees) are thin fronts of :func:`run`.
+ends with its validation metric still falling warns (:func:`convergence`).
+:mod:`jaxmat.core.train` (one model) and :mod:`jaxmat.core.ensemble` (committees) are thin
+fronts of :func:`run`.
 """
 from __future__ import annotations
 
@@ -362,10 +363,10 @@ def evaluate(model: Model, params: Params, data: Iterable, loss: Loss, *, split:
 
 
 # --------------------------------------------------------------------------- config, results
-# The default schedule (chosen on validation splits of ammonia, mlearn elements and GFN2-xTB
-# molecular dynamics of malonaldehyde and glycine; benchmarks/defaults.py): DEFAULT_PASSES
-# passes over the training set, at least DEFAULT_MIN_STEPS and at most DEFAULT_MAX_STEPS
-# optimiser steps.
+# The default schedule: DEFAULT_PASSES passes over the training set at DEFAULT_LR (batch 16,
+# jaxmat.core.ensemble.CommitteeConfig), at least DEFAULT_MIN_STEPS and at most
+# DEFAULT_MAX_STEPS optimiser steps; chosen on the validation split of ammonia (100-800
+# passes x lr 1e-3 / 3e-3, benchmarks/defaults.py and results/defaults.md).
 DEFAULT_PASSES = 400
 DEFAULT_MIN_STEPS = 3000
 DEFAULT_MAX_STEPS = 40000
@@ -382,9 +383,9 @@ def default_steps(steps_per_epoch: int) -> int:
 
 # The convergence check: the relative fall of the monitored validation metric over the last
 # CONVERGE_WINDOW of the epochs. The last 10 % of a cosine schedule runs below 2.5 % of the
-# peak learning rate, where even an under-trained model barely moves; over the last quarter
-# the four ammonia selection runs (100-400 passes, every one improved on by a longer run)
-# fell 1.1-18.7 %, and each is flagged at 1 %.
+# peak learning rate, where even an under-trained model barely moves (ammonia runs that a
+# longer run beat by 1.2-2x fell 0.4-2 % there); over the last quarter they fell 1.1-31.5 %,
+# and each is flagged at 1 %.
 CONVERGE_WINDOW = 0.25
 CONVERGE_TOL = 0.01
 
@@ -404,7 +405,8 @@ class FitConfig:
     spent. The plan and the time spent are saved in checkpoints, so a resumed run keeps
     its schedule and what remains of its budget. ``converge_tol``: the run warns
     (:class:`NotConvergedWarning`) when the monitored validation metric fell by more than
-    this fraction over the last quarter of its epochs. ``patience`` (epochs without a better ``monitor``, per member) stops early;
+    this fraction over the last quarter of its epochs. ``patience`` (epochs without a
+    better ``monitor``, per member) stops early;
     ``ema_decay`` keeps an exponential moving average of the weights, which is then what is
     validated and returned; ``checkpoint_dir`` enables save/resume; ``log_path`` (default
     ``<checkpoint_dir>/metrics.csv``) gets one CSV row per epoch. ``data_parallel`` splits

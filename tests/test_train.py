@@ -338,10 +338,10 @@ def test_progress_without_a_terminal_prints_few_plain_lines(capsys):
                              "val_loss": 2.0 / e, "val_forces_mae_eV_per_A": 0.5})
     p.on_end(Run)
     lines = out.getvalue().splitlines()
-    assert lines == ["fit: epoch 1/50 step 2/100 lr 0.001, train loss 1, val loss 2, "
-                     "val forces MAE (eV/Å) 0.5",
-                     "fit: epoch 50/50 step 100/100 lr 0.001, train loss 0.02, val loss 0.04, "
-                     "val forces MAE (eV/Å) 0.5"]
+    assert lines == ["fit: epoch 1/50 step 2/100 lr 0.001, train_loss 1, val_loss 2, "
+                     "val_forces_mae_eV_per_A 0.5",
+                     "fit: epoch 50/50 step 100/100 lr 0.001, train_loss 0.02, val_loss 0.04, "
+                     "val_forces_mae_eV_per_A 0.5"]
     assert "\r" not in out.getvalue()
 
 

@@ -157,8 +157,8 @@ class Progress(Callback):
     """Progress over the epochs of this call: a tqdm bar on a terminal; otherwise (logs,
     pipes) one plain line every ``every_s`` seconds and at the end, so a log file does not
     fill with bar redraws. Shown: step of the schedule, learning rate, training and
-    validation loss, and the MAEs of the row with their units (``keys`` limits the MAEs to
-    those entries, e.g. ``("val_energy_mae", "val_forces_mae")``)."""
+    validation loss, and the MAEs of the row by their :func:`unit_name` (``keys`` limits
+    the MAEs to those entries, e.g. ``("val_energy_mae", "val_forces_mae")``)."""
 
     def __init__(self, every_s: float = 30.0, stream: Any = None, keys: tuple[str, ...] = ()):
         self.every_s, self.stream, self.keys = every_s, stream, tuple(keys)
@@ -171,7 +171,7 @@ class Progress(Callback):
         shown = {}
         for k in ["train_loss", "val_loss", *want]:
             if k in row and (k.endswith("loss") or k in want):
-                shown[_pretty(k)] = " ".join(f"{x:.4g}" for x in np.atleast_1d(row[k]))
+                shown[k] = " ".join(f"{x:.4g}" for x in np.atleast_1d(row[k]))
         return shown
 
     def on_epoch_end(self, run: Run, row: dict) -> None:
@@ -202,16 +202,6 @@ class Progress(Callback):
             self.bar.close()
         elif self.pending:  # the last epoch, whatever stopped the run
             print(self.pending, file=self.stream or sys.stderr, flush=True)
-
-
-def _pretty(key: str) -> str:
-    """``val_forces_mae_eV_per_A`` -> ``val forces MAE (eV/Å)``; ``train_loss`` -> ``train loss``."""
-    for stat, unit in UNITS.items():
-        if f"{stat}_{unit}" in key:
-            head = key.split(f"{stat}_{unit}")[0].replace("_", " ")
-            pretty = unit.replace("_per_A3", "/Å³").replace("_per_A", "/Å").replace("_per_", "/")
-            return f"{head}{stat.split('_')[0]} MAE ({pretty})"
-    return key.replace("_", " ")
 
 
 def tensorboard_available() -> bool:

@@ -165,3 +165,18 @@ def test_eval_prints_sigma_raw_and_calibrated():
     assert "σ forces_eV_per_A raw:" in lines[1] and "coverage 68/95 % 40.0/70.0" in lines[1]
     assert "RMSE/mean σ 2" in lines[1]
     assert "σ forces_eV_per_A calibrated (x2):" in lines[2] and "RMSE/mean σ 1" in lines[2]
+
+
+def test_fitted_e0s_of_one_composition_stay_near_the_mean_energy_per_atom(records):
+    refs, _ = potential.reference_energies(records, "fit")
+    e_atom = sum(r.targets["energy"] for r in records) / sum(r.n_node for r in records)
+    assert refs[1] == pytest.approx(e_atom, abs=0.05) and refs[7] == pytest.approx(e_atom, abs=0.05)
+    # what counts, the total of a structure, is the least-squares one
+    total = refs[7] + 3 * refs[1]
+    assert total == pytest.approx(np.mean([r.targets["energy"] for r in records]), abs=1e-6)
+    two = [*records, graph.Record(**{**records[0].__dict__, "numbers": np.array([1, 1, 1, 1]),
+                                     "targets": {"energy": -60.0}})]
+    refs2, _ = potential.reference_energies(two, "fit")  # determined: plain least squares
+    plain, _ = potential.fit_energy_stats([r.numbers for r in two],
+                                          [r.targets["energy"] for r in two])
+    np.testing.assert_allclose(refs2[[1, 7]], plain[[1, 7]], rtol=1e-9)

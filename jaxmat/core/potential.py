@@ -142,8 +142,9 @@ def reference_energies(records: Sequence[graph.Record], e0: str | dict = "fit",
     left for the model, from the *training* records:
 
     * ``"fit"``: least squares of the energies on composition counts (MACE's ``E0s``
-      fitted); with a single composition the split among elements is arbitrary (only
-      their sum is determined), which changes nothing the model predicts;
+      fitted); where the compositions do not determine every element's share (e.g. one
+      molecule), the solution closest to the mean energy per atom is taken, so the E0s
+      stay physical (a plain minimum-norm fit gave H -45 eV on ethanol);
     * ``"average"``: every element gets the mean energy per atom of the training set
       (nequip's per-atom mean), well defined for any data;
     * ``{"H": -13.6, ...}``: given values (e.g. isolated-atom energies); every element of
@@ -161,10 +162,11 @@ def reference_energies(records: Sequence[graph.Record], e0: str | dict = "fit",
         if e0 not in E0_MODES:
             raise ValueError(f"reference_energies must be one of {list(E0_MODES)} or a table "
                              f"of eV per element, got {e0!r}")
-        if e0 == "fit":
-            return fit_energy_stats(numbers, energies, max_z)[0], 0.0
+        mean = float(np.sum(energies) / np.sum(n_atoms))
         refs = np.zeros(max_z + 1)
-        refs[np.unique(np.concatenate(numbers))] = float(np.sum(energies) / np.sum(n_atoms))
+        refs[np.unique(np.concatenate(numbers))] = mean
+        if e0 == "fit":  # least squares; the minimum-norm part measured from the mean
+            refs = refs + fit_energy_stats(numbers, energies - mean * n_atoms, max_z)[0]
         return refs, 0.0
     if not isinstance(e0, dict) or not e0:
         raise ValueError(f"reference_energies must be 'fit', 'average' or a non-empty table "

@@ -4,7 +4,7 @@
 schedule (Adam, cosine over :func:`jaxmat.core.engine.default_steps`, batch 16) with an
 energy + force loss; prints held-out energy and force MAE, saves the trained model as a bundle
 (``<out>/bundle``, reloaded with ``jaxmat.load``), training checkpoints and a parity plot
-under ``--out`` (default ``runs/demo``). About a minute on 2 CPU cores.
+under ``--out`` (default ``runs/demo``). About two minutes on 2 idle CPU cores.
 """
 from __future__ import annotations
 

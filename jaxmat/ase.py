@@ -76,12 +76,17 @@ class JaxmatCalculator(Calculator):
         self._fn = jax.jit(self._predict)
 
     @classmethod
-    def from_bundle(cls, bundle: Any, **kwargs: Any) -> "JaxmatCalculator":
-        """Calculator of a bundle's model and params: a loaded bundle or the path of one
-        (:func:`jaxmat.core.bundle.load`); ``kwargs`` as for the constructor."""
+    def from_bundle(cls, bundle: Any, calibrated: bool = True,
+                    **kwargs: Any) -> "JaxmatCalculator":
+        """Calculator of a bundle's model and params (a loaded bundle or the path of one,
+        :func:`jaxmat.core.bundle.load`); committee σ scaled by the bundle's stored
+        calibration unless ``calibrated=False`` or ``sigma_scale`` is given; ``kwargs`` as
+        for the constructor."""
         from jaxmat.core import bundle as bundles
 
         b = bundles.load(bundle) if isinstance(bundle, (str, os.PathLike)) else bundle
+        if calibrated and b.calibration and "sigma_scale" not in kwargs:
+            kwargs["sigma_scale"] = b.sigma_scale
         return cls(b.model, b.params, **kwargs)
 
     # ------------------------------------------------------------------ device side

@@ -224,8 +224,8 @@ def test_fit_on_fixed_batches_with_user_module(records):
     res = ensemble.fit(model, p0, batches, batches, loss,
                        ensemble.CommitteeConfig(epochs=2, lr=1e-2, progress=False))
     assert np.all(np.isfinite(res.best_metric))
-    assert len(res.history[0]["val_energy_mae"]) == 3
-    assert "val_committee_energy_mae" in res.history[0]
+    assert len(res.history[0]["val_energy_mae_eV_per_atom"]) == 3
+    assert "val_committee_energy_mae_eV_per_atom" in res.history[0]
 
 
 def test_is_committee_tells_members_from_a_single_model(pair_pot, records):

@@ -97,7 +97,7 @@ def test_nnx_pair_potential_trains_through_fit():
     losses = [h["train_loss"] for h in res.history]
     # a pair potential cannot fit NH3's angular forces; it must still improve steadily
     assert losses[-1] < 0.85 * losses[0] and losses[-1] < min(losses[:4])
-    assert res.history[-1]["train_energy_mae"] < 0.5 * res.history[0]["train_energy_mae"]
+    assert res.history[-1]["train_energy_mae_eV_per_atom"] < 0.5 * res.history[0]["train_energy_mae_eV_per_atom"]
     # params are plain nested dicts of arrays, with the module's structure
     assert set(res.params) == {"embed", "site", "radial"}
     assert res.params["site"]["kernel"].shape == (8, 1)

@@ -103,7 +103,8 @@ def test_metrics_csv_has_one_row_per_epoch(straight):
     with open(os.path.join(d, "metrics.csv")) as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == EPOCHS
-    assert {"epoch", "train_loss", "val_loss", "val_energy_mae", "val_forces_mae"} <= set(rows[0])
+    assert {"epoch", "train_loss", "val_loss", "val_energy_mae_eV_per_atom",
+            "val_forces_mae_eV_per_A", "lr", "steps"} <= set(rows[0])
     np.testing.assert_allclose([float(r["val_loss"]) for r in rows],
                                [r["val_loss"] for r in res.history], rtol=1e-6)
 
@@ -303,7 +304,8 @@ def test_ema_params_are_the_validated_and_returned_ones(setup, straight):
 
 def test_time_budget_and_a_stopping_callback(setup):
     model, params, tl, _, loss, _ = setup
-    res = train.fit(model, params, tl, None, loss, config(max_minutes=0.0))
+    with pytest.warns(UserWarning, match=r"max_minutes = 1e-06 .* shorter than one epoch"):
+        res = train.fit(model, params, tl, None, loss, config(max_minutes=1e-6))
     assert res.timed_out and len(res.history) == 1
 
     class StopAtTwo(train.Callback):
@@ -326,16 +328,20 @@ def test_progress_without_a_terminal_prints_few_plain_lines(capsys):
     from jaxmat.core.engine import Progress
 
     class Run:
-        single, n, stop_epoch = True, 1, 50
+        single, n, stop_epoch, total_steps = True, 1, 50, 100
         config = train.FitConfig(epochs=50)
 
     out = io.StringIO()
     p = Progress(every_s=3600.0, stream=out)
     for e in range(1, 51):
-        p.on_epoch_end(Run, {"epoch": e, "train_loss": 1.0 / e})
+        p.on_epoch_end(Run, {"epoch": e, "steps": 2 * e, "lr": 1e-3, "train_loss": 1.0 / e,
+                             "val_loss": 2.0 / e, "val_forces_mae_eV_per_A": 0.5})
     p.on_end(Run)
     lines = out.getvalue().splitlines()
-    assert lines == ["fit: epoch 1/50 loss 1", "fit: epoch 50/50 loss 0.02"]
+    assert lines == ["fit: epoch 1/50 step 2/100 lr 0.001, train_loss 1, val_loss 2, "
+                     "val_forces_mae_eV_per_A 0.5",
+                     "fit: epoch 50/50 step 100/100 lr 0.001, train_loss 0.02, val_loss 0.04, "
+                     "val_forces_mae_eV_per_A 0.5"]
     assert "\r" not in out.getvalue()
 
 

@@ -30,7 +30,7 @@ FITTED = ("atom_refs", "scale", "shift", "return_features")  # model fields not 
 # set by `jaxmat train` itself (from `seed` and the output directory)
 CLI_OWNED = {"fit": ("seed", "checkpoint_dir", "log_path", "mesh")}
 # settings that may change when a run is resumed in the same output directory
-RESUMABLE = {"fit.epochs", "fit.max_minutes", "fit.progress", "fit.checkpoint_every",
+RESUMABLE = {"fit.epochs", "fit.steps", "fit.max_minutes", "fit.progress", "fit.checkpoint_every",
              "fit.keep", "output"}
 
 
@@ -47,7 +47,11 @@ class DataConfig:
     test) with the run's seed; or ``split_file``, a JSON file ``{"train": [...], "val":
     [...], "test": [...]}`` of structure indices; ``test_path`` a separate test file (then
     the test fraction of ``split`` must be 0). ``val_batch_size``: structures per
-    validation batch; ``layout``: batch layout (``auto`` picks among the model's)."""
+    validation batch; ``layout``: batch layout (``auto`` picks among the model's).
+    ``reference_energies``: the per-element E0s (eV) under the model's energies: ``"fit"``
+    (least squares on the training split), ``"average"`` (the mean energy per atom for
+    every element) or a table ``{H = -13.6, C = -1029.8, ...}`` covering every element of
+    the data (:func:`jaxmat.core.potential.reference_energies`); stored in the bundle."""
 
     path: str | None = None
     dataset: str | None = None
@@ -60,6 +64,7 @@ class DataConfig:
     test_path: str | None = None
     val_batch_size: int = 32
     layout: str = "auto"
+    reference_energies: str | dict[str, float] = "fit"
 
     def __post_init__(self):
         if (self.path is None) == (self.dataset is None):
@@ -81,6 +86,17 @@ class DataConfig:
                              "split = [0.9, 0.1, 0.0]")
         if self.layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {list(LAYOUTS)}, got {self.layout!r}")
+        e0 = self.reference_energies
+        if isinstance(e0, str) and e0 not in ("fit", "average"):
+            raise ValueError(f"reference_energies must be 'fit', 'average' or a table of eV "
+                             f"per element, got {e0!r}")
+        if isinstance(e0, dict) and (not e0 or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in e0.values())):
+            raise ValueError(f"reference_energies must map element symbols to energies in eV, "
+                             f"got {e0!r}")
+        if not isinstance(e0, (str, dict)):
+            raise ValueError(f"reference_energies must be 'fit', 'average' or a table of eV "
+                             f"per element, got {e0!r}")
         if self.val_batch_size < 1:
             raise ValueError(f"val_batch_size must be >= 1, got {self.val_batch_size}")
 
@@ -119,9 +135,12 @@ class TrainConfig:
     checkpoints, logs, plots); ``seed``: split, initialisation, data order and dropout;
     ``committee``: number of members (1: a single model). ``loss``: weights of energy per
     atom, forces and stress, ``kind`` ``"mse"`` or ``"huber"`` (``delta`` in each target's
-    unit). ``fit``: epochs, learning rate ``lr`` → ``lr_end`` (Adam, cosine, ``warmup_epochs``),
-    ``batch_size``, ``clip``, ``patience``, ``monitor``, ``max_minutes``, ``ema_decay``,
-    ``checkpoint_every``, ``keep``, ``progress``."""
+    unit). ``fit``: the schedule's length as ``steps`` or ``epochs`` (neither: from the
+    training-set size, :func:`jaxmat.core.engine.default_steps`) and ``max_minutes`` (the
+    schedule shrinks to fit it), learning rate ``lr`` → ``lr_end`` (Adam, cosine,
+    ``warmup_epochs``), ``batch_size``, ``clip``, ``patience``, ``monitor``, ``ema_decay``,
+    ``converge_tol``, ``checkpoint_every``, ``keep``, ``progress``. A committee's σ is
+    recalibrated on the validation split and stored in the bundle."""
 
     data: DataConfig
     output: str = "runs/train"
@@ -140,8 +159,8 @@ class TrainConfig:
                 if getattr(getattr(self, section), f) != getattr(default, f):
                     raise ValueError(f"{section}.{f} is set by jaxmat train (from 'seed' and "
                                      "'output'); leave it out")
-        if self.fit.epochs < 1 or self.fit.batch_size < 1:
-            raise ValueError("fit.epochs and fit.batch_size must be >= 1")
+        if self.fit.batch_size < 1:
+            raise ValueError(f"fit.batch_size must be >= 1, got {self.fit.batch_size}")
         if self.loss.stress and not self.model.stress:
             raise ValueError("loss.stress > 0 needs model.stress = true")
         monitors = ["loss", *(f"{t}_mae" for t in self.loss.targets)]
@@ -243,6 +262,8 @@ def parse(raw: dict) -> TrainConfig:
 def to_dict(cfg: TrainConfig) -> dict:
     """Plain nested dict of ``cfg`` (None values and the unused model tables left out)."""
     raw = to_json(cfg)
+    if cfg.data.split_file is not None:  # the split comes from the file; writing both
+        raw["data"].pop("split", None)   # would make the written config unreadable
     raw["model"] = {k: v for k, v in raw["model"].items()
                     if k not in MODELS or k == cfg.model.name}
     for k in FITTED:

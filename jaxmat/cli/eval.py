@@ -31,14 +31,17 @@ def labels(records: Sequence[Record], kind: str) -> list[np.ndarray] | None:
 
 
 def errors(model: Model, params: Params, records: Sequence[Record],
-           batch_size: int = 32) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+           batch_size: int = 32, calibration: dict | None = None
+           ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """``(metrics, arrays)`` of ``model`` with single or committee ``params`` on labelled
     ``records``. ``metrics``: ``n_structures``, ``n_atoms``, ``energy_mae_eV``,
     ``energy_rmse_eV``, ``energy_mae_eV_per_atom``, ``energy_rmse_eV_per_atom``,
     ``forces_mae_eV_per_A``, ``forces_rmse_eV_per_A``, ``stress_mae_eV_per_A3``,
     ``stress_rmse_eV_per_A3`` (those whose labels the records carry) and, for committees,
-    ``calibration`` ``{"energy_eV": ..., "forces_eV_per_A": ...}``. ``arrays``: true and
-    predicted values (``energy_true``, ``energy_pred``, ... flattened) for parity plots."""
+    ``calibration`` ``{"energy_eV": ..., "forces_eV_per_A": ...}`` of the σ scaled by
+    ``calibration`` (a bundle's; raw σ without it) and, with it, ``calibration_raw`` of the
+    raw σ. ``arrays``: true and predicted values (``energy_true``, ``energy_pred``, ...
+    flattened; ``<kind>_sigma`` calibrated) for parity plots."""
     if not records:
         raise ValueError("no structures to evaluate")
     kinds = [k for k in ("energy", "forces", "stress") if labels(records, k) is not None]
@@ -64,16 +67,22 @@ def errors(model: Model, params: Params, records: Sequence[Record],
         if kind == "energy":
             _mae_rmse(metrics, "energy", "eV_per_atom", (p - t) / n_atoms)
     if "energy_var" in pred:
-        cal = {}
+        cal, raw = {}, {}
+        scales = {k: float(v["scale"]) for k, v in (calibration or {}).items()}
         for kind, unit in (("energy", "eV"), ("forces", "eV_per_A")):
             if kind in kinds and f"{kind}_var" in pred:
                 var = pred[f"{kind}_var"]
                 s = np.sqrt(np.concatenate([np.ravel(v) for v in var]) if isinstance(var, list)
                             else np.ravel(var))
-                arrays[f"{kind}_sigma"] = s
-                cal[f"{kind}_{unit}"] = calibrate.metrics(arrays[f"{kind}_pred"]
-                                                          - arrays[f"{kind}_true"], s)
+                err = arrays[f"{kind}_pred"] - arrays[f"{kind}_true"]
+                arrays[f"{kind}_sigma"] = scales.get(kind, 1.0) * s
+                cal[f"{kind}_{unit}"] = calibrate.metrics(err, arrays[f"{kind}_sigma"])
+                raw[f"{kind}_{unit}"] = calibrate.metrics(err, s)
+                if kind in scales:
+                    cal[f"{kind}_{unit}"]["scale"] = scales[kind]
         metrics["calibration"] = cal
+        if calibration:
+            metrics["calibration_raw"] = raw
     return metrics, arrays
 
 
@@ -140,9 +149,14 @@ def format_metrics(m: dict[str, Any]) -> str:
             if f"{kind}_mae_{u}" in m:
                 lines.append(f"  {kind:7s} MAE {m[f'{kind}_mae_{u}']:.5g}  RMSE "
                              f"{m[f'{kind}_rmse_{u}']:.5g}  [{_unit(u)}]")
+    raw = m.get("calibration_raw", {})
     for name, c in m.get("calibration", {}).items():
-        lines.append(f"  σ {name}: NLL {c['nll']:.4g}, Spearman {c['spearman']:.3f}, "
-                     f"miscalibration area {c['miscalibration_area']:.3f}, coverage 68/95 % "
-                     f"{100 * c['coverage_68']:.1f}/{100 * c['coverage_95']:.1f}, "
-                     f"mean σ {c['mean_sigma']:.4g}")
+        for label, x in ((f"σ {name} raw", raw.get(name)),
+                         (f"σ {name} calibrated (x{c.get('scale', 1.0):.3g})"
+                          if name in raw else f"σ {name}", c)):
+            if x is not None:
+                lines.append(f"  {label}: NLL {x['nll']:.4g}, Spearman {x['spearman']:.3f}, "
+                             f"miscalibration area {x['miscalibration_area']:.3f}, coverage "
+                             f"68/95 % {100 * x['coverage_68']:.1f}/{100 * x['coverage_95']:.1f},"
+                             f" RMSE/mean σ {x['rmse'] / x['mean_sigma']:.3g}")
     return "\n".join(lines)

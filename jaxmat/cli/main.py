@@ -36,7 +36,7 @@ def parser() -> argparse.ArgumentParser:
                    help="replace an existing run (finished or not) in the output directory")
     t.add_argument("--max-epochs", type=int, default=None,
                    help="stop this call after this many epochs (the LR schedule still "
-                        "follows fit.epochs); rerun to continue")
+                        "follows fit.steps / fit.epochs); rerun to continue")
     t.add_argument("--log-every", type=float, default=30.0, metavar="SECONDS",
                    help="without a terminal: one progress line per this many seconds")
     t.add_argument("--checkpoint-every", type=float, default=60.0, metavar="SECONDS",
@@ -49,7 +49,8 @@ def parser() -> argparse.ArgumentParser:
                        description="MAE and RMSE of energy (eV per structure and eV/atom), "
                        "force components (eV/Å) and stress components (eV/Å³) of a bundle on "
                        "labelled structures; committee σ calibration (NLL, Spearman, "
-                       "miscalibration area, 68/95 %% coverage) for committees.")
+                       "miscalibration area, 68/95 %% coverage) for committees, with the raw σ "
+                       "and the σ recalibrated as the bundle stores it.")
     e.add_argument("model", help="model bundle directory (e.g. runs/x/model)")
     e.add_argument("data", help="ASE-readable file of labelled structures")
     e.add_argument("--index", default=":", help="ASE index of the structures to use")
@@ -130,7 +131,7 @@ def _eval(args: argparse.Namespace) -> None:
     atoms = data.read_structures(args.data, args.index, args.energy_key, args.forces_key,
                                  args.stress_key)
     records = graph.records(atoms, b.model)
-    metrics, arrays = errors(b.model, b.params, records, args.batch_size)
+    metrics, arrays = errors(b.model, b.params, records, args.batch_size, b.calibration)
     metrics = {"model": b.path, "data": args.data, **metrics}
     print(format_metrics(metrics), file=sys.stderr if args.json_out == "-" else sys.stdout)
     if args.json_out == "-":

@@ -28,6 +28,7 @@ import os
 import shutil
 import sys
 import time
+import warnings
 from typing import Any, TextIO
 
 import numpy as np
@@ -36,7 +37,7 @@ from jaxmat import data as jdata
 from jaxmat.cli import config as cli_config
 from jaxmat.cli.config import DataConfig, TrainConfig
 from jaxmat.cli.eval import errors, parity_plot, pyplot
-from jaxmat.core import bundle, callbacks, engine, ensemble, graph, potential, train
+from jaxmat.core import bundle, calibrate, callbacks, engine, ensemble, graph, potential, train
 from jaxmat.core.protocol import Model, Params
 from jaxmat.models import painn, schnet
 
@@ -130,7 +131,19 @@ def prepare(cfg: TrainConfig, parts: dict[str, list]) -> Prepared:
     mcfg = cfg.model.config
     spec = BUILDERS[cfg.model.name](mcfg).graph  # the graph does not depend on the statistics
     records = {k: graph.records(v, spec) if v else [] for k, v in parts.items()}
-    mcfg = mcfg.with_stats(*potential.energy_stats(records["train"]))
+    e0 = cfg.data.reference_energies
+    if isinstance(e0, dict):  # every element of every split needs its E0
+        from ase.data import chemical_symbols
+
+        seen = {chemical_symbols[int(z)] for v in records.values() for r in v for z in r.numbers}
+        missing = sorted(seen - set(e0))
+        if missing:
+            raise ValueError(f"data.reference_energies gives no E0 for {missing}, which the "
+                             f"data contain (given: {sorted(e0)})")
+    try:
+        mcfg = mcfg.with_stats(*potential.output_stats(records["train"], e0))
+    except ValueError as e:
+        raise ValueError(f"data.reference_energies: {e}") from None
     model = potential.potential(BUILDERS[cfg.model.name](mcfg), stress=cfg.model.stress)
     loader = graph.GraphLoader(records["train"], batch_size=cfg.fit.batch_size,
                                layout=cfg.data.layout, model=model, seed=cfg.seed)
@@ -203,10 +216,10 @@ def run(cfg: TrainConfig, overwrite: bool = False, max_epochs: int | None = None
         checkpoint_every_s: float | None = 60.0, stream: TextIO | None = None,
         where: str = "config") -> dict[str, Any]:
     """Train as ``cfg`` says and write the run directory (see the module docstring).
-    ``max_epochs`` caps the epochs of this call (the schedule follows ``fit.epochs``; rerun
+    ``max_epochs`` caps the epochs of this call (the schedule follows the plan; rerun
     to continue). Checkpoints: every ``fit.checkpoint_every`` epochs but at most one per
     ``checkpoint_every_s`` seconds, and at the end. Returns the summary written to
-    ``metrics.json``, or, when the run stopped at ``max_epochs`` before ``fit.epochs``,
+    ``metrics.json``, or, when the run stopped at ``max_epochs`` before the schedule ends,
     ``{"finished": False, ...}``. Errors in the data are prefixed with ``where`` (the
     config file)."""
     stream = stream or sys.stderr
@@ -249,12 +262,15 @@ def run(cfg: TrainConfig, overwrite: bool = False, max_epochs: int | None = None
         cbs.append(callbacks.TensorBoard(os.path.join(out, "tensorboard")))
     engine_cfg = dataclasses.replace(cfg, fit=dataclasses.replace(
         full, patience=None, checkpoint_dir=None, log_path=None))
-    res = fit(engine_cfg, p, init_params(cfg, p), tuple(cbs), max_epochs)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", engine.NotConvergedWarning)
+        res = fit(engine_cfg, p, init_params(cfg, p), tuple(cbs), max_epochs)
+    for w in caught:  # through the run's stream, as the other lines
+        print(f"jaxmat train: warning: {w.message}", file=stream, flush=True)
     epochs = len(res.history)
-    if epochs < cfg.fit.epochs and not res.timed_out and not _stopped(res) \
-            and max_epochs is not None:
-        print(f"jaxmat train: stopped after epoch {epochs} of {cfg.fit.epochs} "
-              "(--max-epochs); rerun the same command to continue", file=stream)
+    if res.convergence is None and not _stopped(res) and max_epochs is not None:
+        print(f"jaxmat train: stopped after epoch {epochs} (--max-epochs); rerun the same "
+              "command to continue", file=stream)
         return {"finished": False, "epochs_run": epochs}
     summary = finish(cfg, p, res, idx, time.perf_counter() - t0)
     print(f"jaxmat train: saved {os.path.join(out, 'model')}", file=stream)
@@ -272,12 +288,22 @@ def finish(cfg: TrainConfig, p: Prepared, res: Any, idx: dict, seconds: float) -
     summary: dict[str, Any] = {
         "finished": True, "epochs_run": len(res.history),
         "best_epoch": res.best_epoch, "timed_out": res.timed_out, "train_seconds": res.seconds,
-        "n_structures": {k: len(v) for k, v in idx.items()}}
+        "n_structures": {k: len(v) for k, v in idx.items()},
+        "convergence": res.convergence}
+    calibration = None
+    if cfg.committee > 1:  # σ recalibrated on the validation split, stored in the bundle
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            calibration = calibrate.fit_committee(p.model, res.params, p.records["val"],
+                                                  batch_size=cfg.data.val_batch_size)
+        for w in caught:
+            print(f"jaxmat train: warning: {w.message}", file=sys.stderr, flush=True)
+        summary["calibration"] = calibration
     arrays = {}
     for k in ("val", "test"):
         if p.records[k]:
             summary[k], arrays[k] = errors(p.model, res.params, p.records[k],
-                                           cfg.data.val_batch_size)
+                                           cfg.data.val_batch_size, calibration)
     _write(os.path.join(out, "metrics.json"), json.dumps(summary, indent=1) + "\n")
     which = "test" if "test" in arrays else "val"
     parity_plot(os.path.join(out, "parity.png"), arrays[which],
@@ -285,7 +311,9 @@ def finish(cfg: TrainConfig, p: Prepared, res: Any, idx: dict, seconds: float) -
     learning_curve(os.path.join(out, "learning_curve.png"), res.history)
     bundle.save(os.path.join(out, "model"), p.model, res.params,
                 metadata={"config": cli_config.to_dict(cfg), "metrics": summary,
-                          "wall_seconds": seconds})
+                          "wall_seconds": seconds},
+                training=bundle.training_summary(p.records["train"], cfg.data.reference_energies),
+                calibration=calibration)
     return summary
 
 

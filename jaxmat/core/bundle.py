@@ -6,7 +6,10 @@
     ``graph`` (:class:`jaxmat.core.protocol.GraphSpec`); ``references`` (eV per element symbol),
     ``scale`` and ``shift`` (eV/atom) as read from the config; ``units``; ``params`` (file,
     ``n_members`` — null for a single model, M for a committee with a leading member axis —
-    and the shape and dtype of every array); ``metadata`` (free JSON).
+    and the shape and dtype of every array); ``metadata`` (free JSON); optionally
+    ``training`` (:func:`training_summary`: the energy range of the training structures)
+    and ``calibration`` (per target ``{"scale", "method", "n", "before", "after"}``: the
+    committee σ recalibration, ``σ_calibrated = scale · σ_raw``, fitted on validation data).
 ``path/params.npz``
     one array per params leaf, named by its '/'-joined pytree path.
 
@@ -42,6 +45,7 @@ JSON_FILE, PARAMS_FILE = "bundle.json", "params.npz"
 UNITS = {"energy": "eV", "length": "Å", "forces": "eV/Å", "stress": "eV/Å³"}
 _KEYS = {"format", "format_version", "jaxmat_version", "model", "graph", "references",
          "scale", "shift", "units", "params", "metadata"}
+_OPTIONAL = {"training", "calibration"}  # absent in bundles written before they existed
 
 
 # --------------------------------------------------------------------------- registry
@@ -286,13 +290,16 @@ def _n_members(got: dict[str, tuple], want: dict[str, tuple], where: str) -> int
 
 # --------------------------------------------------------------------------- save
 def save(path: str | os.PathLike, model: Model, params: Params, *,
-         metadata: dict | None = None, overwrite: bool = False) -> str:
+         metadata: dict | None = None, overwrite: bool = False,
+         training: dict | None = None, calibration: dict | None = None) -> str:
     """Write ``model`` and its ``params`` (single, or a committee with a leading member
     axis) as a bundle directory at ``path``; returns its absolute path.
 
     The bundle is written to a temporary sibling directory, read back and checked, then
     renamed into place. An existing non-empty ``path`` is refused unless ``overwrite`` is
     set and it is a bundle; ``metadata`` is any JSON-able dict (e.g. metrics).
+    ``training`` (:func:`training_summary`) and ``calibration``
+    (:func:`jaxmat.core.calibrate.fit_targets`) are stored as given (checked).
     """
     path = os.path.abspath(os.fspath(path))
     desc = _describe(model)
@@ -310,7 +317,8 @@ def save(path: str | os.PathLike, model: Model, params: Params, *,
            "params": {"file": PARAMS_FILE, "n_members": n_members,
                       "arrays": {k: {"shape": list(a.shape), "dtype": str(a.dtype)}
                                  for k, a in sorted(arrays.items())}},
-           "metadata": to_json(metadata or {}, "metadata")}
+           "metadata": to_json(metadata or {}, "metadata"),
+           **_sections(training, calibration, n_members)}
     _check_target(path, overwrite)
     parent, base = os.path.split(path)
     os.makedirs(parent, exist_ok=True)
@@ -389,6 +397,14 @@ class Bundle:
     shift: float | None
     metadata: dict
     jaxmat_version: str
+    training: dict | None = None
+    calibration: dict | None = None
+
+    @property
+    def sigma_scale(self) -> dict[str, float]:
+        """Recalibration factors ``{"energy": s_E, "forces": s_F}`` of the committee σ
+        (1.0 where the bundle stores none)."""
+        return sigma_scales(self.calibration)
 
     @property
     def graph(self) -> GraphSpec:
@@ -426,8 +442,10 @@ def load(path: str | os.PathLike) -> Bundle:
     meta = doc["metadata"]
     if not isinstance(meta, dict):
         raise ValueError(f"{file}: metadata must be a JSON object")
+    sections = _sections(doc.get("training"), doc.get("calibration"), n, file)
     return Bundle(path, model, params, n, doc["references"], doc["scale"], doc["shift"], meta,
-                  str(doc["jaxmat_version"]))
+                  str(doc["jaxmat_version"]), sections.get("training"),
+                  sections.get("calibration"))
 
 
 def _read_json(file: str) -> dict:
@@ -447,9 +465,9 @@ def _read_json(file: str) -> dict:
                "older or unknown; re-save the model with a jaxmat that reads it")
         raise ValueError(f"{file}: bundle format version {v!r} is {age} "
                          f"(this jaxmat reads version {FORMAT_VERSION})")
-    if set(doc) != _KEYS:
-        raise ValueError(f"{file}: unknown keys {sorted(set(doc) - _KEYS)}, missing keys "
-                         f"{sorted(_KEYS - set(doc))}")
+    if not _KEYS <= set(doc) <= _KEYS | _OPTIONAL:
+        raise ValueError(f"{file}: unknown keys {sorted(set(doc) - _KEYS - _OPTIONAL)}, "
+                         f"missing keys {sorted(_KEYS - set(doc))}")
     return doc
 
 
@@ -480,3 +498,92 @@ def _read_params(npz: str, index: Any, model: Model, file: str) -> tuple[Params,
                          f"{'a single model' if n is None else f'{n} members'}")
     return jax.tree_util.tree_unflatten(treedef, [jax.numpy.asarray(arrays[k])
                                                   for k in tmpl]), n
+
+
+# --------------------------------------------------------------------------- training range, σ calibration
+def training_summary(records: Any, reference_energies: str | dict | None = None) -> dict:
+    """The energy range of the training structures, stored as a bundle's ``training``:
+    ``{"n_structures", "energy_per_atom_eV": [min, max], "energy_per_atom_by_formula_eV":
+    {formula: [min, max]}}`` (eV/atom = total energy / number of atoms; Hill formulas such
+    as ``C2H6O``). ``records``: :class:`jaxmat.core.graph.Record` or ASE Atoms with an
+    energy (``targets["energy"]`` or a calculator). ``reference_energies``: how the E0s
+    were set (``"fit"``, ``"average"`` or the given dict), recorded as such."""
+    by: dict[str, list[float]] = {}
+    every = []
+    for k, r in enumerate(records):
+        numbers, energy = _numbers_energy(r, k)
+        e = energy / len(numbers)
+        every.append(e)
+        f = _formula(numbers)
+        lo, hi = by.get(f, (e, e))
+        by[f] = [min(lo, e), max(hi, e)]
+    if not every:
+        raise ValueError("training_summary needs at least one structure with an energy")
+    out: dict[str, Any] = {"n_structures": len(every),
+                           "energy_per_atom_eV": [float(min(every)), float(max(every))],
+                           "energy_per_atom_by_formula_eV": {k: [float(a), float(b)]
+                                                             for k, (a, b) in sorted(by.items())}}
+    if reference_energies is not None:
+        out["reference_energies"] = reference_energies
+    return out
+
+
+def _formula(numbers: Any) -> str:
+    from ase.data import chemical_symbols
+    from ase.formula import Formula
+
+    return Formula("".join(chemical_symbols[int(z)] for z in numbers)).format("hill")
+
+
+def _numbers_energy(r: Any, k: int) -> tuple[np.ndarray, float]:
+    if hasattr(r, "targets") and hasattr(r, "numbers"):
+        if "energy" not in r.targets:
+            raise ValueError(f"training structure {k} carries no energy; keys found: "
+                             f"{sorted(r.targets)}")
+        return np.asarray(r.numbers), float(r.targets["energy"])
+    if hasattr(r, "get_potential_energy"):
+        try:
+            return np.asarray(r.numbers), float(r.get_potential_energy())
+        except Exception as e:  # noqa: BLE001 — an Atoms without a calculator
+            raise ValueError(f"training structure {k} ({r.get_chemical_formula()}) has no "
+                             f"energy: {e}") from None
+    raise ValueError(f"training structure {k}: expected a Record or ASE Atoms, got "
+                     f"{type(r).__name__}")
+
+
+def sigma_scales(calibration: dict | None) -> dict[str, float]:
+    """``{"energy": s_E, "forces": s_F}`` from a bundle's ``calibration`` (1.0 where absent)."""
+    cal = calibration or {}
+    return {t: float(cal[t]["scale"]) if t in cal else 1.0 for t in ("energy", "forces")}
+
+
+def _sections(training: Any, calibration: Any, n_members: int | None,
+              where: str = "save") -> dict:
+    """The optional ``training`` and ``calibration`` entries of a bundle, checked."""
+    out: dict[str, Any] = {}
+    if training is not None:
+        t = to_json(training, "training")
+        if not isinstance(t, dict) or not _is_range(t.get("energy_per_atom_eV")) \
+                or not isinstance(t.get("n_structures"), int) \
+                or not all(_is_range(v) for v in
+                           dict(t.get("energy_per_atom_by_formula_eV", {})).values()):
+            raise ValueError(f"{where}: training must hold n_structures, energy_per_atom_eV "
+                             f"[min, max] and energy_per_atom_by_formula_eV, got {training!r}")
+        out["training"] = t
+    if calibration is not None:
+        c = to_json(calibration, "calibration")
+        if n_members is None:
+            raise ValueError(f"{where}: a calibration needs committee params (a single "
+                             "model has no σ)")
+        bad = [k for k, v in c.items() if not isinstance(v, dict) or
+               not isinstance(v.get("scale"), (int, float)) or not v["scale"] > 0] \
+            if isinstance(c, dict) else ["(not an object)"]
+        if bad:
+            raise ValueError(f"{where}: calibration entries {bad} need a positive 'scale'")
+        out["calibration"] = c
+    return out
+
+
+def _is_range(v: Any) -> bool:
+    return (isinstance(v, list) and len(v) == 2 and all(isinstance(x, (int, float)) for x in v)
+            and v[0] <= v[1])

@@ -12,7 +12,10 @@ in the same unit (e.g. eV/Å for force components, eV for energies), as arrays o
 * :func:`fit_scale` -- the recalibration factor ``s`` (``sigma -> s sigma``) that minimises the
   Gaussian NLL on validation data, in closed form ``s² = mean(err² / sigma²)`` (or, robustly,
   matches the median of ``|err| / sigma``);
-  :func:`recalibrate` applies it at prediction time.
+  :func:`recalibrate` applies it at prediction time;
+* :func:`fit_targets` -- one scale per target (energy, forces) with the metrics before and
+  after, the ``calibration`` section of a committee bundle; :func:`scale_outputs` applies
+  it to the variances of :func:`jaxmat.core.predict.predict`.
 
 Plots (:func:`plot_calibration`, :func:`plot_error_vs_sigma`, :func:`plot_parity`) import
 matplotlib only when called.
@@ -20,6 +23,7 @@ matplotlib only when called.
 from __future__ import annotations
 
 import math
+import warnings
 from statistics import NormalDist
 from collections.abc import Sequence
 from typing import Any
@@ -154,6 +158,79 @@ def metrics(err: Any, sigma: Any) -> dict[str, float]:
         "coverage_68": coverage(e, s, 0.6827),
         "coverage_95": coverage(e, s, 0.95),
     }
+
+
+MIN_STRUCTURES = 20  # fewer validation structures give a recalibration with a warning
+
+
+def fit_targets(errors: dict[str, tuple[Any, Any]], n_structures: int, method: str = "nll",
+                min_structures: int = MIN_STRUCTURES) -> dict[str, dict]:
+    """Per-target recalibration: ``errors`` maps a target (``"energy"`` eV, ``"forces"``
+    eV/Å components) to ``(err, sigma)`` on validation data of ``n_structures`` structures.
+    Returns ``{target: {"scale", "method", "n", "before", "after"}}`` (``before``/``after``:
+    :func:`metrics` with raw and scaled σ; ``n``: structures). Fewer than
+    ``min_structures`` structures give a warning naming the number."""
+    if n_structures < min_structures:
+        warnings.warn(f"σ recalibration fitted on {n_structures} validation structures "
+                      f"(fewer than {min_structures}): the scale is uncertain", stacklevel=2)
+    out = {}
+    for target, (err, sigma) in errors.items():
+        scale = fit_scale(err, sigma, method)
+        out[target] = {"scale": scale, "method": method, "n": int(n_structures),
+                       "before": _finite(metrics(err, sigma)),
+                       "after": _finite(metrics(err, recalibrate(sigma, scale)))}
+    return out
+
+
+def committee_errors(model: Any, params: Any, records: Sequence[Any],
+                     batch_size: int = 32) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``{target: (err, sigma)}`` of committee ``params`` on labelled ``records``
+    (:class:`jaxmat.core.graph.Record`): ``"energy"`` per structure (eV) and ``"forces"``
+    per component (eV/Å), where every record carries the label; raw committee σ."""
+    from jaxmat.core.predict import predict
+
+    pred = predict(model, params, records, batch_size=batch_size)
+    out = {}
+    if "energy_var" in pred and all("energy" in r.targets for r in records):
+        true = np.array([r.targets["energy"] for r in records], dtype=np.float64)
+        out["energy"] = (np.asarray(pred["energy"]) - true, np.sqrt(pred["energy_var"]))
+    if "forces_var" in pred and all("forces" in r.node_targets for r in records):
+        err = np.concatenate([np.ravel(p - r.node_targets["forces"])
+                              for p, r in zip(pred["forces"], records)])
+        out["forces"] = (err, np.sqrt(np.concatenate([np.ravel(v) for v in pred["forces_var"]])))
+    return out
+
+
+def fit_committee(model: Any, params: Any, records: Sequence[Any], method: str = "nll",
+                  batch_size: int = 32) -> dict[str, dict]:
+    """The ``calibration`` of a committee bundle: :func:`fit_targets` on the errors and σ
+    of committee ``params`` on labelled (validation) ``records``."""
+    errs = committee_errors(model, params, records, batch_size)
+    if not errs:
+        raise ValueError("σ recalibration needs committee params (a leading member axis) "
+                         "and records labelled with energies or forces")
+    return fit_targets(errs, len(records), method)
+
+
+def _finite(m: dict) -> dict:
+    """Metrics with NaN (e.g. Spearman of constant σ) as None, so JSON can hold them."""
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+            for k, v in m.items()}
+
+
+def scale_outputs(outputs: dict, calibration: dict | None) -> dict:
+    """Committee outputs of :func:`jaxmat.core.predict.predict` with the variances
+    (``energy_var``, ``forces_var``, ``forces_var_atom``, ...) multiplied by ``scale²`` of
+    the bundle's ``calibration`` for their target; others unchanged (``None``: as given)."""
+    if not calibration:
+        return outputs
+    out = dict(outputs)
+    for target, entry in calibration.items():
+        s2 = float(entry["scale"]) ** 2
+        for k, v in outputs.items():
+            if k == f"{target}_var" or k.startswith(f"{target}_var_"):
+                out[k] = [s2 * x for x in v] if isinstance(v, list) else s2 * np.asarray(v)
+    return out
 
 
 # --------------------------------------------------------------------------- plots

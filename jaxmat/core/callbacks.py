@@ -89,7 +89,7 @@ class Checkpoint(Callback):
         self.last = time.monotonic()
 
     def on_start(self, run: Run) -> None:
-        from jaxmat.core.engine import first, stack_one
+        from jaxmat.core.committee import first, stack_one
 
         if self.ckpt.latest_step() is not None:
             _, state, meta = self.ckpt.restore(first(run.state) if run.single else run.state)
@@ -97,7 +97,7 @@ class Checkpoint(Callback):
             run.state = stack_one(state) if run.single else state
 
     def on_epoch_end(self, run: Run, row: dict) -> None:
-        from jaxmat.core.engine import first
+        from jaxmat.core.committee import first
 
         due = run.epoch % self.every == 0 and (
             self.every_s is None or time.monotonic() - self.last >= self.every_s)
@@ -154,24 +154,30 @@ class CSVLog(Callback):
 
 
 class Progress(Callback):
-    """Progress over the epochs of this call with the monitored metric: a tqdm bar on a
-    terminal; otherwise (logs, pipes) one plain line every ``every_s`` seconds and at the end,
-    so a log file does not fill with bar redraws. ``keys``: further row entries shown, by
-    their :func:`unit_name` (e.g. ``("val_energy_mae", "val_forces_mae")``)."""
+    """Progress over the epochs of this call: a tqdm bar on a terminal; otherwise (logs,
+    pipes) one plain line every ``every_s`` seconds and at the end, so a log file does not
+    fill with bar redraws. Shown: step of the schedule, learning rate, training and
+    validation loss, and the MAEs of the row by their :func:`unit_name` (``keys`` limits
+    the MAEs to those entries, e.g. ``("val_energy_mae", "val_forces_mae")``)."""
 
     def __init__(self, every_s: float = 30.0, stream: Any = None, keys: tuple[str, ...] = ()):
         self.every_s, self.stream, self.keys = every_s, stream, tuple(keys)
         self.bar, self.last, self.pending = None, None, None
 
-    def _extra(self, row: dict) -> dict[str, str]:
-        return {unit_name(k): " ".join(f"{x:.4g}" for x in np.atleast_1d(row[k]))
-                for k in self.keys if k in row}
+    def _values(self, row: dict) -> dict[str, str]:
+        want = [unit_name(k) for k in self.keys] if self.keys else [
+            k for k in row if k.endswith(tuple(UNITS.values())) and "_mae_" in k
+            and (k.startswith("train_") or k.startswith("val_"))]
+        shown = {}
+        for k in ["train_loss", "val_loss", *want]:
+            if k in row and (k.endswith("loss") or k in want):
+                shown[k] = " ".join(f"{x:.4g}" for x in np.atleast_1d(row[k]))
+        return shown
 
     def on_epoch_end(self, run: Run, row: dict) -> None:
         stream = self.stream or sys.stderr
         desc = "fit" if run.single else f"fit x{run.n}"
-        metric = " ".join(f"{x:.4g}" for x in np.atleast_1d(
-            row.get(f"val_{run.config.monitor}", row["train_loss"])))
+        values = self._values(row)
         if self.bar is None and self.last is None and stream.isatty():
             from tqdm.auto import tqdm
 
@@ -179,11 +185,11 @@ class Progress(Callback):
                             desc=desc, mininterval=2.0, file=stream)
         if self.bar is not None:
             self.bar.update(1)
-            self.bar.set_postfix({run.config.monitor: metric, **self._extra(row)},
-                                 refresh=False)
+            self.bar.set_postfix(values, refresh=False)
             return
-        line = f"{desc}: epoch {row['epoch']}/{run.stop_epoch} {run.config.monitor} {metric}"
-        line += "".join(f" {k} {v}" for k, v in self._extra(row).items())
+        line = (f"{desc}: epoch {row['epoch']}/{run.stop_epoch} step {row.get('steps', '?')}/"
+                f"{run.total_steps} lr {row.get('lr', float('nan')):.3g}")
+        line += "".join(f", {k} {v}" for k, v in values.items())
         now = time.monotonic()
         if self.last is None or now - self.last >= self.every_s:
             print(line, file=stream, flush=True)

@@ -125,3 +125,13 @@ def check_finite(outputs: Outputs) -> Outputs:
             raise ValueError(f"non-finite (NaN/inf) predictions in '{k}' from member(s) "
                              f"{[int(b) for b in bad]}")
     return outputs
+
+
+def stack_one(tree: Any) -> Any:
+    """A single model's pytree as a committee of one (leading axis of length 1)."""
+    return jax.tree_util.tree_map(lambda x: x[None], tree)
+
+
+def first(tree: Any) -> Any:
+    """Member 0 of a committee pytree, without the member axis."""
+    return jax.tree_util.tree_map(lambda x: x[0], tree)

@@ -8,9 +8,14 @@ declare the batch entries they need in ``targets`` and apply padding masks with
 ``jnp.where``, so NaN/inf in padded entries reach neither the loss nor its gradient.
 
 The learning rate is an argument of the compiled step, computed on the host from each
-member's step count (Adam, linear warm-up, cosine decay over ``epochs``), so runs of any
-length share one compiled step. :mod:`jaxmat.core.train` (one model) and :mod:`jaxmat.core.ensemble`
-(committees) are thin fronts of :func:`run`.
+member's step count (Adam, linear warm-up, cosine decay over the run's optimiser steps), so
+runs of any length share one compiled step. The schedule's length is set in steps: given
+(``steps`` or ``epochs``) or, by default, from the size of the training set
+(:func:`default_steps`), and shortened to fit a wall-time budget (``max_minutes``) so that a
+capped run still anneals; the plan and the time spent are saved in checkpoints. A run that
+ends with its validation metric still falling warns (:func:`convergence`).
+:mod:`jaxmat.core.train` (one model) and :mod:`jaxmat.core.ensemble` (committees) are thin
+fronts of :func:`run`.
 """
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ import dataclasses
 import functools
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -28,7 +34,8 @@ import optax
 
 from jaxmat.core import parallel
 from jaxmat.core.callbacks import (  # noqa: F401  (re-exported: engine.Callback, ...)
-    Callback, Checkpoint, CSVLog, EarlyStopping, Progress, default_callbacks)
+    Callback, Checkpoint, CSVLog, EarlyStopping, Progress, default_callbacks, unit_name)
+from jaxmat.core.committee import first, stack_one  # noqa: F401  (re-exported)
 from jaxmat.core.protocol import Model, Params
 
 Stats = dict[str, tuple[jax.Array, jax.Array]]
@@ -167,7 +174,7 @@ def learning_rates(lr: float, total_steps: int, lr_end: float = 1e-5,
     """:func:`schedule` at steps ``0..total_steps`` (float32), computed on the host: no
     device program per run length."""
     warm = max(warmup_steps, 1)
-    decay = max(total_steps, warmup_steps + 1) - warm
+    decay = max(max(total_steps, warmup_steps + 1) - warm, 1)  # no 0/0 for one-step runs
     start = 0.0 if warmup_steps else lr
     t = np.arange(total_steps + 1, dtype=np.float64)
     linear = start + (lr - start) * np.minimum(t, warm) / warm
@@ -357,21 +364,61 @@ def evaluate(model: Model, params: Params, data: Iterable, loss: Loss, *, split:
 
 
 # --------------------------------------------------------------------------- config, results
+# The default schedule: DEFAULT_PASSES passes over the training set at DEFAULT_LR (batch 16,
+# jaxmat.core.ensemble.CommitteeConfig), at least DEFAULT_MIN_STEPS and at most
+# DEFAULT_MAX_STEPS optimiser steps; chosen on the validation split of ammonia (100-800
+# passes x lr 1e-3 / 3e-3, benchmarks/defaults.py and results/defaults.md): lr 3e-3 won at
+# every length, and 5,600 steps beat 2,800 (val force MAE 12.9 vs 17.1 meV/Å), hence the
+# floor of 6,000 steps for small sets.
+DEFAULT_PASSES = 400
+DEFAULT_MIN_STEPS = 6000
+DEFAULT_MAX_STEPS = 40000
+DEFAULT_LR = 3e-3
+
+
+def default_steps(steps_per_epoch: int) -> int:
+    """Optimiser steps of a run that sets neither ``steps`` nor ``epochs``:
+    ``DEFAULT_PASSES`` epochs, clipped to [``DEFAULT_MIN_STEPS``, ``DEFAULT_MAX_STEPS``]."""
+    if steps_per_epoch < 1:
+        raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
+    return int(np.clip(DEFAULT_PASSES * steps_per_epoch, DEFAULT_MIN_STEPS, DEFAULT_MAX_STEPS))
+
+
+# The convergence check: the relative fall of the monitored validation metric over the last
+# CONVERGE_WINDOW of the epochs. The last 10 % of a cosine schedule runs below 2.5 % of the
+# peak learning rate, where even an under-trained model barely moves (ammonia runs that a
+# longer run beat by 1.2-2x fell 0.4-2 % there); over the last quarter they fell 1.1-31.5 %,
+# and each is flagged at 1 %.
+CONVERGE_WINDOW = 0.25
+CONVERGE_TOL = 0.01
+
+
+class NotConvergedWarning(UserWarning):
+    """A fit ended while its validation metric was still falling."""
+
+
 @dataclasses.dataclass
 class FitConfig:
-    """Settings of a fit. ``epochs`` fixes the LR schedule (Adam, ``warmup_epochs`` of linear
-    warm-up, cosine decay from ``lr`` to ``lr_end``); ``max_minutes`` is a wall-clock budget
-    checked after each epoch: the run stops there, the schedule still follows ``epochs``
-    (a run cut short ends before the LR has decayed; resuming from a checkpoint continues
-    it). ``patience`` (epochs without a better ``monitor``, per member) stops early;
+    """Settings of a fit. The LR schedule (Adam, ``warmup_epochs`` of linear warm-up, cosine
+    decay from ``lr`` to ``lr_end``) runs over ``steps`` optimiser steps, or ``epochs``
+    epochs (give at most one; rounded up to whole epochs); with neither, over
+    :func:`default_steps` of the training-set size. ``max_minutes`` is a wall-clock budget:
+    the step time is measured on the first two epochs and the schedule shortened to what
+    fits, so a capped run still anneals to ``lr_end``; the run also stops when the budget is
+    spent. The plan and the time spent are saved in checkpoints, so a resumed run keeps
+    its schedule and what remains of its budget. ``converge_tol``: the run warns
+    (:class:`NotConvergedWarning`) when the monitored validation metric fell by more than
+    this fraction over the last quarter of its epochs. ``patience`` (epochs without a
+    better ``monitor``, per member) stops early;
     ``ema_decay`` keeps an exponential moving average of the weights, which is then what is
     validated and returned; ``checkpoint_dir`` enables save/resume; ``log_path`` (default
     ``<checkpoint_dir>/metrics.csv``) gets one CSV row per epoch. ``data_parallel`` splits
     every step's batch over that many devices (:mod:`jaxmat.core.parallel`; the loader's
     ``batch_size`` is the global batch and must be a multiple of it)."""
 
-    epochs: int = 100
-    lr: float = 1e-3
+    epochs: int | None = None
+    steps: int | None = None
+    lr: float = DEFAULT_LR
     lr_end: float = 1e-5
     warmup_epochs: int = 0
     clip: float | None = 10.0
@@ -386,6 +433,30 @@ class FitConfig:
     max_minutes: float | None = None
     ema_decay: float | None = None
     data_parallel: int = 1
+    converge_tol: float = CONVERGE_TOL
+
+    def __post_init__(self):
+        if self.epochs is not None and self.steps is not None:
+            raise ValueError(f"give steps or epochs, not both (got steps={self.steps}, "
+                             f"epochs={self.epochs})")
+        for k in ("epochs", "steps"):
+            v = getattr(self, k)
+            if v is not None and v < 1:
+                raise ValueError(f"{k} must be >= 1, got {v}")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise ValueError(f"max_minutes must be positive, got {self.max_minutes}")
+        if not self.converge_tol >= 0:
+            raise ValueError(f"converge_tol must be >= 0, got {self.converge_tol}")
+
+    def requested_steps(self, steps_per_epoch: int) -> int:
+        """The schedule's optimiser steps before any time budget, in whole epochs."""
+        if self.steps is not None:
+            n = self.steps
+        elif self.epochs is not None:
+            n = self.epochs * steps_per_epoch
+        else:
+            n = default_steps(steps_per_epoch)
+        return math.ceil(n / steps_per_epoch) * steps_per_epoch
 
 
 @dataclasses.dataclass
@@ -398,6 +469,7 @@ class FitResult:
     stopped_early: bool
     seconds: float
     timed_out: bool = False  # stopped by ``max_minutes``
+    convergence: dict | None = None  # :func:`convergence` of the run
 
 
 @dataclasses.dataclass
@@ -410,6 +482,7 @@ class CommitteeFitResult:
     stopped_early: list[bool]
     seconds: float
     timed_out: bool = False
+    convergence: dict | None = None
 
 
 # --------------------------------------------------------------------------- the run
@@ -426,9 +499,16 @@ class Run:
     stop_epoch: int
     epoch: int = 0
     history: list = dataclasses.field(default_factory=list)
+    convergence: dict | None = None  # set when the schedule ends (:func:`convergence`)
     stop: bool = False  # set by a callback (or the time budget): end after this epoch
     timed_out: bool = False
     seconds: float = 0.0
+    steps_per_epoch: int = 1
+    requested_steps: int = 0  # the schedule before the time budget
+    total_steps: int = 0      # the schedule's length (steps, whole epochs)
+    plans: int = 0            # epochs whose times have set the schedule (at most 2)
+    elapsed_before: float = 0.0  # seconds spent by earlier calls of a resumed run
+    t0: float = dataclasses.field(default_factory=time.perf_counter)
 
     def __post_init__(self):  # per-member counters, saved in checkpoint metadata
         for k, (fill, dtype) in _COUNTERS.items():
@@ -438,10 +518,22 @@ class Run:
     def done(self) -> bool:
         return self.epoch >= self.stop_epoch or self.stop or bool(self.stopped.all())
 
+    @property
+    def planned_epochs(self) -> int:
+        return self.total_steps // self.steps_per_epoch
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds of training so far, earlier calls of a resumed run included."""
+        return self.elapsed_before + time.perf_counter() - self.t0
+
     def meta(self) -> dict:
         meta = {k: [x if math.isfinite(x) else None for x in getattr(self, k).tolist()]
                 for k in _COUNTERS}
-        return {"epoch": self.epoch, "history": self.history,
+        schedule = {"requested_steps": self.requested_steps, "total_steps": self.total_steps,
+                    "plans": self.plans, "elapsed_s": self.elapsed,
+                    "max_minutes": self.config.max_minutes}
+        return {"epoch": self.epoch, "history": self.history, "schedule": schedule,
                 **({k: v[0] for k, v in meta.items()} if self.single else meta)}
 
     def load_meta(self, meta: dict) -> None:
@@ -451,6 +543,13 @@ class Run:
                 raise ValueError(f"the checkpoint holds {len(v)} members, params have {self.n}")
             setattr(self, k, np.array([fill if x is None else x for x in v], dtype))
         self.epoch, self.history = int(meta["epoch"]), list(meta["history"])
+        sched = meta.get("schedule")  # absent in checkpoints of older versions
+        if sched:
+            self.elapsed_before = float(sched.get("elapsed_s") or 0.0)
+            same = (sched.get("requested_steps") == self.requested_steps
+                    and sched.get("max_minutes") == self.config.max_minutes)
+            if same:  # the same settings: keep the plan made from the first epochs' times
+                self.total_steps, self.plans = int(sched["total_steps"]), int(sched["plans"])
 
     def end_epoch(self, row: dict, metric: np.ndarray) -> None:
         """Record one epoch: best params/metric per member, bad-epoch counters, history."""
@@ -484,16 +583,6 @@ def _squeeze_row(row: dict) -> dict:
 
 
 # --------------------------------------------------------------------------- tree helpers
-def stack_one(tree: Any) -> Any:
-    """A single model's pytree as a committee of one (leading axis of length 1)."""
-    return jax.tree_util.tree_map(lambda x: x[None], tree)
-
-
-def first(tree: Any) -> Any:
-    """Member 0 of a committee pytree, without the member axis."""
-    return jax.tree_util.tree_map(lambda x: x[0], tree)
-
-
 # --------------------------------------------------------------------------- the loop
 class OneMember:
     """A single model's loader (``.epoch(k)`` or a list of batches) as a committee loader of
@@ -537,16 +626,24 @@ def run(model: Model, params: Params, loader: Any, val_data: Any, loss: Loss, cf
              "best_params": jax.tree_util.tree_map(jnp.copy, params)}
     if cfg.ema_decay is not None:
         state["ema"] = jax.tree_util.tree_map(jnp.copy, params)
-    stop = cfg.epochs
-    r = Run(cfg, state, n, single, stop)
+    requested = cfg.requested_steps(spe)
+    r = Run(cfg, state, n, single, requested // spe, steps_per_epoch=spe,
+            requested_steps=requested, total_steps=requested)
     cbs = [*callbacks, *default_callbacks(cfg)]
     t0 = time.perf_counter()
     try:
         for cb in cbs:
-            cb.on_start(r)
+            cb.on_start(r)  # a checkpoint restores counters, history and the schedule
         r.state = put(r.state)
-        r.stop_epoch = stop if max_epochs is None else min(stop, r.epoch + max_epochs)
-        lrs = learning_rates(cfg.lr, cfg.epochs * spe, cfg.lr_end, cfg.warmup_epochs * spe)
+        r.t0 = t0
+        last = None if max_epochs is None else r.epoch + max_epochs
+
+        def plan() -> np.ndarray:
+            r.stop_epoch = r.planned_epochs if last is None else min(r.planned_epochs, last)
+            return learning_rates(cfg.lr, r.total_steps, cfg.lr_end, cfg.warmup_epochs * spe)
+
+        lrs = plan()
+        mark = r.elapsed  # epoch times for the budget: from one epoch's end to the next
         while not r.done:
             te = time.perf_counter()
             row = _train_epoch(r, model, loss, loader, put, lrs, spe, dp)
@@ -560,16 +657,83 @@ def run(model: Model, params: Params, loader: Any, val_data: Any, loss: Loss, cf
                 metric = np.asarray(row["train_loss"], dtype=float)
             row["active"] = [bool(not s) for s in r.stopped]
             row["time_s"] = time.perf_counter() - te
-            r.end_epoch(row, metric)
-            if cfg.max_minutes is not None and time.perf_counter() - t0 >= 60 * cfg.max_minutes:
-                r.stop = r.timed_out = True
+            named = {unit_name(k): v for k, v in row.items()}  # history keys carry units
+            r.end_epoch(named, metric)
+            if cfg.max_minutes is not None:
+                now = r.elapsed
+                if r.plans < 2 and _fit_budget(r, now - mark):
+                    lrs = plan()
+                mark = now
+                if r.elapsed >= 60 * cfg.max_minutes:
+                    r.stop = r.timed_out = True
             for cb in cbs:
-                cb.on_epoch_end(r, row)
+                cb.on_epoch_end(r, named)
     finally:
         for cb in cbs:
             cb.on_end(r)
     r.seconds = time.perf_counter() - t0
+    if r.epoch >= r.planned_epochs or r.timed_out:  # the schedule's end, not a slice's
+        r.convergence = convergence(r)
+        if not r.convergence["converged"]:
+            warnings.warn(r.convergence["message"], NotConvergedWarning, stacklevel=2)
     return r
+
+
+def _fit_budget(r: Run, epoch_s: float) -> bool:
+    """Shorten (or, after the first epoch's compile, lengthen again up to the requested
+    steps) the schedule so that it fits ``max_minutes`` at ``epoch_s`` seconds per epoch
+    (training, validation and callbacks);
+    True when the plan changed. Warns when not even one epoch fits."""
+    budget = 60 * r.config.max_minutes
+    r.plans += 1
+    more = int(max(budget - r.elapsed, 0.0) // max(1.05 * epoch_s, 1e-9))  # 5 % margin
+    epochs = max(min(r.requested_steps // r.steps_per_epoch, r.epoch + more), r.epoch)
+    if r.epoch == 1 and r.elapsed > budget:
+        warnings.warn(f"max_minutes = {r.config.max_minutes:g} ({budget:.1f} s) is shorter than "
+                      f"one epoch ({r.elapsed:.1f} s, {r.steps_per_epoch} steps); the run stops "
+                      "after it, un-annealed: raise fit.max_minutes", stacklevel=3)
+    if epochs * r.steps_per_epoch == r.total_steps:
+        return False
+    r.total_steps = epochs * r.steps_per_epoch
+    return True
+
+
+def convergence(r: Run) -> dict:
+    """Whether a finished run converged: the monitored validation metric (training loss
+    without validation; committee mean) over the epochs, its best epoch (and whether it lies
+    in the last 10 % of the epochs), and its relative fall over the last
+    ``CONVERGE_WINDOW`` of the epochs (min of that window against the min before it);
+    ``converged`` when the fall is at most ``config.converge_tol``. ``message`` names the
+    numbers and the setting to raise."""
+    cfg, hist = r.config, r.history
+    key = unit_name(f"val_{cfg.monitor}")
+    key = key if hist and key in hist[0] else "train_loss"
+    y = np.array([np.nanmean(np.atleast_1d(np.asarray(h[key], float))) for h in hist])
+    n = len(y)
+    window = max(1, math.ceil(CONVERGE_WINDOW * n))
+    fall = 0.0
+    if n > window:
+        before, recent = float(np.min(y[:-window])), float(np.min(y[-window:]))
+        fall = max(0.0, (before - recent) / before) if before > 0 else 0.0
+    best = int(np.argmin(y)) + 1 if n else 0
+    stopped = bool(r.stopped.all())  # early stopping ended every member: converged
+    out = {"converged": stopped or fall <= cfg.converge_tol, "metric": key,
+           "best_epoch": best, "epochs": n, "steps": int(np.max(r.steps)),
+           "total_steps": r.total_steps, "requested_steps": r.requested_steps,
+           "best_in_last_10pct": bool(n and best > 0.9 * n),
+           "recent_fall": fall, "window_epochs": window, "tol": cfg.converge_tol,
+           "timed_out": r.timed_out, "message": ""}
+    if not out["converged"]:
+        raise_key = ("fit.max_minutes" if cfg.max_minutes is not None
+                     and r.total_steps < r.requested_steps else
+                     "fit.steps" if cfg.epochs is None else "fit.epochs")
+        out["raise"] = raise_key
+        out["message"] = (
+            f"training has not converged: the best {key} is at epoch {best} of {n} (step "
+            f"{int(np.max(r.steps))} of {r.total_steps}) and it fell {100 * fall:.1f} % over "
+            f"the last {window} epochs (tolerance {100 * cfg.converge_tol:g} %); raise "
+            f"{raise_key}")
+    return out
 
 
 def _train_epoch(r: Run, model: Model, loss: Loss, loader: Any, put: Callable,
@@ -592,7 +756,8 @@ def _train_epoch(r: Run, model: Model, loss: Loss, loader: Any, put: Callable,
         stats.append(st)
         losses.append(value)
         actives.append(act)
-    row: dict[str, Any] = {"epoch": r.epoch + 1, "time_s": 0.0}
+    row: dict[str, Any] = {"epoch": r.epoch + 1, "time_s": 0.0, "steps": int(np.max(r.steps)),
+                           "lr": float(lrs[min(int(np.max(r.steps)), len(lrs) - 1)])}
     stats, losses = parallel.gather((stats, losses))
     w = np.asarray(actives, dtype=float)
     per = [reduce_stats([st for st, a in zip(sl, w[:, m]) if a])
@@ -609,4 +774,4 @@ def result(r: Run) -> CommitteeFitResult:
     """The committee result of a finished run (per-member lists)."""
     return CommitteeFitResult(r.state["best_params"], r.evaluated, r.history,
                               r.best_epoch.tolist(), r.best_metric.tolist(), r.stopped.tolist(),
-                              r.seconds, r.timed_out)
+                              r.seconds, r.timed_out, r.convergence)

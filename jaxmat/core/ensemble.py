@@ -157,7 +157,7 @@ class CommitteeConfig(FitConfig):
     ``data_parallel`` mesh). ``patience`` and ``monitor`` act per member; ``seed`` sets the
     member data orders."""
 
-    batch_size: int = 32
+    batch_size: int = 16
     mesh: Any = None
 
 

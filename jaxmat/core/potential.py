@@ -133,4 +133,78 @@ def energy_stats(records: Sequence[graph.Record], max_z: int = 118) -> tuple[np.
     return refs, max(float(np.sqrt(np.mean(np.concatenate(forces) ** 2))), 1e-3)
 
 
+
+E0_MODES = ("fit", "average")
+
+
+def reference_energies(records: Sequence[graph.Record], e0: str | dict = "fit",
+                       max_z: int = 118) -> tuple[np.ndarray, float]:
+    """Per-element reference energies E0 (eV, index = Z) and the per-atom shift (eV/atom)
+    left for the model, from the *training* records:
+
+    * ``"fit"``: least squares of the energies on composition counts (MACE's ``E0s``
+      fitted); where the compositions do not determine every element's share (e.g. one
+      molecule), the solution closest to the mean energy per atom is taken, so the E0s
+      stay physical (a plain minimum-norm fit gave H -45 eV on ethanol);
+    * ``"average"``: every element gets the mean energy per atom of the training set
+      (nequip's per-atom mean), well defined for any data;
+    * ``{"H": -13.6, ...}``: given values (e.g. isolated-atom energies); every element of
+      the data needs one (``ValueError`` naming the missing ones), extra elements warn.
+      The shift is then the mean per-atom residual, so the model starts centred.
+    """
+    from ase.data import atomic_numbers, chemical_symbols
+
+    if not records:
+        raise ValueError("cannot fit reference energies on an empty training set")
+    numbers = [np.asarray(r.numbers) for r in records]
+    energies = np.array([r.targets["energy"] for r in records], dtype=np.float64)
+    n_atoms = np.array([len(z) for z in numbers], dtype=np.float64)
+    if isinstance(e0, str):
+        if e0 not in E0_MODES:
+            raise ValueError(f"reference_energies must be one of {list(E0_MODES)} or a table "
+                             f"of eV per element, got {e0!r}")
+        mean = float(np.sum(energies) / np.sum(n_atoms))
+        refs = np.zeros(max_z + 1)
+        refs[np.unique(np.concatenate(numbers))] = mean
+        if e0 == "fit":  # least squares; the minimum-norm part measured from the mean
+            refs = refs + fit_energy_stats(numbers, energies - mean * n_atoms, max_z)[0]
+        return refs, 0.0
+    if not isinstance(e0, dict) or not e0:
+        raise ValueError(f"reference_energies must be 'fit', 'average' or a non-empty table "
+                         f"of eV per element symbol, got {e0!r}")
+    unknown = [k for k in e0 if k not in atomic_numbers]
+    bad = [k for k, v in e0.items() if isinstance(v, bool) or not isinstance(v, (int, float))
+           or not np.isfinite(v)]
+    if unknown or bad:
+        raise ValueError(f"reference_energies: {unknown or bad} are not element symbols with "
+                         "finite energies in eV")
+    present = {chemical_symbols[int(z)] for z in np.unique(np.concatenate(numbers))}
+    missing = sorted(present - set(e0))
+    if missing:
+        raise ValueError(f"reference_energies gives no E0 for {missing}, which the data "
+                         f"contain (given: {sorted(e0)})")
+    extra = sorted(set(e0) - present)
+    if extra:
+        import warnings
+
+        warnings.warn(f"reference_energies gives E0s for {extra}, which are not in the "
+                      "training data; they are kept", stacklevel=2)
+    refs = np.zeros(max_z + 1)
+    for k, v in e0.items():
+        if atomic_numbers[k] <= max_z:
+            refs[atomic_numbers[k]] = float(v)
+    resid = np.array([(e - refs[z].sum()) / n for e, z, n in zip(energies, numbers, n_atoms)])
+    return refs, float(np.mean(resid))
+
+
+def output_stats(records: Sequence[graph.Record], e0: str | dict = "fit",
+                 max_z: int = 118) -> tuple[np.ndarray, float, float]:
+    """``(atom_refs, scale, shift)`` of a potential from its training records: E0s by
+    :func:`reference_energies` and the scale of :func:`energy_stats` (force RMS, eV/Å, or
+    the per-atom residual spread); use as ``cfg.with_stats(*output_stats(train, e0))``."""
+    _, scale = energy_stats(records, max_z)
+    refs, shift = reference_energies(records, e0, max_z)
+    return refs, scale, shift
+
+
 register("potential", potential)

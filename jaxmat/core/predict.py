@@ -31,7 +31,8 @@ _COMMITTEE: dict = {}              # (model, params shapes) -> bool
 
 def predict(model: Model, params: Params, data: Sequence[Any], *, batch_size: int = 32,
             keys: Sequence[str] | None = None, layout: str = "auto",
-            members: bool = False) -> dict[str, np.ndarray | list[np.ndarray]]:
+            members: bool = False,
+            calibration: dict | None = None) -> dict[str, np.ndarray | list[np.ndarray]]:
     """Outputs of ``model`` for every structure of ``data`` (``graph.Record``s or ASE
     ``Atoms``; Atoms need a model with a graph cutoff), in input order.
 
@@ -41,7 +42,9 @@ def predict(model: Model, params: Params, data: Sequence[Any], *, batch_size: in
     choice of :func:`jaxmat.core.graph.resolve_layout`, as in training).
     Committee params give means, variances (:mod:`jaxmat.core.committee`) and, with
     ``members=True``, ``{key}_members`` with the member axis first: ``(M, S, ...)`` or
-    lists of ``(M, n_i, ...)``.
+    lists of ``(M, n_i, ...)``. ``calibration`` (a bundle's, ``jaxmat.load(path).calibration``)
+    scales the variances to calibrated ones (:func:`jaxmat.core.calibrate.scale_outputs`);
+    without it they are the raw committee variances.
     """
     p = plan(model, data, batch_size, layout)
     fn = None
@@ -54,6 +57,10 @@ def predict(model: Model, params: Params, data: Sequence[Any], *, batch_size: in
                       _unpad(per_member, b, grp, p, 1, model.name)))
     out = _join([m for m, _ in parts], 0)
     out.update({f"{k}_members": v for k, v in _join([m for _, m in parts], 1).items()})
+    if calibration:
+        from jaxmat.core.calibrate import scale_outputs
+
+        out = scale_outputs(out, calibration)
     return out
 
 

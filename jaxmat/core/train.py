@@ -56,4 +56,4 @@ def fit(
                    callbacks=callbacks, max_epochs=max_epochs)
     return FitResult(engine.first(r.state["best_params"]), engine.first(r.evaluated), r.history,
                      int(r.best_epoch[0]), float(r.best_metric[0]), bool(r.stopped[0]),
-                     r.seconds, r.timed_out)
+                     r.seconds, r.timed_out, r.convergence)

@@ -386,8 +386,8 @@ class _Loop:
         meta = {"generation": generation, "n_train": len(recs),
                 "train_ids": [int(a.info["row_id"]) for a in atoms],
                 "train_seconds": time.perf_counter() - t0,
-                "train_forces_mae": _mean(last.get("train_forces_mae")),
-                "train_energy_mae": _mean(last.get("train_energy_mae"))}
+                "train_forces_mae": _mean(last.get("train_forces_mae_eV_per_A")),
+                "train_energy_mae": _mean(last.get("train_energy_mae_eV_per_atom"))}
         with Checkpointer(self.ckpt_dir, max_to_keep=None) as ck:
             ck.save(generation, {"params": res.params}, meta)
         return _committed(res.params), meta

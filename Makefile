@@ -17,10 +17,10 @@ demo: $(STAMP)
 	$(BIN)/python -m jaxmat.demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15
 
 test-all: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "slow or not slow"
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15 -m "slow or not slow"
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py

@@ -81,53 +81,6 @@ def test_supercell_consistency(apply, params):
                                np.tile(a["vector_features"][:n], (2, 1, 1)), atol=1e-9)
 
 
-@jax.jit
-def energy_at(params, b, pos, strain):
-    """Energy (eV) of graph 0 with positions replaced and a homogeneous strain applied."""
-    return ENERGY.apply(params, potential.strained(b, pos, strain))["energy"][0]
-
-
-@pytest.mark.parametrize("make", [si_cell, molecule])
-def test_forces_match_central_differences(apply, params, make):
-    atoms = make()
-    b = batch_of([atoms])
-    forces = run(apply, params, [atoms])["forces"]
-    pos0 = np.asarray(b.nodes["positions"])
-    zero = jnp.zeros((graph.n_graphs(b), 3, 3))
-    h = 1e-4
-    rng = np.random.default_rng(2)
-    for a in rng.choice(len(atoms), size=min(4, len(atoms)), replace=False):
-        for x in range(3):
-            dp = np.zeros_like(pos0)
-            dp[a, x] = h
-            fd = -(energy_at(params, b, pos0 + dp, zero) - energy_at(params, b, pos0 - dp, zero)) / (2 * h)
-            np.testing.assert_allclose(forces[a, x], fd, atol=1e-7, rtol=1e-6)
-
-
-def test_stress_matches_strain_differences(apply, params):
-    atoms = si_cell()
-    b = batch_of([atoms])
-    stress = run(apply, params, [atoms])["stress"][0]
-    pos0 = jnp.asarray(b.nodes["positions"])
-    vol = abs(np.linalg.det(np.asarray(atoms.cell)))
-    h = 1e-5
-    for i, j in [(0, 0), (1, 2), (2, 1), (2, 2)]:
-        eps = np.zeros((graph.n_graphs(b), 3, 3))
-        eps[0, i, j] = h
-        fd = (energy_at(params, b, pos0, eps) - energy_at(params, b, pos0, -eps)) / (2 * h) / vol
-        np.testing.assert_allclose(stress[i, j], fd, atol=1e-8)
-
-
-def test_padding_and_batch_neighbours_do_not_change_outputs(apply, params):
-    si, nh3 = si_cell(), molecule()
-    alone = run(apply, params, [si])
-    both = run(apply, params, [nh3, si])  # same shape, other neighbours and padding
-    np.testing.assert_allclose(both["energy"][1], alone["energy"][0], rtol=1e-12)
-    np.testing.assert_allclose(both["forces"][len(nh3):len(nh3) + len(si)],
-                               alone["forces"][: len(si)], atol=1e-12)
-    assert np.all(both["forces"][len(nh3) + len(si):] == 0)
-
-
 @pytest.mark.slow
 def test_committee_calculator_and_attack_work_unchanged():
     """Committee, ASE calculator and attack on PaiNN (~1 min on 2 cores: nightly)."""

@@ -7,7 +7,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from scipy.spatial.transform import Rotation
 
 from jaxmat import data, graph, potential
 from jaxmat.models import SchNetConfig, schnet
@@ -104,42 +103,6 @@ def test_molecule_has_zero_stress(apply, params):
 
 
 # --------------------------------------------------------------------------- symmetries
-def test_rotation_invariance(apply, params):
-    rot = Rotation.from_rotvec([0.3, -1.1, 0.7]).as_matrix()
-    for atoms in (si_cell(), ammonia()):
-        ref = run(apply, params, [atoms], BUDGET)
-        turned = atoms.copy()
-        turned.positions = atoms.positions @ rot.T
-        turned.cell = np.asarray(atoms.cell) @ rot.T
-        out = run(apply, params, [turned], BUDGET)
-        n = len(atoms)
-        np.testing.assert_allclose(out["energy"][0], ref["energy"][0], rtol=1e-10)
-        np.testing.assert_allclose(out["forces"][:n], ref["forces"][:n] @ rot.T, atol=1e-10)
-        np.testing.assert_allclose(out["stress"][0], rot @ ref["stress"][0] @ rot.T, atol=1e-10)
-
-
-def test_translation_invariance(apply, params):
-    for atoms in (si_cell(), ammonia()):
-        ref = run(apply, params, [atoms], BUDGET)
-        moved = atoms.copy()
-        moved.positions += np.array([3.3, -7.1, 12.9])  # outside the cell for the periodic one
-        out = run(apply, params, [moved], BUDGET)
-        np.testing.assert_allclose(out["energy"][0], ref["energy"][0], rtol=1e-10)
-        np.testing.assert_allclose(out["forces"], ref["forces"], atol=1e-10)
-        np.testing.assert_allclose(out["stress"], ref["stress"], atol=1e-10)
-
-
-def test_permutation_invariance(apply, params):
-    for atoms in (si_cell(), ammonia()):
-        ref = run(apply, params, [atoms], BUDGET)
-        perm = np.random.default_rng(4).permutation(len(atoms))
-        out = run(apply, params, [atoms[perm]], BUDGET)
-        n = len(atoms)
-        np.testing.assert_allclose(out["energy"][0], ref["energy"][0], rtol=1e-10)
-        np.testing.assert_allclose(out["forces"][:n], ref["forces"][perm], atol=1e-10)
-        np.testing.assert_allclose(out["stress"], ref["stress"], atol=1e-10)
-
-
 def test_supercell_is_extensive(apply, params):
     atoms = si_cell()
     big = atoms.repeat((2, 1, 1))

@@ -86,6 +86,7 @@ def _registry() -> dict[str, Builder]:
         from jaxmat.models import alignn, graph_target, painn, schnet
         from jaxmat.models.alignn import ALIGNNConfig
         from jaxmat.models.coordinate import CoordinateMLPConfig, coordinate_mlp
+        from jaxmat.models.mace import MACEConfig, mace
         from jaxmat.models.mpnn import MPNNConfig, mpnn
         from jaxmat.models.painn import PaiNNConfig
         from jaxmat.models.schnet import SchNetConfig
@@ -96,6 +97,7 @@ def _registry() -> dict[str, Builder]:
         for name, fn, t in [
                 ("schnet", schnet, (SchNetConfig,)), ("painn", painn, (PaiNNConfig,)),
                 ("alignn", alignn, (ALIGNNConfig,)), ("mpnn", mpnn, (MPNNConfig,)),
+                ("mace", mace, (MACEConfig,)),
                 ("coordinate_mlp", coordinate_mlp, (CoordinateMLPConfig,)),
                 ("schnet_site_spectral", schnet_site_spectral, (SchNetConfig, SiteHeadConfig)),
                 ("painn_site_spectral", painn_site_spectral, (PaiNNConfig, SiteHeadConfig)),

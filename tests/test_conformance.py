@@ -23,7 +23,8 @@ import jaxmat.models.spectral  # noqa: F401
 from conftest import ammonia, si_cell
 from jaxmat import graph, potential
 from jaxmat.core import bundle
-from jaxmat.models import ALIGNNConfig, PaiNNConfig, SchNetConfig, alignn, painn, schnet
+from jaxmat.models import (ALIGNNConfig, MACEConfig, PaiNNConfig, SchNetConfig, alignn, mace,
+                           painn, schnet)
 from jaxmat.models.mpnn import MPNNConfig, mpnn
 from jaxmat.models.spectral import (painn_site_spectral, schnet_site_spectral,
                                     schnet_transition_spectral)
@@ -45,10 +46,14 @@ CASES = {
                                      readout_hidden=8, cutoff=C)), False),
     "schnet_site_spectral": (lambda: schnet_site_spectral(SCHNET, z=7, n_out=6, hidden=8), False),
     "painn_site_spectral": (lambda: painn_site_spectral(PAINN, z=7, n_out=6, hidden=8), False),
+    "mace": (lambda: potential.potential(mace(MACEConfig(
+        n_channels=8, radial_features=8, radial_layers=2, readout_features=8, n_rbf=4,
+        cutoff=C))), True),
     "schnet_transition_spectral": (lambda: schnet_transition_spectral(
         SCHNET, z=7, grid=(400.0, 410.0, 6), n_transitions=4, hidden=8), False),
 }
 WRAPPERS = {"potential", "graph_target"}  # exercised through the cases above
+SLOW = {"mace"}  # compiles for minutes on 2 cores; tests/test_mace.py covers it by default
 NO_GRAPH = {"coordinate_mlp"}  # reads raw coordinates, declares no atom graph
 
 
@@ -57,7 +62,8 @@ def test_every_registered_model_is_covered():
     assert not missing, f"registered models without a conformance case: {sorted(missing)}"
 
 
-@pytest.fixture(scope="module", params=sorted(CASES))
+@pytest.fixture(scope="module", params=[
+    pytest.param(k, marks=pytest.mark.slow) if k in SLOW else k for k in sorted(CASES)])
 def case(request, x64):
     make, is_potential = CASES[request.param]
     model = make()

@@ -4,8 +4,9 @@ Only the sections the library lacks live here (:class:`DataConfig`, :class:`Mode
 and the top level :class:`TrainConfig`); the others are the library's own dataclasses with
 their defaults: ``[loss]`` is :class:`jaxmat.core.engine.EnergyForceLoss`, ``[fit]`` is
 :class:`jaxmat.core.ensemble.CommitteeConfig` (the engine's ``FitConfig`` plus
-``batch_size``), ``[model.schnet]`` / ``[model.painn]`` are
-:class:`~jaxmat.models.SchNetConfig` / :class:`~jaxmat.models.PaiNNConfig`. Values are
+``batch_size``), ``[model.schnet]`` / ``[model.painn]`` / ``[model.mace]`` are
+:class:`~jaxmat.models.SchNetConfig` / :class:`~jaxmat.models.PaiNNConfig` /
+:class:`~jaxmat.models.MACEConfig`. Values are
 checked by :func:`jaxmat.core.config.from_dict`: an unknown key or a wrong type raises
 ``ValueError`` naming the dotted key and the file.
 """
@@ -19,10 +20,11 @@ from typing import Any
 from jaxmat.core.config import from_dict, to_json
 from jaxmat.core.engine import EnergyForceLoss
 from jaxmat.core.ensemble import CommitteeConfig
+from jaxmat.models.mace import MACEConfig
 from jaxmat.models.painn import PaiNNConfig
 from jaxmat.models.schnet import SchNetConfig
 
-MODELS = {"schnet": SchNetConfig, "painn": PaiNNConfig}
+MODELS = {"schnet": SchNetConfig, "painn": PaiNNConfig, "mace": MACEConfig}
 SHIPPED = ("ammonia", "mlearn-Cu", "mlearn-Ge", "mlearn-Li", "mlearn-Mo", "mlearn-Ni",
            "mlearn-Si")
 LAYOUTS = ("auto", "sparse", "dense")
@@ -113,6 +115,7 @@ class ModelConfig:
     stress: bool = False
     schnet: SchNetConfig = dataclasses.field(default_factory=SchNetConfig)
     painn: PaiNNConfig = dataclasses.field(default_factory=PaiNNConfig)
+    mace: MACEConfig = dataclasses.field(default_factory=MACEConfig)
 
     def __post_init__(self):
         if self.name not in MODELS:

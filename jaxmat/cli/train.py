@@ -39,9 +39,9 @@ from jaxmat.cli.config import DataConfig, TrainConfig
 from jaxmat.cli.eval import errors, parity_plot, pyplot
 from jaxmat.core import bundle, calibrate, callbacks, engine, ensemble, graph, potential, train
 from jaxmat.core.protocol import Model, Params
-from jaxmat.models import painn, schnet
+from jaxmat.models import mace, painn, schnet
 
-BUILDERS = {"schnet": schnet, "painn": painn}
+BUILDERS = {"schnet": schnet, "painn": painn, "mace": mace}
 FILES = ("config.toml", "split.json", "checkpoints", "metrics.csv", "tensorboard", "model",
          "metrics.json", "parity.png", "learning_curve.png")
 

@@ -32,7 +32,7 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from common import write_results  # noqa: E402
+from common import device_info, write_results  # noqa: E402
 
 DATA = "/work/wt/data/benchmarks/data/xtb"
 MARGINS = (0.0, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2, None)         # eV/atom
@@ -300,7 +300,8 @@ def main() -> None:
     ap.add_argument("--out", default="md_detector")
     args = ap.parse_args()
     os.makedirs(args.work, exist_ok=True)
-    results = {"settings": vars(args), "status": "running", "load_start": os.getloadavg()[0]}
+    results = {"settings": vars(args), "status": "running", "load_start": os.getloadavg()[0],
+               "device": device_info()}
     cases = {}
     for name in args.molecules:
         if not os.path.exists(os.path.join(args.data, f"{name}.split.json")):

@@ -13,6 +13,13 @@
 3. Si supercell (``--si-rep``³ × 8 atoms, 4,096 by default) at 1,000 K (Langevin, 1 fs)
    with a SchNet 64×3 (cutoff 5 Å, random init: speed only) and on-device neighbour
    rebuilding, against ASE's ``Langevin`` with ``JaxmatCalculator`` on the same model.
+
+``--detector`` measures only the cost of the failure detector, for an A/B against an
+older version (``python benchmarks/ab.py --base d6b1a3f --keys replica_steps_per_s --
+md_speed.py --detector``): ethanol, a committee of 2 SchNet 64×3 (random init), NVT 600 K,
+``--replicas`` × ``--steps`` in one call after a compiling call, with every criterion the
+version has on (the energy range and calibrated σ where ``simulate`` takes ``training``
+and ``calibration``).
 """
 from __future__ import annotations
 
@@ -110,6 +117,33 @@ def silicon(args) -> dict:
             "mean_T_K": float(res.log["temperature"][len(res.log_steps) // 2:].mean())}
 
 
+def detector_cost(args) -> dict:
+    import inspect
+
+    import jax.numpy as jnp
+    from ase.build import molecule
+    from jaxmat.core import ensemble
+
+    at = molecule("CH3CH2OH")
+    model = potential.potential(schnet(SchNetConfig(n_features=64, n_interactions=3,
+                                                    cutoff=5.0)))
+    params = ensemble.init(model, jax.random.key(0),
+                           graph.batch([graph.atoms_to_record(at, 5.0)]), n_members=2)
+    kw = dict(ensemble="nvt", timestep_fs=0.5, temperature_K=600.0, replicas=args.replicas,
+              chunk_steps=args.steps, log_every=10, progress=False)
+    if "training" in inspect.signature(md.simulate).parameters:
+        kw.update(training={"energy_per_atom_eV": [-1e3, 1e3]},
+                  calibration={"energy": {"scale": 1.0}, "forces": {"scale": 1.0}},
+                  criteria=md.FailureCriteria(max_forces_std=1e3, max_energy_std=1e3))
+    timed_simulate(model, params, at, args.steps, **kw)
+    res, dt = timed_simulate(model, params, at, args.steps, seed=1, **kw)
+    crit = getattr(res, "criteria", None)
+    return {"replicas": args.replicas, "steps": args.steps, "seconds": dt,
+            "replica_steps_per_s": args.replicas * args.steps / dt,
+            "criteria": (crit.active() if crit is not None else ["non_finite", "close_contact"]),
+            "failed": int(np.sum(res.failed)), "load": os.getloadavg()[0]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bundle")
@@ -121,8 +155,15 @@ def main() -> None:
     ap.add_argument("--si-steps", type=int, default=200)
     ap.add_argument("--si-ase-steps", type=int, default=10)
     ap.add_argument("--out", default="md_speed")
+    ap.add_argument("--detector", action="store_true", help="only the detector's cost")
     args = ap.parse_args()
     load0 = os.getloadavg()[0]
+    if args.detector:
+        d = detector_cost(args)
+        print(d)
+        write_results(args.out, {"device": device_info(), "detector": d},
+                      f"### MD with the failure detector\n\n{d}")
+        return
     a, s = nh3(args), silicon(args)
     lines = [
         "| system | jaxmat.md | ASE + JaxmatCalculator | ratio |", "|---|---|---|---|",

@@ -184,10 +184,18 @@ def test_committee_sigma_is_logged_and_can_stop_a_replica():
     res = md.simulate(m, committee, argon(), 20, ensemble="nvt", temperature_K=40,
                       progress=False, log_every=10, replicas=2)
     assert np.all(res.log["energy_std"] > 0) and not res.failed.any()
+    cal = {"energy": {"scale": 2.0}, "forces": {"scale": 1.0}}
     res = md.simulate(m, committee, argon(), 20, ensemble="nvt", temperature_K=40,
                       criteria=md.FailureCriteria(max_energy_std=1e-6), progress=False,
-                      log_every=10, replicas=2)
+                      log_every=10, replicas=2, calibration=cal)
     assert res.failed.all() and set(res.fail_reason) == {md.REASONS[5]}
+    # the threshold is on the calibrated σ: raw σ x scale
+    sig = float(res.log["energy_std"][0, 0])
+    for scale, fails in ((0.9, False), (1.1, True)):
+        res = md.simulate(m, committee, argon(), 10, ensemble="nvt", temperature_K=40,
+                          criteria=md.FailureCriteria(max_energy_std=sig, max_forces_std=None),
+                          progress=False, log_every=10, calibration={"energy": {"scale": scale}})
+        assert (res.fail_step[0] == 0) == fails
 
 
 def test_bad_inputs_raise():

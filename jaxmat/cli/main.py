@@ -66,7 +66,11 @@ def parser() -> argparse.ArgumentParser:
     m = sub.add_parser("md", formatter_class=fmt, help="molecular dynamics with a model",
                        description="Jitted MD (jaxmat.md) with a bundle: nve (velocity Verlet), "
                        "nvt (Langevin) or npt (Langevin + Berendsen barostat; periodic cells, "
-                       "model with stress). "
+                       "model with stress), for --replicas copies at once. A failure detector "
+                       "stops replicas that leave physical space (energy outside the bundle's "
+                       "training range, covalent topology change, calibrated committee σ, "
+                       "close contacts, bond stretch, non-finite values); a summary table "
+                       "ends the run and the failure report goes to TRAJECTORY.failures.json. "
                        "Committees log their energy σ (eV) and largest force σ (eV/Å).")
     m.add_argument("model", help="model bundle directory")
     m.add_argument("structure", help="ASE-readable start structure")
@@ -75,14 +79,45 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--temperature", type=float, default=300.0, help="temperature (K)")
     m.add_argument("--timestep", type=float, default=0.5, help="time step (fs)")
     m.add_argument("--steps", type=int, default=1000, help="number of MD steps")
+    m.add_argument("--replicas", type=int, default=1,
+                   help="copies of the structure run together (own velocities and noise; "
+                        "trajectories NAME_r{k}.ext when > 1)")
     m.add_argument("--interval", type=int, default=10, help="steps between frames/log rows")
     m.add_argument("--friction", type=float, default=0.01, help="Langevin friction (1/fs)")
-    m.add_argument("--pressure", type=float, default=0.0, help="NPT pressure (GPa)")
+    p = m.add_mutually_exclusive_group()
+    p.add_argument("--pressure", type=float, default=0.0, help="NPT pressure (eV/Å³)")
+    p.add_argument("--pressure-gpa", type=float, default=None, metavar="GPA",
+                   help="NPT pressure in GPa (instead of --pressure)")
     m.add_argument("--taup", type=float, default=1000.0, help="NPT barostat time (fs)")
     m.add_argument("--seed", type=int, default=0, help="seed of velocities and Langevin noise")
     m.add_argument("--trajectory", default="md.extxyz",
                    help="output trajectory (.extxyz/.xyz or .traj)")
-    m.add_argument("--log", default="md.csv", help="output log (CSV)")
+    m.add_argument("--log", default="md.csv",
+                   help="output log (CSV, one row per replica and interval, written as the "
+                        "run goes)")
+    m.add_argument("--progress-every", type=float, default=30.0, metavar="SECONDS",
+                   help="one progress line on stderr per this many seconds")
+    c = m.add_argument_group("failure criteria (jaxmat.md.FailureCriteria; defaults there, "
+                             "chosen on validation replicas); 'off' or --off NAME switches one "
+                             "off")
+    for flag, field, unit in (
+            ("--min-distance", "min_distance", "Å: closest allowed pair"),
+            ("--bond-break", "bond_break", "× covalent radii sum: a starting bond stretched"),
+            ("--energy-margin", "energy_margin", "eV/atom beyond the training energy range"),
+            ("--topology-time", "topology_time_fs", "fs a changed covalent graph may last"),
+            ("--max-force-sigma", "max_forces_std", "eV/Å: calibrated committee force σ"),
+            ("--max-energy-sigma", "max_energy_std", "eV: calibrated committee energy σ")):
+        c.add_argument(flag, dest=field, type=_threshold, default=argparse.SUPPRESS,
+                       metavar="VALUE", help=unit)
+    c.add_argument("--off", nargs="+", default=[], metavar="NAME",
+                   help="criteria to switch off: close_contact, bond_break, force_sigma, "
+                        "energy_sigma, energy_range, topology (e.g. topology for a reactive "
+                        "simulation)")
+    m.add_argument("--oracle", choices=("gfn2-xtb", "gfn1-xtb"), default=None,
+                   help="audit: label frames with this oracle (tblite) and report the "
+                        "detector's recall and false alarms")
+    m.add_argument("--oracle-every", type=int, default=10, metavar="FRAMES",
+                   help="audit every this many frames of each replica")
     m.add_argument("--overwrite", action="store_true", help="replace existing output files")
 
     i = sub.add_parser("info", formatter_class=fmt, help="what a model bundle holds",
@@ -92,6 +127,19 @@ def parser() -> argparse.ArgumentParser:
     i.add_argument("model", help="model bundle directory")
     i.add_argument("--json", action="store_true", help="print JSON")
     return ap
+
+
+def _threshold(text: str) -> float | None:
+    """A criterion threshold: a number >= 0, or 'off'."""
+    if text.strip().lower() in ("off", "none"):
+        return None
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0 or 'off', got {text!r}")
+    if not v >= 0:
+        raise argparse.ArgumentTypeError(f"thresholds must be >= 0, got {text}")
+    return v
 
 
 def main(argv: list[str] | None = None) -> int:

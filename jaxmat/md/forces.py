@@ -15,7 +15,8 @@ import jax.numpy as jnp
 import jraph
 import numpy as np
 
-from jaxmat.core import ensemble, graph
+from jaxmat.core import committee as committees
+from jaxmat.core import graph
 from jaxmat.core.neighbors import Neighbors
 from jaxmat.core.protocol import Model, Params
 
@@ -91,7 +92,7 @@ def make_force_fn(model: Model, species: np.ndarray, pbc: np.ndarray,
         R, N = positions.shape[:2]
         batch = replica_batch(species, pbc, positions, cell, nbrs, model.graph.cutoff)
         if committee:
-            outs = ensemble.apply(model, params, batch)
+            outs = committees.apply(model, params, batch)
             forces_m = outs["forces"][:, : R * N].reshape(-1, R, N, 3)
             energy_m = outs["energy"][:, :R]
             forces = jnp.mean(forces_m, 0)

@@ -26,7 +26,8 @@ class MDState(NamedTuple):
     """Replica states: ``positions``/``velocities``/``forces`` (R, N, 3), ``cell`` (R, 3, 3),
     ``energy``/``energy_std``/``forces_std_max`` (R,), ``stress`` (R, 3, 3) eV/Å³, ``nbrs``
     (stacked lists), ``key``, ``alive`` (R,), ``fail_step``/``fail_code`` (R,) int32,
-    ``step`` () int32."""
+    ``step`` () int32, ``topo_steps`` (R,) int32 consecutive steps with a changed covalent
+    graph."""
 
     positions: jax.Array
     velocities: jax.Array
@@ -42,6 +43,7 @@ class MDState(NamedTuple):
     fail_step: jax.Array
     fail_code: jax.Array
     step: jax.Array
+    topo_steps: jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,17 +75,35 @@ def kinetic_energy(velocities: jax.Array, masses: jax.Array) -> jax.Array:
     return 0.5 * jnp.sum(masses[None, :, None] * velocities**2, axis=(1, 2))
 
 
+def degrees_of_freedom(n_free: int, fix_com: bool) -> int:
+    """Degrees of freedom of ``n_free`` moving atoms: 3 n_free, less 3 when the centre of
+    mass is held at rest."""
+    return max(3 * n_free - (3 if fix_com else 0), 1)
+
+
+def remove_com(velocities: jax.Array, masses: jax.Array) -> jax.Array:
+    """Velocities (R, N, 3) with every replica's centre-of-mass velocity removed."""
+    m = masses[None, :, None]
+    return velocities - jnp.sum(m * velocities, axis=1, keepdims=True) / jnp.sum(masses)
+
+
 def make_step(settings: Settings, forces: Callable, spec: neighbors.ListSpec,
               masses: jax.Array, criteria: failure.FailureCriteria,
-              bond_set: tuple | None) -> Callable:
+              det: failure.Detector, fix_com: bool = True,
+              free: jax.Array | None = None) -> Callable:
     """``step(params, state) -> state``: one step of ``settings.ensemble`` for every replica,
-    with the list updated on the device and the failure detector applied."""
+    with the list updated on the device and the failure detector applied. ``fix_com``:
+    hold the centre of mass at rest (after the thermostat's kick and at the end of the
+    step); ``free`` (N,) 0/1: atoms that move (0: fixed, as ASE's ``FixAtoms``)."""
     dt = settings.timestep_fs * units.fs
     kT = units.kB * settings.temperature_K
     inv_m = (1.0 / masses)[None, :, None]
+    if free is not None:
+        inv_m = inv_m * free[None, :, None]
     c1 = jnp.exp(-settings.friction_per_fs * settings.timestep_fs)
     c2 = jnp.sqrt(1.0 - c1**2)
     thermostat = settings.ensemble in ("nvt", "npt")
+    com = (lambda v: remove_com(v, masses)) if fix_com else (lambda v: v)
 
     def evaluate(params, pos, cell, nbrs):
         nbrs = neighbors.update_all(spec, nbrs, pos, cell)
@@ -96,7 +116,7 @@ def make_step(settings: Settings, forces: Callable, spec: neighbors.ListSpec,
         if thermostat:
             x = x + 0.5 * dt * v
             noise = jax.random.normal(k_noise, v.shape, v.dtype)
-            v = c1 * v + c2 * jnp.sqrt(kT * inv_m) * noise
+            v = com(c1 * v + c2 * jnp.sqrt(kT * inv_m) * noise)
             x = x + 0.5 * dt * v
         else:
             x = x + dt * v
@@ -109,14 +129,14 @@ def make_step(settings: Settings, forces: Callable, spec: neighbors.ListSpec,
             x = x * mu[:, None, None]
             cell = cell * mu[:, None, None]
         out, nbrs = evaluate(params, x, cell, s.nbrs)
-        v = v + 0.5 * dt * out["forces"] * inv_m
+        v = com(v + 0.5 * dt * out["forces"] * inv_m)
         d = edge_lengths(x, cell, nbrs)
-        min_pair = jnp.min(jnp.where(nbrs.mask, d, jnp.inf), axis=-1)
-        code = failure.failure_codes(criteria, out, x, cell, min_pair, bond_set)
+        code, topo = failure.failure_codes(criteria, det, out, x, cell, nbrs, d, s.topo_steps,
+                                           settings.timestep_fs)
         ok = s.alive & (code == 0)
         new = MDState(x, v, out["forces"], cell, out["energy"], out["energy_std"],
                       out["forces_std_max"], out["stress"], nbrs, key, ok,
-                      s.fail_step, s.fail_code, s.step + 1)
+                      s.fail_step, s.fail_code, s.step + 1, topo)
         kept = jax.tree_util.tree_map(lambda a, b: _where_replica(ok, a, b), new,
                                       s._replace(key=key, alive=ok, step=s.step + 1))
         newly = s.alive & (code != 0)

@@ -62,7 +62,7 @@ def small_bundle(tmp_path):
 
     eth = molecule("CH3CH2OH")
     m = potential.potential(schnet(SchNetConfig(n_features=8, n_interactions=1, cutoff=4.0)))
-    params = ensemble.init(m, jax.random.key(0), graph.batch(as_records(m, [eth])), 2)
+    params = ensemble.init(m, jax.random.key(0), graph.batch(graph.records([eth], m, labels=False)), 2)
     path = bundle.save(str(tmp_path / "model"), m, params)
     write(str(tmp_path / "eth.xyz"), eth)
     return path, str(tmp_path / "eth.xyz")

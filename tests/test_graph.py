@@ -227,7 +227,7 @@ def test_budget_overflow_raises():
 def test_batch_without_budget_is_minimal():
     recs = ammonia_records(3)
     b = graph.batch(recs)
-    assert b.nodes["mask"].shape == (13,) and b.edges["mask"].all()
+    assert b.nodes["mask"].shape == (12 + graph.PAD_NODES,) and b.edges["mask"].all()
     assert b.globals["mask"].tolist() == [True, True, True, False]
 
 

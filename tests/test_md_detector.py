@@ -16,7 +16,6 @@ from ase.constraints import FixAtoms
 
 import jaxmat.md as md
 from jaxmat.core import graph, neighbors, potential
-from jaxmat.core.predict import as_records
 from jaxmat.md import audit, failure
 from jaxmat.md.integrators import edge_lengths
 from jaxmat.models.pair import morse
@@ -25,7 +24,7 @@ from jaxmat.models.pair import morse
 def pot(cutoff: float = 5.0):
     """A weak Morse pair potential (atoms nearly free: MD only moves them thermally)."""
     m = potential.potential(morse(D=1e-3, a=1.5, r0=1.3, cutoff=cutoff))
-    return m, m.init(jax.random.key(0), graph.batch(as_records(m, [molecule("CH3CH2OH")])))
+    return m, m.init(jax.random.key(0), graph.batch(graph.records([molecule("CH3CH2OH")], m, labels=False)))
 
 
 def signature_changed(a: Atoms, b: Atoms) -> bool:

@@ -23,6 +23,9 @@ assert len(run.atoms) == 4 and run.steps == 20 and np.all(np.isfinite(run.log["e
 direct = jaxmat.predict(nh3.model, nh3.params, [atoms])["energy"][0]
 assert abs(atoms.get_potential_energy() - direct) < 1e-5 * max(1.0, abs(direct))
 """),
+    "MACE": ([], """
+assert model.graph.cutoff == 5.0 and model.graph.layouts == ("sparse",)
+"""),
     "Several devices": ([("epochs=100, data_parallel", "epochs=2, data_parallel"),
                          ("CommitteeConfig(epochs=100", "CommitteeConfig(epochs=2")], """
 assert len(result.history) == 2 and len(fitted.history) == 2
@@ -46,7 +49,7 @@ def _blocks() -> list[tuple[str, str]]:
 
 def test_every_block_is_covered():
     sections = [s for s, _ in _blocks()]
-    assert sections[:3] == ["Quickstart", "MD with a saved model", "Several devices"]
+    assert sections[:4] == ["Quickstart", "MD with a saved model", "MACE", "Several devices"]
     unknown = set(sections) - set(SHORTER) - SLOW - set(SEPARATE)
     assert not unknown, f"README blocks without a test: {unknown}"
 

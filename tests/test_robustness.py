@@ -14,9 +14,8 @@ from ase.calculators.calculator import Calculator, all_changes
 
 from jaxmat.core import graph, potential
 from jaxmat.core.protocol import GraphSpec, Model
-from jaxmat.md import FailureCriteria
 from jaxmat.workflows.adversarial.oracle import Oracle
-from jaxmat.workflows.adversarial.robustness import robustness
+from jaxmat.workflows.adversarial.robustness import molecule_criteria, robustness
 
 # pair energies (eV) of a dimer at distance r (Å): Gaussian wells (centre, depth, width),
 # a hole at r = 0 (depth, width 0.6 Å), a harmonic wall beyond ``wall`` Å and a cliff
@@ -24,7 +23,7 @@ from jaxmat.workflows.adversarial.robustness import robustness
 HOLE = dict(wells=((2.0, 1.0, 0.3),), hole=4.0)  # barrier 0.96 eV between well and hole
 TWO_WELLS = dict(wells=((2.0, 1.0, 0.3), (3.0, 1.0, 0.25)), wall=3.3)
 CLIFF = dict(wells=((2.0, 1.0, 0.3),), cliff=(3.0, 2.9))  # barrier 0.88 eV near 2.5 Å
-CRIT = FailureCriteria(min_distance=0.6, bond_break=1.6)  # Ar-Ar bond breaks at 3.39 Å
+CRIT = molecule_criteria(bond_break=1.6)  # geometric only; the Ar-Ar bond breaks at 3.39 Å
 
 
 def pair_energy(r, terms, xp=jnp):

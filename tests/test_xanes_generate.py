@@ -35,6 +35,7 @@ def test_carbonyl_pi_star_below_alcohol_first_peak():
     assert acetone["site_edge"][0] > e[0]
 
 
+@pytest.mark.slow  # 73 s on 2 cores
 def test_symmetry_equivalent_sites_agree():
     both = gen.compute_molecule("O=C=O", gen.Settings.from_dict(
         {**FAST.to_dict(), "elements": ["O"], "symmetry": False}))

@@ -46,9 +46,9 @@ def _records(perm=None, rotation=None):
 
 def _models() -> list[Model]:
     return [mpnn(MPNNConfig(n_out=P, n_features=8, n_steps=2, n_set2set=2, n_rbf=8,
-                            edge_hidden=16, readout_hidden=16)),
+                            edge_hidden=16, readout_hidden=16, cutoff=4.0)),
             schnet_site_spectral(SchNetConfig(n_features=16, n_interactions=2, n_rbf=8,
-                                              max_z=10), z=8, n_out=P, hidden=16),
+                                              cutoff=4.0, max_z=10), z=8, n_out=P, hidden=16),
             painn_site_spectral(PaiNNConfig(n_features=16, n_interactions=2, n_rbf=8, cutoff=4.0,
                                             max_z=10), z=8, n_out=P, hidden=16)]
 

@@ -95,6 +95,7 @@ def test_declared_layouts_agree(case):
     model, _, structures, *_ = case
     mol = [structures[0]]
     ref = run(case, mol)
+    assert "sparse" in model.graph.layouts and all(np.all(np.isfinite(v)) for v in ref.values())
     for layout in model.graph.layouts:
         if layout != "sparse":
             close(run(case, mol, graph.Budget(4, 8, 1), layout), ref)

@@ -78,8 +78,11 @@ def test_blocks_run_alone_in_order(tmp_path):
 @pytest.mark.slow
 def test_xanes_block_runs_alone(tmp_path):
     env = {**os.environ, "PYTHONPATH": ROOT, "MPLBACKEND": "Agg"}
+    ran = 0
     for section, code in _blocks():
         if section in SLOW:
             for long, short in [("epochs=80", "epochs=1"), ("n_members=5", "n_members=2")]:
                 code = code.replace(long, short)
             _run(code, str(tmp_path), env)
+            ran += 1
+    assert ran == len(SLOW)

@@ -94,11 +94,8 @@ def test_md_command_replicas_report_and_errors(tmp_path, monkeypatch, capsys):
 
     def load(path):  # a bundle with its training and calibration sections
         import dataclasses
-        import types
-        b = real(path)
-        return types.SimpleNamespace(
-            **{f.name: getattr(b, f.name) for f in dataclasses.fields(b)},
-            training={"energy_per_atom_eV": [1e3, 2e3]},
+        return dataclasses.replace(
+            real(path), training={"energy_per_atom_eV": [1e3, 2e3]},
             calibration={"forces": {"scale": 2.0}, "energy": {"scale": 1.0}})
     monkeypatch.setattr(bundle, "load", load)
     assert main(args + ["--overwrite", "--off", "topology", "--max-force-sigma", "off"]) == 0

@@ -1,5 +1,9 @@
-"""Shared fixtures: double precision for gradient checks, and small test structures."""
+"""Shared fixtures: double precision for gradient checks, and small test structures. The test
+tree mirrors the package (tests/core/graph for jaxmat/core/graph, ...); ``TESTS`` is on
+``sys.path`` (pytest's ``pythonpath``), so test modules import helpers from here."""
 from __future__ import annotations
+
+import os
 
 import jax
 import numpy as np
@@ -7,6 +11,10 @@ import pytest
 from ase import Atoms
 
 from jaxmat import data
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(TESTS)  # the repository
+README = os.path.join(ROOT, "README.md")
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ import re
 
 import numpy as np
 
-README = os.path.join(os.path.dirname(__file__), "..", "README.md")
+from conftest import README
 
 
 def _quickstart() -> str:

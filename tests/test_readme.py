@@ -8,8 +8,7 @@ import sys
 
 import pytest
 
-README = os.path.join(os.path.dirname(__file__), "..", "README.md")
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import README, ROOT
 
 # section -> (required substitutions that shorten the run, checks appended to the block)
 SHORTER = {

@@ -12,7 +12,8 @@ import sys
 import numpy as np
 import pytest
 
-README = os.path.join(os.path.dirname(__file__), "..", "README.md")
+from conftest import README
+
 SCRIPT = os.path.join(os.path.dirname(sys.executable), "jaxmat")
 CMD = [SCRIPT] if os.path.exists(SCRIPT) else [sys.executable, "-m", "jaxmat.cli.main"]
 # the README's config with a tiny SchNet and 2 epochs

@@ -71,7 +71,7 @@ def jax_leaves(tree):
     return jax.tree_util.tree_leaves(tree)
 
 
-@pytest.mark.slow  # 63 s on 2 cores (tests/test_xanes_spectrum.py checks the API with a stub)
+@pytest.mark.slow  # 63 s on 2 cores (tests/workflows/xanes/test_xanes_spectrum.py checks the API with a stub)
 def test_spectrum_reproduces_the_shipped_methanol_spectrum():
     pytest.importorskip("pyscf")
     pytest.importorskip("rdkit")

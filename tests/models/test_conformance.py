@@ -53,7 +53,7 @@ CASES = {
         SCHNET, z=7, grid=(400.0, 410.0, 6), n_transitions=4, hidden=8), False),
 }
 WRAPPERS = {"potential", "graph_target"}  # exercised through the cases above
-SLOW = {"mace"}  # compiles for minutes on 2 cores; tests/test_mace.py covers it by default
+SLOW = {"mace"}  # compiles for minutes on 2 cores; tests/models/test_mace.py covers it by default
 NO_GRAPH = {"coordinate_mlp"}  # reads raw coordinates, declares no atom graph
 
 

@@ -16,9 +16,8 @@ from jax.sharding import Mesh
 
 from jaxmat import ensemble, graph, train
 from jaxmat.core import parallel
-from conftest import random_molecules
+from conftest import README, TESTS, random_molecules
 
-README = os.path.join(os.path.dirname(__file__), "..", "README.md")
 
 _SCRIPT = textwrap.dedent("""
     import json, re, sys
@@ -99,7 +98,7 @@ def _readme_code() -> str:
 @pytest.fixture(scope="module")
 def four():
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-               JAX_PLATFORMS="cpu", PYTHONPATH=os.path.dirname(os.path.abspath(__file__)))
+               JAX_PLATFORMS="cpu", PYTHONPATH=TESTS)
     code = _readme_code()
     one = _replace(code, [("data_parallel=n", "data_parallel=1"), ("mesh=mesh", "mesh=None")])
     proc = subprocess.run([sys.executable, "-c", _SCRIPT, code, one],
@@ -159,7 +158,7 @@ _HOSTS_SCRIPT = textwrap.dedent("""
 def test_two_hosts_equal_one(four, tmp_path):
     """2 processes x 2 CPU devices (jax.distributed, gloo) give the 4-device numbers."""
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
-               JAX_PLATFORMS="cpu", PYTHONPATH=os.path.dirname(os.path.abspath(__file__)))
+               JAX_PLATFORMS="cpu", PYTHONPATH=TESTS)
     with socket.socket() as sock:
         sock.bind(("localhost", 0))
         port = str(sock.getsockname()[1])

@@ -10,7 +10,6 @@ the chunk from its start.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import sys
 import time
@@ -194,7 +193,6 @@ def simulate(model: Model, params: Params, atoms: Atoms | Sequence[Atoms], steps
         graph.validate_structure(a.numbers, a.positions, a.cell, a.pbc, f"replica {k}")
         if not np.all(np.isfinite(a.get_velocities())):
             raise ValueError(f"replica {k}: non-finite velocities")
-    R, N = len(reps), len(reps[0])
     pbc = reps[0].pbc.copy()
     if settings.ensemble == "npt" and not pbc.all():
         raise ValueError(f"NPT needs a periodic cell in all directions, got pbc {pbc.tolist()}")

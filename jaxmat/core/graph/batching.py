@@ -7,7 +7,7 @@ import jraph
 import numpy as np
 
 from jaxmat.core.graph.budget import (LAYOUTS, PAD_NODES, Budget, _check_dense, choose_layout,
-                                      dense_shape)
+                                      dense_shape, fixed_budget)
 from jaxmat.core.graph.neighborlist import check_symmetric
 from jaxmat.core.graph.records import Record
 from jaxmat.core.graph.structure import PAD_DISTANCE
@@ -16,12 +16,13 @@ Batch = jraph.GraphsTuple
 
 
 def batch(records: Sequence[Record], budget: Budget | None = None, dtype=np.float32,
-          layout: str = "sparse") -> Batch:
+          layout: str = "sparse", partial: tuple[dict, dict] = ({}, {})) -> Batch:
     """Concatenate records into one padded :data:`Batch` (numpy leaves).
 
     Without a budget, a sparse batch is padded by one node, one graph and no extra
     edges; a dense one has one graph per record and ``n_max`` = the largest record.
-    Targets present on only some records are zero-filled with a ``<name>_mask``.
+    Targets present on only some records are zero-filled with a ``<name>_mask``; so are the
+    names in ``partial`` (:func:`partial_targets` of a whole dataset) when no record has them.
     ``layout`` is ``"sparse"``, ``"dense"`` or ``"auto"`` (see the module docstring; here
     ``"auto"`` is always sparse: :class:`GraphLoader` with ``model=`` can choose dense).
     Records with line graphs give ``edges["line"]`` (all records must have one).
@@ -38,12 +39,13 @@ def batch(records: Sequence[Record], budget: Budget | None = None, dtype=np.floa
     if layout == "dense":
         if any(with_line):
             raise ValueError("line graphs need layout='sparse'")
-        return _batch_dense(records, budget, dtype)
-    return _batch_sparse(records, budget, dtype)
+        return _batch_dense(records, budget, dtype, partial)
+    return _batch_sparse(records, budget, dtype, partial)
 
 
 
-def _batch_sparse(records: Sequence[Record], budget: Budget | None, dtype) -> Batch:
+def _batch_sparse(records: Sequence[Record], budget: Budget | None, dtype,
+                  partial: tuple[dict, dict]) -> Batch:
     """The sparse layout (module docstring): concatenated edge lists, one padding graph."""
     for k, r in enumerate(records):
         check_symmetric(r, f"record {k}")
@@ -101,7 +103,7 @@ def _batch_sparse(records: Sequence[Record], budget: Budget | None, dtype) -> Ba
         "n_atoms": n_node.astype(dtype) * (np.arange(G) < g),
         "mask": np.arange(G) < g,
     }
-    _fill_targets(records, nodes, globals_, offsets, G, dtype)
+    _fill_targets(records, nodes, globals_, offsets, G, dtype, partial)
     return jraph.GraphsTuple(
         nodes=nodes, edges=edges, senders=senders, receivers=receivers,
         globals=globals_, n_node=n_node, n_edge=n_edge,
@@ -130,40 +132,33 @@ def _line_edges(records: Sequence[Record], n_edge: np.ndarray, E: int, T: int) -
 
 
 def _fill_targets(records: Sequence[Record], nodes: dict, globals_: dict,
-                  offsets: Sequence[int], G: int, dtype) -> None:
-    """Add graph targets (``globals``) and node targets (``nodes``) with masks."""
-    N = nodes["mask"].shape[0]
-    g = len(records)
-    for key in sorted({k for r in records for k in r.targets}):
-        have = [key in r.targets for r in records]
-        shape = next(np.shape(r.targets[key]) for r in records if key in r.targets)
-        arr = np.zeros((G, *shape), dtype)
-        for a, r in enumerate(records):
-            if key in r.targets:
-                arr[a] = r.targets[key]
-        globals_[key] = arr
-        if not all(have):
-            globals_[f"{key}_mask"] = np.array(have + [False] * (G - g))
-    for key in sorted({k for r in records for k in r.node_targets}):
-        shape = next(r.node_targets[key].shape[1:] for r in records if key in r.node_targets)
-        arr = np.zeros((N, *shape), dtype)
-        have = np.zeros(N, bool)
-        for r, o in zip(records, offsets):
-            if key in r.node_targets:
-                arr[o:o + r.n_node] = r.node_targets[key]
-                have[o:o + r.n_node] = True
-        nodes[key] = arr
-        if not have[nodes["mask"]].all():
-            nodes[f"{key}_mask"] = have
+                  offsets: Sequence[int], G: int, dtype, partial: tuple[dict, dict]) -> None:
+    """Add graph targets (``globals``) and node targets (``nodes``), zero where a record has
+    none, with a ``<name>_mask`` where some entry lacks it or the name is in ``partial``
+    (:func:`partial_targets` of the dataset: every batch then has the same keys)."""
+    spans = {"targets": [(a, a + 1) for a in range(len(records))],
+             "node_targets": [(o, o + r.n_node) for r, o in zip(records, offsets)]}
+    for attr, store, part in (("targets", globals_, partial[0]),
+                              ("node_targets", nodes, partial[1])):
+        real = np.asarray(store["mask"])
+        for key in sorted({k for r in records for k in getattr(r, attr)} | set(part)):
+            values = [getattr(r, attr).get(key) for r in records]
+            shape = part[key] if key in part else next(
+                np.shape(v)[attr == "node_targets":] for v in values if v is not None)
+            arr, have = np.zeros((len(real), *shape), dtype), np.zeros(len(real), bool)
+            for v, (lo, hi) in zip(values, spans[attr]):
+                if v is not None:
+                    arr[lo:hi], have[lo:hi] = np.reshape(v, (hi - lo, *shape)), True
+            store[key] = arr
+            if key in part or not have[real].all():
+                store[f"{key}_mask"] = have
 
 
-def _batch_dense(records: Sequence[Record], budget: Budget | None, dtype) -> Batch:
+def _batch_dense(records: Sequence[Record], budget: Budget | None, dtype,
+                 partial: tuple[dict, dict]) -> Batch:
     """The dense layout (module docstring): per-graph atom blocks and pair slots."""
     _check_dense(records)
-    if budget is None:
-        n_max = max(r.n_node for r in records)
-        budget = Budget(len(records) * n_max, len(records) * n_max * (n_max // 2), len(records))
-    G, n, K = dense_shape(budget)
+    G, n, K = dense_shape(budget or fixed_budget(records, len(records), "dense"))
     g = len(records)
     if g > G or any(r.n_node > n for r in records):
         raise ValueError(
@@ -205,38 +200,19 @@ def _batch_dense(records: Sequence[Record], budget: Budget | None, dtype) -> Bat
         "mask": np.arange(G) < g,
         "dense": np.full(G, n, np.int32),
     }
-    _fill_targets(records, nodes, globals_, offsets, G, dtype)
+    _fill_targets(records, nodes, globals_, offsets, G, dtype, partial)
     return jraph.GraphsTuple(
         nodes=nodes, edges=edges, senders=senders, receivers=receivers, globals=globals_,
         n_node=np.full(G, n, np.int32), n_edge=np.full(G, n * K, np.int32),
     )
 
 
-def _partial_targets(records: Sequence[Record]) -> tuple[dict, dict]:
+def partial_targets(records: Sequence[Record]) -> tuple[dict, dict]:
     """Graph and node target names (with per-entry shapes) that only some records have."""
     out: tuple[dict, dict] = ({}, {})
     for attr, found in zip(("targets", "node_targets"), out):
         for key in sorted({k for r in records for k in getattr(r, attr)}):
             have = [getattr(r, attr)[key] for r in records if key in getattr(r, attr)]
             if len(have) < len(records):
-                shape = np.shape(have[0])
-                found[key] = shape if attr == "targets" else shape[1:]
+                found[key] = np.shape(have[0])[attr == "node_targets":]
     return out
-
-
-def _same_targets(b: Batch, partial: tuple[dict, dict]) -> Batch:
-    """Give a batch every target in ``partial`` (zero-filled where missing) with its
-    ``<name>_mask``, so that all batches of a dataset have the same keys (one compile)."""
-    if not (partial[0] or partial[1]):
-        return b
-    glob, nodes = dict(b.globals), dict(b.nodes)
-    dtype = b.nodes["positions"].dtype
-    for store, found in ((glob, partial[0]), (nodes, partial[1])):
-        real = np.asarray(store["mask"])
-        for key, shape in found.items():
-            if key not in store:
-                store[key] = np.zeros((len(real), *shape), dtype)
-                store[f"{key}_mask"] = np.zeros(len(real), bool)
-            elif f"{key}_mask" not in store:
-                store[f"{key}_mask"] = real.copy()
-    return b._replace(globals=glob, nodes=nodes)

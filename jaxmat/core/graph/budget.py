@@ -82,12 +82,7 @@ LAYOUTS = ("sparse", "dense", "auto")
 def dense_budget(records: Sequence[Record], batch_size: int) -> Budget:
     """Budget of the dense layout: ``batch_size`` graphs of ``n_max`` atom slots
     (the largest structure) and ``n_max // 2`` pair slots per atom."""
-    if not records:
-        raise ValueError("cannot estimate a padding budget from an empty dataset")
-    _check_dense(records)
-    n_max = max(r.n_node for r in records)
-    g = max(1, min(batch_size, len(records)))
-    return Budget(g * n_max, g * n_max * (n_max // 2), g)
+    return fixed_budget(records, max(1, min(batch_size, len(records))), "dense")
 
 
 def _check_dense(records: Sequence[Record]) -> None:

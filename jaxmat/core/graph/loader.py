@@ -10,9 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from jaxmat.core.graph.batching import Batch, _partial_targets, _same_targets, batch
-from jaxmat.core.graph.budget import (LAYOUTS, Budget, choose_layout, dense_budget,
-                                      estimate_budget, fixed_budget, pack, resolve_layout)
+from jaxmat.core.graph.batching import Batch, batch, partial_targets
+from jaxmat.core.graph.budget import (LAYOUTS, Budget, choose_layout, fixed_budget, pack,
+                                      resolve_layout)
 from jaxmat.core.graph.records import Record, check_records, records
 from jaxmat.core.protocol import as_spec
 
@@ -52,13 +52,11 @@ class GraphLoader:
         elif layout not in LAYOUTS:
             raise ValueError(f"unknown layout {layout!r}; choose from {LAYOUTS}")
         self.layout = layout
-        if self.layout == "dense":
-            self.budget = budget or dense_budget(self.records, batch_size)
-        else:
-            self.budget = budget or estimate_budget(self.records, batch_size)
+        self.budget = budget or fixed_budget(self.records, min(batch_size, len(self.records)),
+                                             layout)
         self.shuffle = shuffle
         self.seed = seed
-        self._partial = _partial_targets(self.records)
+        self._partial = partial_targets(self.records)
         self._fixed: list[Batch] | None = None
 
     def order(self, epoch: int) -> np.ndarray:
@@ -79,8 +77,8 @@ class GraphLoader:
         return pack(self.records, self.budget, order, self.layout)
 
     def _batch(self, grp: list[int]) -> Batch:
-        return _same_targets(batch([self.records[k] for k in grp], self.budget, layout=self.layout),
-                             self._partial)
+        return batch([self.records[k] for k in grp], self.budget, layout=self.layout,
+                     partial=self._partial)
 
     def __iter__(self) -> Iterator[Batch]:
         return self.epoch(0)

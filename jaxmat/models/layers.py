@@ -2,6 +2,7 @@
 atomic-energy readout of the potentials."""
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 
 import jax
@@ -48,6 +49,24 @@ def cosine_cutoff(d: jax.Array, cutoff: float) -> jax.Array:
     return jnp.where(d < cutoff, 0.5 * (jnp.cos(jnp.pi * d / cutoff) + 1.0), 0.0)
 
 
+class EnergyStats:
+    """Mixin of model configs with ``atom_refs`` (eV per element, index = Z) and per-atom
+    ``scale``/``shift`` (eV) fitted on the training set:
+    ``cfg.with_stats(*jaxmat.core.potential.energy_stats(train))``."""
+
+    def with_stats(self, atom_refs: np.ndarray, scale: float, shift: float = 0.0):
+        return dataclasses.replace(self, atom_refs=tuple(float(x) for x in atom_refs),
+                                   scale=float(scale), shift=float(shift))
+
+
+def atom_ref_table(max_z: int, atom_refs: Sequence[float] | None) -> nnx.Variable:
+    """Reference energies (eV) indexed by Z (0 for padding and elements not given)."""
+    refs = np.zeros(max_z + 1, np.float32)
+    if atom_refs is not None:
+        refs[: len(atom_refs)] = atom_refs
+    return nnx.Variable(jnp.asarray(refs))
+
+
 class AtomicEnergyHead(nnx.Module):
     """Per-atom energies (eV) from invariant atom features ``h`` (N, F): a two-layer MLP
     ``y_i`` turned into ``scale * y_i + shift + ref[Z_i]`` (``atom_refs``: eV per element,
@@ -58,10 +77,7 @@ class AtomicEnergyHead(nnx.Module):
                  rngs: nnx.Rngs):
         self.out1 = nnx.Linear(n_features, n_features // 2, rngs=rngs)
         self.out2 = nnx.Linear(n_features // 2, 1, rngs=rngs)
-        refs = np.zeros(max_z + 1, np.float32)
-        if atom_refs is not None:
-            refs[: len(atom_refs)] = atom_refs
-        self.atom_refs = nnx.Variable(jnp.asarray(refs))
+        self.atom_refs = atom_ref_table(max_z, atom_refs)
         self.scale, self.shift, self.activation = float(scale), float(shift), activation
 
     def __call__(self, h: jax.Array, z: jax.Array, mask: jax.Array) -> jax.Array:

@@ -35,7 +35,7 @@ from flax import nnx
 from jaxmat.core import graph
 from jaxmat.core.bundle import register
 from jaxmat.core.protocol import GraphSpec, Model, from_nnx
-from jaxmat.models.layers import bessel_rbf
+from jaxmat.models.layers import EnergyStats, atom_ref_table, bessel_rbf
 
 
 def _cue():
@@ -49,7 +49,7 @@ def _cue():
 
 
 @dataclasses.dataclass(frozen=True)
-class MACEConfig:
+class MACEConfig(EnergyStats):
     """Hyper-parameters (defaults: 2 layers, 32 channels, spherical harmonics to
     ``l_max`` 2, node features to ``hidden_l`` 1, correlation 3, 8 Bessel functions,
     5 Å cutoff, radial MLP 64×3, readout MLP 16). ``avg_num_neighbors`` divides the
@@ -86,10 +86,6 @@ class MACEConfig:
                              f"{self.hidden_l}, l_max={self.l_max}")
         if not self.avg_num_neighbors > 0:
             raise ValueError(f"MACEConfig.avg_num_neighbors must be > 0, got {self.avg_num_neighbors}")
-
-    def with_stats(self, atom_refs: np.ndarray, scale: float, shift: float = 0.0) -> "MACEConfig":
-        return dataclasses.replace(self, atom_refs=tuple(float(x) for x in atom_refs),
-                                   scale=float(scale), shift=float(shift))
 
 
 # --------------------------------------------------------------------------- descriptors
@@ -304,10 +300,7 @@ class MACE(nnx.Module):
                                   for _ in range(cfg.n_interactions - 1)])
         self.last1 = nnx.Linear(C, cfg.readout_features, use_bias=False, rngs=rngs)
         self.last2 = nnx.Linear(cfg.readout_features, 1, use_bias=False, rngs=rngs)
-        refs = np.zeros(cfg.max_z + 1, np.float32)
-        if cfg.atom_refs is not None:
-            refs[: len(cfg.atom_refs)] = cfg.atom_refs
-        self.atom_refs = nnx.Variable(jnp.asarray(refs))
+        self.atom_refs = atom_ref_table(cfg.max_z, cfg.atom_refs)
 
     def __call__(self, batch: graph.Batch) -> dict[str, jax.Array]:
         cfg = self.cfg

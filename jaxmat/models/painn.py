@@ -14,17 +14,16 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from jaxmat.core import graph
-from jaxmat.models.layers import AtomicEnergyHead, bessel_rbf, cosine_cutoff
+from jaxmat.models.layers import AtomicEnergyHead, EnergyStats, bessel_rbf, cosine_cutoff
 from jaxmat.core.protocol import GraphSpec, Model, from_nnx
 from jaxmat.core.bundle import register
 
 
 @dataclasses.dataclass(frozen=True)
-class PaiNNConfig:
+class PaiNNConfig(EnergyStats):
     """Hyper-parameters. Defaults are the size the benchmarks train on CPU (64 features);
     the published model has 128 features, 3 interactions, 20 Bessel functions, 5 Å cutoff. ``atom_refs`` (eV per element, index = Z) and ``scale``/``shift``
     (eV per atom) are usually fitted on the training set
@@ -41,10 +40,6 @@ class PaiNNConfig:
     shift: float = 0.0
     norm_eps: float = 1e-8
     return_features: bool = False
-
-    def with_stats(self, atom_refs: np.ndarray, scale: float, shift: float = 0.0) -> "PaiNNConfig":
-        return dataclasses.replace(self, atom_refs=tuple(float(x) for x in atom_refs),
-                                   scale=float(scale), shift=float(shift))
 
 
 class Message(nnx.Module):

@@ -10,17 +10,17 @@ from __future__ import annotations
 import dataclasses
 
 import jax
-import numpy as np
 from flax import nnx
 
 from jaxmat.core import graph
-from jaxmat.models.layers import AtomicEnergyHead, cosine_cutoff, gaussian_rbf, shifted_softplus
+from jaxmat.models.layers import (AtomicEnergyHead, EnergyStats, cosine_cutoff, gaussian_rbf,
+                                  shifted_softplus)
 from jaxmat.core.protocol import GraphSpec, Model, from_nnx
 from jaxmat.core.bundle import register
 
 
 @dataclasses.dataclass(frozen=True)
-class SchNetConfig:
+class SchNetConfig(EnergyStats):
     """Hyper-parameters (defaults: the demo's and the ammonia benchmarks' CPU recipe);
     ``atom_refs`` (eV per element, index = Z) and ``scale``/``shift`` (eV per atom) are
     fitted on the training set: ``cfg.with_stats(*jaxmat.core.potential.energy_stats(train))``."""
@@ -33,10 +33,6 @@ class SchNetConfig:
     atom_refs: tuple[float, ...] | None = None
     scale: float = 1.0
     shift: float = 0.0
-
-    def with_stats(self, atom_refs: np.ndarray, scale: float, shift: float = 0.0) -> "SchNetConfig":
-        return dataclasses.replace(self, atom_refs=tuple(float(x) for x in atom_refs),
-                                   scale=float(scale), shift=float(shift))
 
 
 class Interaction(nnx.Module):

@@ -211,7 +211,8 @@ def build(spec: ListSpec, nbrs: Neighbors, positions: jax.Array, cell: jax.Array
     scid = cid[order]
     start = jnp.searchsorted(scid, jnp.arange(n_cells, dtype=cid.dtype))
     slot = jnp.arange(n) - start[scid]
-    table = jnp.full((n_cells, m), n, jnp.int32).at[scid, slot].set(order, mode="drop")
+    table = jnp.full((n_cells, m), n, jnp.int32).at[scid, slot].set(order.astype(jnp.int32),
+                                                                 mode="drop")
     cell_over = jnp.max(slot) >= m
 
     offs = jnp.asarray(spec.offsets)  # (O, 3)
@@ -234,7 +235,10 @@ def build(spec: ListSpec, nbrs: Neighbors, positions: jax.Array, cell: jax.Array
     receivers = jnp.where(mask, ii, n).astype(jnp.int32)
     sj = jnp.where(mask, senders, 0)
     shifts = jnp.where(mask[:, None], img[ii, cc // m] + k[ii] - k[sj], 0.0)
-    return Neighbors(senders, receivers, shifts, mask, positions, cell, nbrs.complement,
+    # the list keeps its own float dtype (float32) whatever the positions' (MD in float64)
+    return Neighbors(senders, receivers, shifts.astype(nbrs.shifts.dtype), mask,
+                     positions.astype(nbrs.reference.dtype), cell.astype(nbrs.ref_cell.dtype),
+                     nbrs.complement,
                      nbrs.overflow | cell_over | too_small | (found > cap),
                      nbrs.n_builds + 1)
 

@@ -4,6 +4,9 @@ the failure detector and forces equal to the ASE calculator."""
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +20,7 @@ from jaxmat.core import graph, neighbors, potential
 from jaxmat.core.protocol import GraphSpec, Model
 from jaxmat.models.pair import morse
 
-from conftest import si_cell
+from conftest import TESTS, si_cell
 
 
 def host_pairs(at: Atoms, rc: float) -> set:
@@ -116,6 +119,33 @@ def test_nve_conserves_energy_and_replicas_equal_single_runs():
         one = md.simulate(m, params, a, 500, **kw)
         np.testing.assert_allclose(one.atoms[0].positions, res.atoms[k].positions, atol=2e-4)
         np.testing.assert_allclose(one.log["energy"][:, 0], res.log["energy"][:, k], atol=1e-4)
+
+
+_FLOAT64 = """
+import os, sys, jax, jax.numpy as jnp, numpy as np
+sys.path[:0] = sys.argv[1].split(os.pathsep)
+import test_md, jaxmat.md as md
+m, params = test_md.pot()
+res = md.simulate(m, params, test_md.argon(), 40, dtype=jnp.float64, **test_md.F64_RUN)
+assert res.log["energy"].dtype == np.float64 and not res.failed.any()
+np.save(sys.argv[2], res.log["energy"])
+"""
+F64_RUN = dict(ensemble="nve", timestep_fs=2.0, temperature_K=40.0, seed=2, progress=False,
+               log_every=10)
+
+
+def test_float64_run_follows_the_float32_one(tmp_path):
+    """``dtype=float64`` (x64 on, a fresh process: jit caches do not survive switching x64)
+    runs with the float32 neighbour lists and gives the float32 energies to 1e-4."""
+    out = tmp_path / "e64.npy"
+    env = dict(os.environ, JAX_ENABLE_X64="1", JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", _FLOAT64,
+                           os.pathsep.join([os.path.dirname(__file__), TESTS]), str(out)],
+                          env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    m, params = pot()
+    single = md.simulate(m, params, argon(), 40, **F64_RUN)
+    np.testing.assert_allclose(np.load(out), single.log["energy"], rtol=1e-4)
 
 
 def test_langevin_holds_the_temperature():

@@ -22,8 +22,7 @@ def find_bands(spectrum: Any, raman_shift: Any, prominence: float = 0.05,
     peaks, props = find_peaks(y, prominence=prominence)
     if len(peaks) == 0:
         raise ValueError(f"no band with prominence >= {prominence} in the spectrum")
-    order = np.argsort(props["prominences"])[::-1][:max_bands]
-    peaks = np.sort(peaks[order])
+    peaks = np.sort(peaks[np.argsort(props["prominences"])[::-1][:max_bands]])
     widths = peak_widths(y, peaks, rel_height=0.5)[0] * np.median(np.diff(nu))
     return [{"centre": float(nu[p]), "fwhm": float(w)} for p, w in zip(peaks, widths)]
 
@@ -57,13 +56,11 @@ def band_attribution(saliency: Any, spectrum: Any, raman_shift: Any,
         if not near.any():
             raise ValueError(f"band at {c0} cm⁻¹ has no points within half its FWHM ({w} cm⁻¹)")
         idx = np.flatnonzero(near)
-        c = nu[idx[np.argmax(I[:, idx], axis=1)]][:, None]  # (n, 1) per-sample centre
-        d = nu[None] - c
+        d = nu[None] - nu[idx[np.argmax(I[:, idx], axis=1)]][:, None]  # from per-sample centres
         win = np.abs(d) <= window * w
-        shift_op = np.where(win, -dI, 0.0)
-        width_op = np.where(win, -d / w * dI, 0.0)
-        d_shift = np.einsum("mnl,nl->mn", S, shift_op).mean(1)
-        d_width = np.einsum("mnl,nl->mn", S, width_op).mean(1)
+        # output change per sample under the shift operator and the stretch about the centre
+        d_shift, d_width = (np.einsum("mnl,nl->mn", S, np.where(win, op, 0.0)).mean(1)
+                            for op in (-dI, -d / w * dI))
         a = np.abs(S.mean(0))
         core = np.sum(np.where(np.abs(d) <= 0.5 * w, a, 0.0))
         out.append({"centre": c0, "fwhm": w, "d_shift": float(d_shift.mean()),
@@ -75,10 +72,7 @@ def band_attribution(saliency: Any, spectrum: Any, raman_shift: Any,
 
 def band_table(rows: Sequence[dict], unit: str = "mW/cm²") -> str:
     """Plain-text table of :func:`band_attribution` rows."""
-    lines = [f"{'band (cm⁻¹)':>12} {'FWHM':>6} {'dP/dshift':>18} {'dP/dwidth':>18} {'centre':>7}"
-             f"   ({unit} per cm⁻¹)"]
-    for r in rows:
-        lines.append(f"{r['centre']:12.0f} {r['fwhm']:6.1f} {r['d_shift']:+10.4f} ± "
-                     f"{r['d_shift_std']:.4f} {r['d_width']:+10.4f} ± {r['d_width_std']:.4f} "
-                     f"{r['centre_share']:6.0%}")
-    return "\n".join(lines)
+    return "\n".join([f"{'band (cm⁻¹)':>12} {'FWHM':>6} {'dP/dshift':>18} {'dP/dwidth':>18} "
+                      f"{'centre':>7}   ({unit} per cm⁻¹)"] + [
+        f"{r['centre']:12.0f} {r['fwhm']:6.1f} {r['d_shift']:+10.4f} ± {r['d_shift_std']:.4f} "
+        f"{r['d_width']:+10.4f} ± {r['d_width_std']:.4f} {r['centre_share']:6.0%}" for r in rows])

@@ -18,17 +18,12 @@ BOUNDARY_MIN_INSIDE = 0.5  # provisional; chosen by benchmarks/photoanode_direct
 def in_convex_hull(points: Any, hull_points: Any, tol: float = 1e-9) -> np.ndarray:
     """Whether each row of ``points`` is a convex combination of rows of ``hull_points``
     (one linear programme each, scipy HiGHS)."""
-    from scipy.optimize import linprog
-
     P = np.atleast_2d(np.asarray(points, np.float64))
     H = _hull_points(hull_points, P.shape[1])
     A = np.vstack([H.T, np.ones((1, len(H)))])
-    out = []
-    for p in P:
-        res = linprog(np.zeros(len(H)), A_eq=A, b_eq=np.append(p, 1.0), bounds=(0, None),
-                      method="highs")
-        out.append(res.status == 0 and np.abs(A @ res.x - np.append(p, 1.0)).max() < 1e-6 + tol)
-    return np.array(out)
+    fits = ((p, _lp(np.zeros(len(H)), A, p)) for p in P)
+    return np.array([r.status == 0 and np.abs(A @ r.x - np.append(p, 1.0)).max() < 1e-6 + tol
+                     for p, r in fits])
 
 
 def _hull_points(hull_points: Any, n_el: int) -> np.ndarray:
@@ -38,17 +33,21 @@ def _hull_points(hull_points: Any, n_el: int) -> np.ndarray:
     return H
 
 
+def _lp(c: np.ndarray, A: np.ndarray, p: np.ndarray, bounds: Any = (0, None)) -> Any:
+    """min c·z subject to A z = (p, 1) and ``bounds`` on z (scipy HiGHS)."""
+    from scipy.optimize import linprog
+
+    return linprog(c, A_eq=A, b_eq=np.append(p, 1.0), bounds=bounds, method="highs")
+
+
 def hull_distance(point: Any, hull_points: Any) -> float:
     """L1 distance (same units as the fractions) from ``point`` to the convex hull of
     ``hull_points``: min ‖point − Hᵀλ‖₁ over λ ≥ 0, Σλ = 1 (a linear programme); 0 inside."""
-    from scipy.optimize import linprog
-
     p = np.asarray(point, np.float64).ravel()
     H = _hull_points(hull_points, len(p))
     n, k = len(H), len(p)
     A = np.block([[H.T, np.eye(k), -np.eye(k)], [np.ones((1, n)), np.zeros((1, 2 * k))]])
-    c = np.concatenate([np.zeros(n), np.ones(2 * k)])
-    res = linprog(c, A_eq=A, b_eq=np.append(p, 1.0), bounds=(0, None), method="highs")
+    res = _lp(np.concatenate([np.zeros(n), np.ones(2 * k)]), A, p)
     if res.status != 0:
         raise ValueError(f"distance to the hull failed: {res.message}")
     return float(max(res.fun, 0.0))
@@ -58,16 +57,12 @@ def hull_room(point: Any, step_direction: Any, hull_points: Any, cap: float = 0.
     """How far (up to ``cap``, in units of the direction) ``point`` can move along
     ``step_direction`` and stay in the convex hull of ``hull_points`` (a linear programme;
     0 when the point itself is outside or sits on a facet the direction leaves through)."""
-    from scipy.optimize import linprog
-
     p = np.asarray(point, np.float64).ravel()
     d = np.asarray(step_direction, np.float64).ravel()
     H = _hull_points(hull_points, len(p))
     n = len(H)
     A = np.vstack([np.hstack([H.T, -d[:, None]]), np.append(np.ones(n), 0.0)[None]])
-    c = np.append(np.zeros(n), -1.0)
-    res = linprog(c, A_eq=A, b_eq=np.append(p, 1.0), bounds=[(0, None)] * n + [(0, cap)],
-                  method="highs")
+    res = _lp(np.append(np.zeros(n), -1.0), A, p, [(0, None)] * n + [(0, cap)])
     return float(res.x[-1]) if res.status == 0 else 0.0
 
 
@@ -83,15 +78,11 @@ def alloying_steps(composition: Any, elements: Sequence[str], step: float = 0.01
     if unknown:
         raise ValueError(f"unknown host element(s) {unknown}; elements are {list(elements)}")
     host_idx = range(len(elements)) if hosts is None else [list(elements).index(h) for h in hosts]
-    out = []
-    for a in range(len(elements)):
-        options: list[int | None] = [h for h in host_idx if h != a and xs[h] >= step - 1e-12]
-        if xs[a] < 1.0:
-            options.append(None)
-        for h in options:
-            out.append((elements[a], "others" if h is None else elements[h],
-                        np.asarray(direction(xs, a, h), np.float64)))
-    return out
+    # per added element a: every host with enough of it, then "others" (None) unless a is pure
+    return [(elements[a], "others" if h is None else elements[h],
+             np.asarray(direction(xs, a, h), np.float64)) for a in range(len(elements))
+            for h in [h for h in host_idx if h != a and xs[h] >= step - 1e-12]
+            + ([None] if xs[a] < 1.0 else [])]
 
 
 @dataclasses.dataclass

@@ -41,12 +41,8 @@ def total_gradients(model: Model, params: Params, spectrum_model: Model, spectru
         return out[spectrum_output]
 
     s0 = jax.lax.stop_gradient(shat(x0))
-
-    def total(x):
-        b = {**batch, composition: x, spectrum: s_obs + shat(x) - s0}
-        return _masked_sum(f, params, b)
-
-    return jax.grad(total)(x0)
+    return jax.grad(lambda x: _masked_sum(
+        f, params, {**batch, composition: x, spectrum: s_obs + shat(x) - s0}))(x0)
 
 
 def confounding_check(model: Model, params: Params, spectrum_model: Model,
@@ -72,7 +68,7 @@ def confounding_check(model: Model, params: Params, spectrum_model: Model,
     dc, dt = _effects(model, spectrum_model, composition, spectrum, output, float(scale), host,
                       float(per), spectrum_committee, params, spectrum_params, batch)
     m = sample_mask(batch)
-    keep = np.ones(dc.shape[1], bool) if m is None else np.asarray(m, bool)
+    keep = slice(None) if m is None else np.asarray(m, bool)
     return flag_confounding(np.asarray(dc)[:, keep], np.asarray(dt)[:, keep], elements)
 
 
@@ -81,8 +77,7 @@ def _effects(model, spectrum_model, composition, spectrum, output, scale, host, 
              spectrum_committee, params, spectrum_params, batch):
     """Per-member conditional and total simplex derivatives (compiled once per setting)."""
     x = get_leaf(batch, composition)
-    cond = committee(lambda p: input_gradients(model, p, batch, composition, output, scale),
-                     params)
+    cond = committee(lambda p: input_gradients(model, p, batch, composition, output, scale), params)
     tot = jax.vmap(lambda p, q: total_gradients(model, p, spectrum_model, q, batch, composition,
                                                 spectrum, output, scale),
                    in_axes=(0, 0 if spectrum_committee else None))(params, spectrum_params)
@@ -104,14 +99,10 @@ def flag_confounding(conditional: Any, total: Any, elements: Sequence[str]) -> l
              "sign_differs": float(np.mean(np.sign(c.mean(0)) != np.sign(t.mean(0)))),
              "gap_spread": float((t - c).std(0).mean())}
         gap = abs(r["total"] - r["conditional"])
-        if r["total"] * r["conditional"] < 0 and gap > max(r["conditional_spread"],
-                                                             r["total_spread"]):
-            r["flagged"], r["reason"] = True, "sign"
-        elif gap > r["conditional_spread"] + r["total_spread"]:
-            r["flagged"], r["reason"] = True, "size"
-        else:
-            r["flagged"], r["reason"] = False, ""
-        rows.append(r)
+        spreads = (r["conditional_spread"], r["total_spread"])
+        reason = ("sign" if r["total"] * r["conditional"] < 0 and gap > max(spreads) else
+                  "size" if gap > sum(spreads) else "")
+        rows.append({**r, "flagged": bool(reason), "reason": reason})
     return rows
 
 
@@ -205,22 +196,18 @@ def confounding_table(rows: Sequence[dict], unit: str = "mW/cm² per at.%",
     lines = [f"{'':3} {'at fixed spectrum':>17} {'spectrum moving':>17} {'gap':>7} "
              f"{'spreads':>7}  verdict   ({unit})"]
     for r in rows:
-        gap = r["total"] - r["conditional"]
-        spreads = r["conditional_spread"] + r["total_spread"]
-        if r["flagged"]:
-            verdict = ("FLAG: opposite signs, gap > the larger spread" if r["reason"] == "sign"
-                       else "FLAG: gap > the sum of the spreads")
-        else:
-            verdict = "gap within the spreads"
+        verdict = ("gap within the spreads" if not r["flagged"] else
+                   "FLAG: opposite signs, gap > the larger spread" if r["reason"] == "sign" else
+                   "FLAG: gap > the sum of the spreads")
         lines.append(f"{r['element']:3} {r['conditional']:+8.3f} ± {r['conditional_spread']:.3f} "
-                     f"{r['total']:+8.3f} ± {r['total_spread']:.3f} {gap:+7.3f} {spreads:7.3f}  "
-                     f"{verdict}")
+                     f"{r['total']:+8.3f} ± {r['total_spread']:.3f} "
+                     f"{r['total'] - r['conditional']:+7.3f} "
+                     f"{r['conditional_spread'] + r['total_spread']:7.3f}  {verdict}")
     if fit:
         bands = ", ".join(f"{b['centre']:.0f}: {b['r2']:.2f}" for b in fit["bands"])
         lines.append(f"composition → spectrum model, held-out R² ({fit['n']} spectra): whole "
                      f"spectrum {fit['r2']:.2f}; per band (cm⁻¹) {bands}; where P reads it "
                      f"{fit['r2_read']:.2f}")
-        warn = spectrum_fit_warning(fit)
-        if warn:
+        if warn := spectrum_fit_warning(fit):
             lines.append(warn)
     return "\n".join(lines)

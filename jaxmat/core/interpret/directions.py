@@ -12,7 +12,7 @@ import numpy as np
 from jaxmat.core.interpret.boundary import (Boundary, alloying_steps, boundary_report,
                                             in_convex_hull)
 from jaxmat.core.interpret.confounding import total_gradients
-from jaxmat.core.interpret.gradients import committee, get_leaf, input_gradients
+from jaxmat.core.interpret.gradients import get_leaf, input_gradients
 from jaxmat.core.protocol import Model, Params
 
 
@@ -45,17 +45,15 @@ class Directions:
         when its own gap exceeds the two spreads) and whether it stays in the hull; the
         boundary report first, with its warning when the reference sits on the hull."""
         two = any("slope_total" in c for c in self.ranked + self.outside)
-        first = "total" if self.rank_by == "total" else "fixed spectrum"
-        head = f"{'add':>4} {'for':>7} {'ΔP ' + first + ' (' + unit + ')':>24}"
-        if two:
-            other = "at fixed spectrum" if self.rank_by == "total" else "total"
-            head += f" {other:>17} {'gap':>7} {'flag':>6}"
-        head += f" {'agree':>5} {'hull':>4}"
+        first, o, other = (("total", "fixed", "at fixed spectrum") if self.rank_by == "total"
+                           else ("fixed spectrum", "total", "total"))
+        head = (f"{'add':>4} {'for':>7} {'ΔP ' + first + ' (' + unit + ')':>24}"
+                + (f" {other:>17} {'gap':>7} {'flag':>6}" if two else "")
+                + f" {'agree':>5} {'hull':>4}")
 
         def row(c):
             s = f"{c['add']:>4} {c['remove']:>7} {c['slope']:+15.3f} ± {c['std']:.3f}"
             if two:
-                o = "fixed" if self.rank_by == "total" else "total"
                 flag = ",".join(c["flagged"]) + ("*" if c["gap_exceeds_spreads"] else "")
                 s += (f" {c['slope_' + o]:+9.3f} ± {c['std_' + o]:.3f} {c['gap']:+7.3f} "
                       f"{flag or '–':>6}")
@@ -115,21 +113,15 @@ def suggest_directions(model: Model, params: Params, batch: dict, elements: Sequ
         raise ValueError(f"suggest_directions needs a batch of one composition, got {x.shape}")
     if x.shape[1] != len(elements):
         raise ValueError(f"{len(elements)} element names for {x.shape[1]} composition columns")
-    fn = lambda p: input_gradients(model, p, batch, wrt, output, scale)  # noqa: E731
-    if not jax.tree_util.tree_leaves(params):  # a parameter-free model (e.g. a generator)
-        g = np.asarray(fn(params))[None, 0]
-    elif stacked:
-        g = np.asarray(committee(fn, params))[:, 0]  # (M, n_el)
-    else:
-        g = np.asarray(fn(params))[None, 0]
-    grads = {"fixed": g}
+    # per member (M, n_el); a parameter-free model (e.g. a generator) is a committee of one
+    each = (jax.vmap if stacked and jax.tree_util.tree_leaves(params)
+            else lambda fn: lambda *a: fn(*a)[None])
+    grads = {"fixed": np.asarray(each(lambda p: input_gradients(
+        model, p, batch, wrt, output, scale))(params))[:, 0]}
     if spectrum_model is not None:
-        tot = lambda p, q: total_gradients(model, p, spectrum_model, q, batch, wrt,  # noqa: E731
-                                           spectrum, output, scale)
-        if stacked and jax.tree_util.tree_leaves(params):
-            grads["total"] = np.asarray(jax.vmap(tot)(params, spectrum_params))[:, 0]
-        else:
-            grads["total"] = np.asarray(tot(params, spectrum_params))[None, 0]
+        grads["total"] = np.asarray(each(lambda p, q: total_gradients(
+            model, p, spectrum_model, q, batch, wrt, spectrum, output, scale))(
+                params, spectrum_params))[:, 0]
     flagged = {r["element"] for r in (confounding or []) if r["flagged"]}
     xs = x[0]
     cands = []
@@ -143,21 +135,15 @@ def suggest_directions(model: Model, params: Params, batch: dict, elements: Sequ
             c["gap"] = c["slope_total"] - c["slope_fixed"]
             c["gap_exceeds_spreads"] = bool(abs(c["gap"]) > c["std_fixed"] + c["std_total"])
             c["flagged"] = [e for e in (add, host) if e in flagged]
-        c["slope"], c["std"], c["agreement"] = (c[f"{k}_{rank_by}"] for k in ("slope", "std",
-                                                                            "agreement"))
+        c.update({k: c[f"{k}_{rank_by}"] for k in ("slope", "std", "agreement")})
         cands.append(c)
-    if hull is not None and cands:
-        inside = in_convex_hull(np.stack([c["composition"] for c in cands]), hull)
-        for c, ok in zip(cands, inside):
-            c["outside_hull"] = bool(not ok)
-    else:
-        for c in cands:
-            c["outside_hull"] = None
+    inside = (in_convex_hull(np.stack([c["composition"] for c in cands]), hull)
+              if hull is not None and cands else [None] * len(cands))
+    for c, ok in zip(cands, inside):
+        c["outside_hull"] = None if ok is None else bool(not ok)
     cands.sort(key=lambda c: -c["slope"])
     ranked = [c for c in cands if not (within_hull and c["outside_hull"])]
     outside = [c for c in cands if within_hull and c["outside_hull"]]
-    report = None
-    if hull is not None and boundary and cands:
-        report = boundary_report(xs, hull, elements, step, hosts, sample=str(batch.get("sample", "")))
-    return Directions(ranked[:top] if top else ranked, outside[:top] if top else outside, rank_by,
-                      report)
+    report = (boundary_report(xs, hull, elements, step, hosts, sample=str(batch.get("sample", "")))
+              if hull is not None and boundary and cands else None)
+    return Directions(ranked[:top or None], outside[:top or None], rank_by, report)

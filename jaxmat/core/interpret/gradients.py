@@ -76,9 +76,14 @@ def scalar_fn(model: Model, output: str = "P", scale: float = 1.0
 
 
 def _masked_sum(f, params, batch):
-    y = f(params, batch)
-    m = sample_mask(batch)
+    y, m = f(params, batch), sample_mask(batch)
     return jnp.sum(y if m is None else jnp.where(m, y, 0.0))
+
+
+def _grad(model, params, batch, wrt, output, scale):
+    """x -> the gradient of the masked sum of ``scale * output`` with the leaf ``wrt`` set to x."""
+    f = scalar_fn(model, output, scale)
+    return jax.grad(lambda x: _masked_sum(f, params, set_leaf(batch, wrt, x)))
 
 
 # --------------------------------------------------------------------------- gradients
@@ -86,9 +91,7 @@ def input_gradients(model: Model, params: Params, batch: Any, wrt: Path = "compo
                     output: str = "P", scale: float = 1.0) -> jax.Array:
     """∂(scale · output_i)/∂(input_i) for every sample i; same shape as the input leaf
     (padding rows give 0)."""
-    f = scalar_fn(model, output, scale)
-    x = jnp.asarray(get_leaf(batch, wrt))
-    return jax.grad(lambda xx: _masked_sum(f, params, set_leaf(batch, wrt, xx)))(x)
+    return _grad(model, params, batch, wrt, output, scale)(jnp.asarray(get_leaf(batch, wrt)))
 
 
 def integrated_gradients(model: Model, params: Params, batch: Any, wrt: Path = "composition",
@@ -112,17 +115,15 @@ def integrated_gradients(model: Model, params: Params, batch: Any, wrt: Path = "
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     nodes, weights = np.polynomial.legendre.leggauss(steps)
-    alphas = jnp.asarray(0.5 * (nodes + 1.0), x.dtype)
-    ws = jnp.asarray(0.5 * weights, x.dtype)
-    f = scalar_fn(model, output, scale)
-    grad = jax.grad(lambda xx: _masked_sum(f, params, set_leaf(batch, wrt, xx)))
-
-    def body(acc, aw):
-        a, w = aw
-        return acc + w * grad(x0 + a * (x - x0)), None
-
-    total, _ = jax.lax.scan(body, jnp.zeros_like(x), (alphas, ws))
+    grad = _grad(model, params, batch, wrt, output, scale)
+    total = _scan_sum(lambda aw: aw[1] * grad(x0 + aw[0] * (x - x0)), x, (
+        jnp.asarray(0.5 * (nodes + 1.0), x.dtype), jnp.asarray(0.5 * weights, x.dtype)))
     return (x - x0) * total
+
+
+def _scan_sum(fn, x, xs):
+    """Σ fn(a) over the leading axis of ``xs`` (a ``lax.scan``), starting from zeros like x."""
+    return jax.lax.scan(lambda acc, a: (acc + fn(a), None), jnp.zeros_like(x), xs)[0]
 
 
 def smoothgrad(model: Model, params: Params, batch: Any, key: jax.Array, wrt: Path = "composition",
@@ -130,14 +131,9 @@ def smoothgrad(model: Model, params: Params, batch: Any, key: jax.Array, wrt: Pa
     """SmoothGrad: the mean input gradient over ``n`` copies of the input with Gaussian noise
     of standard deviation ``sigma`` (input units)."""
     x = jnp.asarray(get_leaf(batch, wrt))
-    f = scalar_fn(model, output, scale)
-    grad = jax.grad(lambda xx: _masked_sum(f, params, set_leaf(batch, wrt, xx)))
-
-    def body(acc, k):
-        return acc + grad(x + sigma * jax.random.normal(k, x.shape, x.dtype)), None
-
-    total, _ = jax.lax.scan(body, jnp.zeros_like(x), jax.random.split(key, n))
-    return total / n
+    grad = _grad(model, params, batch, wrt, output, scale)
+    return _scan_sum(lambda k: grad(x + sigma * jax.random.normal(k, x.shape, x.dtype)), x,
+                     jax.random.split(key, n)) / n
 
 
 # --------------------------------------------------------------------------- composition simplex
@@ -169,8 +165,7 @@ def simplex_derivatives(grad: Any, composition: Any, host: int | None = None,
     n_el = x.shape[-1]
     if g.shape[-1] != n_el:
         raise ValueError(f"gradient has {g.shape[-1]} components, composition {n_el}")
-    cols = [jnp.sum(g * direction(x, k, host), -1) for k in range(n_el)]
-    return per * jnp.stack(cols, -1)
+    return per * jnp.stack([jnp.sum(g * direction(x, k, host), -1) for k in range(n_el)], -1)
 
 
 def tangent(grad: Any) -> jax.Array:
@@ -237,24 +232,22 @@ def explain(model: Model, params: Params, batch: dict, composition: str = "compo
     ``pred_mean``/``pred_std`` (output units).
     """
     key = jax.random.key(0) if key is None else key
-    f = scalar_fn(model, output, scale)
     x = batch[composition]
-    out: dict[str, jax.Array] = {}
-    pred = jax.vmap(lambda p: f(p, batch))(params)
-    out["pred_mean"], out["pred_std"] = pred.mean(0), pred.std(0)
-    g = committee(lambda p: input_gradients(model, p, batch, composition, output, scale), params)
-    for name, v in (("grad", g), ("dilute", simplex_derivatives(g, x))):
-        st = committee_stats(v)
-        out[f"{name}_mean"], out[f"{name}_std"], out[f"{name}_agree"] = (
-            st["mean"], st["std"], st["sign_agreement"])
+    pred = jax.vmap(lambda p: scalar_fn(model, output, scale)(p, batch))(params)
+    out: dict[str, jax.Array] = {"pred_mean": pred.mean(0), "pred_std": pred.std(0)}
+    grads = lambda wrt: committee(  # noqa: E731
+        lambda p: input_gradients(model, p, batch, wrt, output, scale), params)
+    g = grads(composition)
+    per_member = {"grad": g, "dilute": simplex_derivatives(g, x)}
     if spectrum is not None:
-        s = committee(lambda p: input_gradients(model, p, batch, spectrum, output, scale), params)
-        st = committee_stats(s)
-        out["saliency_mean"], out["saliency_std"], out["saliency_agree"] = (
-            st["mean"], st["std"], st["sign_agreement"])
+        per_member["saliency"] = grads(spectrum)
         out["ig_spectrum"] = committee(lambda p: integrated_gradients(
             model, p, batch, spectrum, None, ig_steps, output, scale), params).mean(0)
         out["smooth_spectrum"] = committee(lambda p: smoothgrad(
             model, p, batch, key, spectrum, smooth_sigma, smooth_n, output, scale), params).mean(0)
+    for name, v in per_member.items():
+        st = committee_stats(v)
+        out.update({f"{name}_mean": st["mean"], f"{name}_std": st["std"],
+                    f"{name}_agree": st["sign_agreement"]})
     out["corr"] = gradient_correlation(out["dilute_mean"], x, sample_mask(batch))
     return out

@@ -13,14 +13,12 @@ def plot_composition_map(composition: Any, values: Any, elements: Sequence[str],
     """Scatter map of a per-sample quantity (e.g. ∂P/∂Gd per at.%) over a composition slice:
     two element names → pseudo-binary (at.% of each on x/y); three → ternary coordinates
     of the fractions renormalised over those three. Diverging colours centred at 0."""
-    import matplotlib.pyplot as plt
     from matplotlib.colors import TwoSlopeNorm
 
     X = np.asarray(composition, np.float64)
     v = np.asarray(values, np.float64)
     idx = [list(elements).index(e) for e in axes]
-    if ax is None:
-        _, ax = plt.subplots(figsize=(4.5, 4))
+    ax = _axes(ax, (4.5, 4))
     lim = np.nanmax(np.abs(v)) or 1.0
     norm = TwoSlopeNorm(0.0, -lim, lim)
     if len(idx) == 2:
@@ -45,8 +43,7 @@ def plot_composition_map(composition: Any, values: Any, elements: Sequence[str],
     else:
         raise ValueError(f"axes must name 2 (pseudo-binary) or 3 (ternary) elements, got {axes}")
     ax.figure.colorbar(sc, ax=ax, label=label)
-    if title:
-        ax.set_title(title)
+    ax.set_title(title)
     return ax
 
 
@@ -55,12 +52,9 @@ def plot_spectrum_saliency(raman_shift: Any, saliency: Any, spread: Any = None,
                            title: str = ""):
     """Saliency along the Raman axis (cm⁻¹) with an optional ±``spread`` band and the
     (mean) spectrum on a second axis."""
-    import matplotlib.pyplot as plt
-
     nu = np.asarray(raman_shift)
     sal = np.asarray(saliency)
-    if ax is None:
-        _, ax = plt.subplots(figsize=(7, 3))
+    ax = _axes(ax, (7, 3))
     ax.plot(nu, sal, color="C3", lw=1.0, label=label)
     if spread is not None:
         sp = np.asarray(spread)
@@ -72,21 +66,17 @@ def plot_spectrum_saliency(raman_shift: Any, saliency: Any, spread: Any = None,
         ax2 = ax.twinx()
         ax2.plot(nu, np.asarray(spectrum), color="0.5", lw=0.8)
         ax2.set_ylabel("normalised intensity", color="0.5")
-    if title:
-        ax.set_title(title)
+    ax.set_title(title)
     return ax
 
 
 def plot_correlation(matrix: Any, names: Sequence[str], ax: Any = None, title: str = "",
                      annotate: bool = True):
     """Heat map of a correlation matrix (−1 … 1) with labelled rows and columns."""
-    import matplotlib.pyplot as plt
-
     m = np.asarray(matrix)
     if m.shape != (len(names), len(names)):
         raise ValueError(f"matrix {m.shape} does not match {len(names)} names")
-    if ax is None:
-        _, ax = plt.subplots(figsize=(0.5 * len(names) + 2, 0.5 * len(names) + 1.5))
+    ax = _axes(ax, (0.5 * len(names) + 2, 0.5 * len(names) + 1.5))
     im = ax.imshow(m, cmap="RdBu_r", vmin=-1, vmax=1)
     ax.set_xticks(range(len(names)), names, rotation=90)
     ax.set_yticks(range(len(names)), names)
@@ -96,6 +86,12 @@ def plot_correlation(matrix: Any, names: Sequence[str], ax: Any = None, title: s
                 if np.isfinite(m[i, j]):
                     ax.text(j, i, f"{m[i, j]:.1f}", ha="center", va="center", fontsize=6)
     ax.figure.colorbar(im, ax=ax, label="Pearson r")
-    if title:
-        ax.set_title(title)
+    ax.set_title(title)
     return ax
+
+
+def _axes(ax: Any, figsize: tuple[float, float]) -> Any:
+    """``ax``, or the axes of a new figure of ``figsize`` (inches)."""
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=figsize)[1] if ax is None else ax

@@ -187,8 +187,8 @@ def committee_stats(values: Any, axis: int = 0) -> dict[str, jax.Array]:
     that of the mean, in [0, 1]) over the member ``axis``."""
     v = jnp.moveaxis(jnp.asarray(values), axis, 0)
     st = stats({"v": v})
-    agree = jnp.mean(jnp.sign(v) == jnp.sign(st["v_mean"])[None], 0)
-    return {"mean": st["v_mean"], "std": jnp.sqrt(st["v_var"]), "sign_agreement": agree}
+    return {"mean": st["v_mean"], "std": jnp.sqrt(st["v_var"]),
+            "sign_agreement": jnp.mean(jnp.sign(v) == jnp.sign(st["v_mean"])[None], 0)}
 
 
 def gradient_correlation(grads: Any, extra: Any = None, mask: Any = None) -> jax.Array:

@@ -23,23 +23,20 @@ def plot_composition_map(composition: Any, values: Any, elements: Sequence[str],
     norm = TwoSlopeNorm(0.0, -lim, lim)
     if len(idx) == 2:
         sc = ax.scatter(100 * X[:, idx[0]], 100 * X[:, idx[1]], c=v, cmap=cmap, norm=norm, s=s)
-        ax.set_xlabel(f"{axes[0]} (at.%)")
-        ax.set_ylabel(f"{axes[1]} (at.%)")
+        ax.set(xlabel=f"{axes[0]} (at.%)", ylabel=f"{axes[1]} (at.%)")
     elif len(idx) == 3:
         sub = X[:, idx]
         tot = sub.sum(1)
         keep = tot > 0
         f = sub[keep] / tot[keep, None]
-        px = f[:, 1] + 0.5 * f[:, 2]
-        py = np.sqrt(3) / 2 * f[:, 2]
+        px, py = f[:, 1] + 0.5 * f[:, 2], np.sqrt(3) / 2 * f[:, 2]
         ax.plot([0, 1, 0.5, 0], [0, 0, np.sqrt(3) / 2, 0], "k-", lw=0.8)
         for (tx, ty), name in zip([(0, 0), (1, 0), (0.5, np.sqrt(3) / 2)], axes):
             ax.annotate(name, (tx, ty), ha="center", va="top" if ty == 0 else "bottom",
                         xytext=(0, -4 if ty == 0 else 4), textcoords="offset points")
         sc = ax.scatter(px, py, c=v[keep], cmap=cmap, norm=norm, s=s)
-        ax.set_aspect("equal")
+        ax.set(aspect="equal", ylim=(-0.08, np.sqrt(3) / 2 + 0.1))
         ax.axis("off")
-        ax.set_ylim(-0.08, np.sqrt(3) / 2 + 0.1)
     else:
         raise ValueError(f"axes must name 2 (pseudo-binary) or 3 (ternary) elements, got {axes}")
     ax.figure.colorbar(sc, ax=ax, label=label)
@@ -60,8 +57,7 @@ def plot_spectrum_saliency(raman_shift: Any, saliency: Any, spread: Any = None,
         sp = np.asarray(spread)
         ax.fill_between(nu, sal - sp, sal + sp, color="C3", alpha=0.25, lw=0)
     ax.axhline(0, color="k", lw=0.5)
-    ax.set_xlabel("Raman shift (cm⁻¹)")
-    ax.set_ylabel(label)
+    ax.set(xlabel="Raman shift (cm⁻¹)", ylabel=label)
     if spectrum is not None:
         ax2 = ax.twinx()
         ax2.plot(nu, np.asarray(spectrum), color="0.5", lw=0.8)

@@ -63,8 +63,7 @@ class _Loop:
                  md_calculator: Callable | None, executor: Any = None):
         self.cfg, self.model, self.oracle = cfg, model, oracle
         self.executor, self._pool = executor, None
-        self.evaluate = evaluate
-        self.md_calculator = md_calculator
+        self.evaluate, self.md_calculator = evaluate, md_calculator
         self.workdir = os.path.abspath(cfg.workdir)
         os.makedirs(self.workdir, exist_ok=True)
         self._check_config()
@@ -82,16 +81,12 @@ class _Loop:
         path = os.path.join(self.workdir, "config.toml")
         if os.path.exists(path):
             old = ActiveConfig.from_toml(path, workdir=self.cfg.workdir).to_dict()
-            new = self.cfg.to_dict()
-            diff = [k for k in new if k not in _RESUMABLE_CHANGES | {"workdir"}
-                    and old[k] != new[k]]
+            diff = [k for k, v in self.cfg.to_dict().items()
+                    if k not in _RESUMABLE_CHANGES | {"workdir"} and old[k] != v]
             if diff:
                 raise ValueError(f"{self.workdir} holds a run with different settings {diff}; "
                                  "use a new workdir (existing runs are never overwritten)")
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(self.cfg.to_toml())
-        os.replace(tmp, path)
+        _write_atomic(path, self.cfg.to_toml())
 
     def log(self, msg: str) -> None:
         if self.cfg.progress:
@@ -102,13 +97,11 @@ class _Loop:
         if os.path.exists(self.progress_path):
             with open(self.progress_path) as f:
                 for line in f:
-                    line = line.strip()
-                    if line:
-                        try:
-                            r = json.loads(line)
-                        except json.JSONDecodeError:  # a line cut by a kill
-                            continue
-                        out[int(r["generation"])] = r
+                    try:
+                        r = json.loads(line)
+                    except json.JSONDecodeError:  # a blank line or one cut by a kill
+                        continue
+                    out[int(r["generation"])] = r
         return out
 
     def _append_report(self, report: dict) -> None:
@@ -128,9 +121,8 @@ class _Loop:
             atoms = [a for a, b in zip(atoms, bad) if not b]
         if self.cfg.max_energy is None or not atoms:
             return atoms
-        e = np.array([a.get_potential_energy() for a in atoms])
-        if self.cfg.per_atom:
-            e = e / np.array([len(a) for a in atoms])
+        e = np.array([a.get_potential_energy() / (len(a) if self.cfg.per_atom else 1)
+                      for a in atoms])
         keep = e - e.min() <= self.cfg.max_energy
         return [a for a, k in zip(atoms, keep) if k]
 
@@ -161,18 +153,15 @@ class _Loop:
         example = graph.batch(recs[:1])
         steps = _saved_steps(self.ckpt_dir)
         with Checkpointer(self.ckpt_dir, max_to_keep=None) as ck:
+            template = {"params": self.template(example)}
             if generation in steps:
-                _, state, meta = ck.restore({"params": self.template(example)}, step=generation)
+                _, state, meta = ck.restore(template, step=generation)
                 return _committed(state["params"]), meta
-            prev = generation - 1
-            if cfg.warm_start and prev in steps:
-                _, state, _ = ck.restore({"params": self.template(example)}, step=prev)
-                params0 = state["params"]
-            else:
-                params0 = self.template(example)
+            warm = cfg.warm_start and generation - 1 in steps
+            start = ck.restore(template, step=generation - 1)[1] if warm else template
         t0 = time.perf_counter()
         fit_cfg = dataclasses.replace(cfg.fit, seed=_seed(cfg.seed, generation, 2))
-        res = ensemble.fit(self.model, params0, recs,
+        res = ensemble.fit(self.model, start["params"], recs,
                            loss=train.energy_force_loss(cfg.energy_weight, cfg.forces_weight),
                            config=fit_cfg, bootstrap=cfg.bootstrap)
         last = res.history[-1] if res.history else {}
@@ -198,50 +187,34 @@ class _Loop:
                  "train_sigma_median": float(np.sqrt(np.median(tr["forces_var_graph"])))}
         ref = list(train_atoms) if cfg.dedup_against_train else []
 
-        def pick(n):
-            return rng.choice(len(train_atoms), n, replace=n > len(train_atoms))
-
+        pick = lambda n: rng.choice(len(train_atoms), n, replace=n > len(train_atoms))  # noqa: E731
         if cfg.strategy == "adversarial":
             starts = [train_atoms[k] for k in pick(cfg.n_starts)]
             boltz = Boltzmann.from_structures(train_atoms, cfg.kT, cfg.per_atom)
             res = attack(self.model, params, starts, boltz, cfg.attack_config(generation),
                          cutoff=self.cutoff)
-            cands, fvar, score = res.atoms, np.array(res.forces_var_graph, dtype=np.float64), res.objective
+            cands, score = res.atoms, res.objective
+            fvar = np.array(res.forces_var_graph, dtype=np.float64)
             close = too_close(cands, cfg.min_distance)
             fvar[close] = np.nan  # never selected
             stats.update(attack_seconds=res.seconds, n_rebuilds=res.n_rebuilds,
                          objective_gain_median=float(np.median(
                              res.objective / np.maximum(res.objective_start, 1e-30))))
             idx = select(cands, fvar, tr["forces_var_graph"], cfg.select, score, ref)
-            origin = "attack"
         elif cfg.strategy == "random":
-            starts = [train_atoms[k] for k in pick(cfg.n_starts)]
-            cands = []
-            for a in starts:
-                b = a.copy()
-                b.calc = None
-                b.positions = a.positions + rng.normal(0.0, cfg.random_sigma, a.positions.shape) \
+            cands = [train_atoms[k].copy() for k in pick(cfg.n_starts)]  # copies carry no calc
+            for b in cands:
+                b.positions = b.positions + rng.normal(0.0, cfg.random_sigma, b.positions.shape) \
                     * np.isin(np.arange(3), cfg.attack.axes)
-                cands.append(b)
             close = too_close(cands, cfg.min_distance)
             idx = [int(k) for k in np.flatnonzero(~close)[:cfg.select.max_per_generation]]
-            pred = committee_predict(self.model, params, [cands[k] for k in idx], self.cutoff) \
-                if idx else {"forces_var_graph": np.zeros(0)}
-            fvar = np.zeros(len(cands))
-            fvar[idx] = pred["forces_var_graph"]
-            score = fvar
-            origin = "random"
+            fvar = score = self._forces_var(params, cands, idx, 0.0)
         else:
             cands = self._md_frames(params, [train_atoms[k] for k in pick(cfg.md_starts)], rng)
-            close = too_close(cands, cfg.min_distance)
-            fvar = np.full(len(cands), np.nan)  # too close: never selected
-            keep = np.flatnonzero(~close)
-            if len(keep):
-                fvar[keep] = committee_predict(self.model, params, [cands[k] for k in keep],
-                                               self.cutoff)["forces_var_graph"]
-            score = fvar
+            close = too_close(cands, cfg.min_distance)  # too close: never selected
+            fvar = score = self._forces_var(params, cands, np.flatnonzero(~close), np.nan)
             idx = select(cands, fvar, tr["forces_var_graph"], cfg.select, score, ref)
-            origin = "md"
+        origin = "attack" if cfg.strategy == "adversarial" else cfg.strategy
         stats.update(n_candidates=len(cands), n_above=int(np.sum(np.asarray(fvar) > thr)),
                      n_too_close=int(close.sum()),
                      n_selected=len(idx), propose_seconds=time.perf_counter() - t0)
@@ -251,19 +224,26 @@ class _Loop:
         return (chosen, np.sqrt(np.asarray(fvar, dtype=np.float64)[idx]),
                 np.asarray(score, dtype=np.float64)[idx], origin, stats)
 
+    def _forces_var(self, params: Params, cands: list, idx: Any, fill: float) -> np.ndarray:
+        """Committee force variance ((eV/Å)²) of ``cands[idx]``, ``fill`` for the others."""
+        fvar = np.full(len(cands), fill)
+        if len(idx):
+            fvar[idx] = committee_predict(self.model, params, [cands[k] for k in idx],
+                                          self.cutoff)["forces_var_graph"]
+        return fvar
+
     def _md_frames(self, params: Params, starts: list, rng: np.random.Generator) -> list:
         cfg = self.cfg
         frames = []
         calc = self.md_calculator(self.model, params, self.cutoff)  # one compile for all runs
-        for k, a in enumerate(starts):
+        for a in starts:
             atoms = a.copy()
             atoms.info = {}
             atoms.calc = calc
             dyn = langevin(atoms, cfg.md_temperature, cfg.md_timestep, cfg.md_friction, rng)
             for _ in range(cfg.md_steps // cfg.md_interval):
                 dyn.run(cfg.md_interval)
-                f = atoms.copy()
-                f.calc = None
+                f = atoms.copy()  # without the calculator
                 f.set_constraint()
                 f.set_momenta(None)
                 frames.append(f)
@@ -313,54 +293,40 @@ class _Loop:
         if store.count(origin="seed") == 0:
             if not self.seeds:
                 raise ValueError("no seed structures and an empty store: nothing to train on")
-            if cfg.relabel_seeds:
-                store.plan(self.seeds, 0, "seed")
-            else:
-                store.add_labelled(self.seeds, 0, "seed")
+            (store.plan if cfg.relabel_seeds else store.add_labelled)(self.seeds, 0, "seed")
             self.log(f"[{cfg.strategy}] stored {len(self.seeds)} seed structures in {store.path}")
         reports = self.reports()
-        done_reports = {g: r for g, r in reports.items() if not r.get("final")}
         c = self.label(None)
         if c["done"] or c["failed"]:
             self.log(f"[{cfg.strategy}] labelled {c['done']} pending structures "
                      f"({c['failed']} failed) in {c['seconds']:.1f} s")
         last_g = cfg.generations + 1 if cfg.train_final else cfg.generations
         for g in range(1, last_g + 1):
-            final = g == cfg.generations + 1
-            if g in done_reports and not final:
-                continue
+            final = g == cfg.generations + 1  # C_{G+1}: trained, evaluated, nothing proposed
+            if g in reports and bool(reports[g].get("final")) == final:
+                continue  # reported (a final report of a shorter run does not count)
             params, meta = self.committee(g)
             report = {"generation": g, "strategy": cfg.strategy, "n_train": meta["n_train"],
                       "train_seconds": meta.get("train_seconds"),
-                      "train_forces_mae": meta.get("train_forces_mae")}
-            if final:
-                report["final"] = True
-                if reports.get(g, {}).get("final") is None:
-                    if self.evaluate is not None:
-                        report.update(self.evaluate(g, params, store) or {})
-                    report["oracle_calls"] = store.count() - store.count(status="pending")
-                    self._append_report(report)
-                    self.log(_format(report))
-                break
+                      "train_forces_mae": meta.get("train_forces_mae"),
+                      **({"final": True} if final else {})}
             if self.evaluate is not None:
                 report.update(self.evaluate(g, params, store) or {})
-            stats_path = os.path.join(self.workdir, f"proposal_{g}.json")
-            if store.count(generation=g) == 0:
-                chosen, sigma, score, origin, stats = self.propose(g, params)
-                if chosen:
-                    store.plan(chosen, g, origin, sigma=sigma, score=score)
-                tmp = stats_path + ".tmp"
-                with open(tmp, "w") as f:
-                    json.dump(stats, f)
-                os.replace(tmp, stats_path)
-            if os.path.exists(stats_path):
-                with open(stats_path) as f:
-                    report.update(json.load(f))
-            c = self.label(g)
-            report.update(labelled=store.count(generation=g, status="done"),
-                          failed=store.count(generation=g, status="failed"),
-                          label_seconds=c["seconds"],
-                          oracle_calls=store.count() - store.count(status="pending"))
+            if not final:
+                stats_path = os.path.join(self.workdir, f"proposal_{g}.json")
+                if store.count(generation=g) == 0:
+                    chosen, sigma, score, origin, stats = self.propose(g, params)
+                    if chosen:
+                        store.plan(chosen, g, origin, sigma=sigma, score=score)
+                    _write_atomic(stats_path, json.dumps(stats))
+                if os.path.exists(stats_path):
+                    with open(stats_path) as f:
+                        report.update(json.load(f))
+                c = self.label(g)
+                report.update(labelled=store.count(generation=g, status="done"),
+                              failed=store.count(generation=g, status="failed"),
+                              label_seconds=c["seconds"])
+            report["oracle_calls"] = store.count() - store.count(status="pending")
             self._append_report(report)
             self.log(_format(report))
         steps = _saved_steps(self.ckpt_dir)
@@ -385,9 +351,14 @@ def _saved_steps(directory: str) -> list[int]:
 
 
 def _mean(v: Any) -> float | None:
-    if v is None:
-        return None
-    return float(np.mean(v))
+    return None if v is None else float(np.mean(v))
+
+
+def _write_atomic(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file, so a kill leaves the old or the new."""
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
 
 
 def _format(r: dict) -> str:

@@ -21,7 +21,7 @@ _RESUMABLE_CHANGES = {"generations", "progress", "train_final", "fit.progress", 
 # settings of older versions that no longer exist and never changed results: dropped on reading
 _OBSOLETE = {"compile_cache": "the training step is now compiled once per model and reused"}
 # nested settings the loop sets itself (per generation); they must keep their defaults
-_LOOP_OWNED = {"fit": ("seed", "checkpoint_dir"), "attack": ("seed",)}
+_LOOP_OWNED = ("fit.seed", "fit.checkpoint_dir", "attack.seed")
 # flat keys of configs written before the nesting -> (section, key)
 _FLAT_KEYS = {
     "epochs": ("fit", "epochs"), "lr": ("fit", "lr"), "lr_end": ("fit", "lr_end"),
@@ -115,19 +115,16 @@ class ActiveConfig:
 
     def __post_init__(self):
         for name, cls in _SECTIONS.items():
-            value = getattr(self, name)
-            if isinstance(value, dict):
-                value = _section(name, value)
+            if isinstance(value := getattr(self, name), dict):
+                value = config.from_dict(cls, value, f"active.{name}", base=_default_of(name))
                 setattr(self, name, value)
             if not isinstance(value, cls):
                 raise ValueError(f"ActiveConfig.{name} must be a {cls.__module__}."
                                  f"{cls.__name__} or a dict, got {type(value).__name__}")
-        for name, fields in _LOOP_OWNED.items():
-            default = _SECTIONS[name]()
-            for f in fields:
-                if getattr(getattr(self, name), f) != getattr(default, f):
-                    raise ValueError(f"{name}.{f} is set by the loop per generation (from "
-                                     f"ActiveConfig.seed and workdir); leave it at its default")
+        for key in _LOOP_OWNED:
+            if self.to_dict()[key] != _default_of(key):
+                raise ValueError(f"{key} is set by the loop per generation (from "
+                                 f"ActiveConfig.seed and workdir); leave it at its default")
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
         if not self.kT > 0:
@@ -155,8 +152,7 @@ class ActiveConfig:
             raise FileNotFoundError(f"config file not found: {path}")
         with open(path, "rb") as f:
             data = tomllib.load(f)
-        data = dict(data.get("active", data))
-        data.update(overrides)
+        data = {**data.get("active", data), **overrides}
         try:
             return cls.from_dict(data)
         except ValueError as e:
@@ -184,18 +180,14 @@ class ActiveConfig:
         out = {}
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
-            if f.name in _SECTIONS:
-                out.update({f"{f.name}.{g.name}": getattr(v, g.name)
-                            for g in dataclasses.fields(v)})
-            else:
-                out[f.name] = v
+            out.update({f"{f.name}.{g.name}": getattr(v, g.name) for g in dataclasses.fields(v)}
+                       if f.name in _SECTIONS else {f.name: v})
         return out
 
     def to_toml(self) -> str:
         tables: dict[str, list[str]] = {"active": []}
         for key, v in self.to_dict().items():
-            table, _, name = key.rpartition(".")
-            table = f"active.{table}" if table else "active"
+            *table, name = ["active", *key.split(".")]
             if v is None:
                 if _default_of(key) is not None:
                     raise ValueError(f"{key} = None cannot be written to TOML (no null) and "
@@ -205,22 +197,17 @@ class ActiveConfig:
                 text = json.dumps(list(v) if isinstance(v, tuple) else v)
             except TypeError:
                 raise ValueError(f"{key} = {v!r} cannot be written to TOML") from None
-            tables.setdefault(table, []).append(f"{name} = {text}")
+            tables.setdefault(".".join(table), []).append(f"{name} = {text}")
         return "\n".join(f"[{t}]\n" + "\n".join(lines) + "\n" for t, lines in tables.items())
 
 
-def _section(name: str, values: dict) -> Any:
-    base = _default_fit() if name == "fit" else _SECTIONS[name]()
-    return config.from_dict(_SECTIONS[name], values, f"active.{name}", base=base)
-
-
 def _default_of(key: str) -> Any:
-    name, _, field = key.rpartition(".")
-    if name == "fit":
-        return getattr(_default_fit(), field)
-    if name:
-        return getattr(_SECTIONS[name](), field)
-    return {f.name: f.default for f in dataclasses.fields(ActiveConfig)}.get(field)
+    """The default of setting ``key`` (``"name"`` or ``"section.name"``; a section's name gives
+    a fresh section with the loop's defaults)."""
+    name, _, field = key.partition(".")
+    f = {f.name: f for f in dataclasses.fields(ActiveConfig)}[name]
+    default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+    return getattr(default, field) if field else default
 
 
 def _seed(*parts: int) -> int:

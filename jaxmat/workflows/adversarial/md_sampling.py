@@ -21,12 +21,8 @@ def langevin(atoms: Any, temperature_K: float, timestep_fs: float, friction_per_
     try:
         from ase.md.velocitydistribution import thermalize_momenta
     except ImportError:  # ASE < 3.29
-        from ase.md.velocitydistribution import MaxwellBoltzmannDistribution as _mb
-
-        def thermalize_momenta(a, t, rng=None):
-            _mb(a, temperature_K=t, rng=rng)
-
-    thermalize_momenta(atoms, temperature_K, rng=rng)
+        from ase.md.velocitydistribution import MaxwellBoltzmannDistribution as thermalize_momenta
+    thermalize_momenta(atoms, temperature_K=temperature_K, rng=rng)
     if not atoms.constraints and len(atoms) > 1:
         atoms.set_constraint(FixCom())
     return Langevin(atoms, timestep_fs * units.fs, temperature_K=temperature_K,

@@ -32,224 +32,17 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxmat.core import config, ensemble, graph, train
-from jaxmat.workflows.adversarial.attack import AttackConfig, Boltzmann, attack
+from jaxmat.core import ensemble, graph, train
 from jaxmat.core.checkpoint import Checkpointer
-from jaxmat.workflows.adversarial.oracle import Oracle
 from jaxmat.core.protocol import Model, Params, resolve_spec
-from jaxmat.workflows.adversarial.select import SelectConfig, committee_predict, select, too_close, variance_threshold
+from jaxmat.workflows.adversarial.active_config import (  # ActiveConfig, STRATEGIES re-exported
+    _RESUMABLE_CHANGES, STRATEGIES, ActiveConfig, _seed)
+from jaxmat.workflows.adversarial.attack import Boltzmann, attack
+from jaxmat.workflows.adversarial.md_sampling import _default_md_calculator, langevin
+from jaxmat.workflows.adversarial.oracle import Oracle
+from jaxmat.workflows.adversarial.select import (committee_predict, select, too_close,
+                                                 variance_threshold)
 from jaxmat.workflows.adversarial.store import Store
-
-STRATEGIES = ("adversarial", "random", "md")
-# settings that may change between a run and its resumption
-_RESUMABLE_CHANGES = {"generations", "progress", "train_final", "fit.progress", "workers"}
-# settings of older versions that no longer exist and never changed results: dropped on reading
-_OBSOLETE = {"compile_cache": "the training step is now compiled once per model and reused"}
-# nested settings the loop sets itself (per generation); they must keep their defaults
-_LOOP_OWNED = {"fit": ("seed", "checkpoint_dir"), "attack": ("seed",)}
-# flat keys of configs written before the nesting -> (section, key)
-_FLAT_KEYS = {
-    "epochs": ("fit", "epochs"), "lr": ("fit", "lr"), "lr_end": ("fit", "lr_end"),
-    "batch_size": ("fit", "batch_size"), "attack_steps": ("attack", "n_steps"),
-    "attack_lr": ("attack", "lr"), "attack_sigma": ("attack", "sigma"),
-    "clamp": ("attack", "clamp"), "skin": ("attack", "skin"), "axes": ("attack", "axes"),
-    **{k: ("select", k) for k in ("percentile", "rmsd", "permute", "align",
-                                  "max_per_generation", "fill")},
-}
-
-
-def _default_fit() -> ensemble.CommitteeConfig:
-    return ensemble.CommitteeConfig(epochs=200, lr=2e-3, lr_end=1e-5, batch_size=32,
-                                    progress=False)
-
-
-_SECTIONS = {"fit": ensemble.CommitteeConfig, "attack": AttackConfig, "select": SelectConfig}
-
-
-@dataclasses.dataclass
-class ActiveConfig:
-    """Settings of :func:`run` (units: kT eV, distances Å, temperature K, time fs).
-
-    Training: ``n_members`` committee members trained per generation with ``fit``
-    (:class:`jaxmat.core.ensemble.CommitteeConfig`: ``epochs``, ``lr`` → ``lr_end``,
-    ``batch_size``, ...; its seed is derived from ``seed`` per generation), loss
-    ``energy_weight``·(eV/atom)² + ``forces_weight``·(eV/Å)², warm-started from the previous
-    generation's committee (``warm_start``).
-    Adversarial: ``n_starts`` training geometries attacked with ``attack``
-    (:class:`jaxmat.workflows.adversarial.attack.AttackConfig`: steps, lr, δ₀ ~ N(0, sigma²), clamp, skin, axes;
-    seed derived per generation), Boltzmann factor at ``kT`` (``per_atom`` energies
-    optional). Selection: ``select`` (:class:`jaxmat.workflows.adversarial.select.SelectConfig`: committee force
-    variance above a ``percentile`` of the training set's, RMSD dedup, at most
-    ``max_per_generation``), deduplicated also against the training set with
-    ``dedup_against_train``. Candidates with two atoms closer than ``min_distance`` (Å) are
-    never labelled; stored labels that close (from older runs) are kept out of training.
-    Random baseline: ``n_starts`` training geometries displaced by N(0, ``random_sigma``²)
-    along ``attack.axes``, the first ``select.max_per_generation`` labelled. MD baseline:
-    ``md_starts`` Langevin runs of ``md_steps`` steps at ``md_temperature`` with the
-    committee, a frame every ``md_interval`` steps, then the same selection as the attack.
-
-    Labelling: ``workers`` local processes (:func:`jaxmat.workflows.adversarial.oracle.local_pool`,
-    the oracle's ``threads`` OpenMP threads each, default 1) label the pending structures
-    in parallel; 0 labels in this process, one after another. An executor given to
-    :func:`run` replaces the pool. Labels do not depend on where they are computed, so
-    ``workers`` may change when a run resumes.
-
-    ``train_final`` trains C_{G+1} on all labels after the last generation (else the result
-    is C_G). ``max_energy`` (eV above the lowest label; eV/atom with ``per_atom``) keeps
-    higher-energy labels in the store but out of training. The per-generation retraining
-    reuses one compiled step (:mod:`jaxmat.core.engine`).
-
-    ``fit``, ``attack`` and ``select`` may be given as dicts. In TOML they are the tables
-    ``[active.fit]``, ``[active.attack]``, ``[active.select]``; a flat file written before
-    the nesting is migrated (``epochs`` → ``fit.epochs``, ``attack_steps`` →
-    ``attack.n_steps``, ``percentile`` → ``select.percentile``, ...).
-    """
-
-    workdir: str = "runs/active"
-    strategy: str = "adversarial"
-    generations: int = 5
-    seed: int = 0
-    relabel_seeds: bool = True
-    progress: bool = True
-    train_final: bool = True
-    max_energy: float | None = None
-    workers: int = 1
-    # committee training
-    n_members: int = 4
-    fit: ensemble.CommitteeConfig = dataclasses.field(default_factory=_default_fit)
-    energy_weight: float = 1.0
-    forces_weight: float = 10.0
-    warm_start: bool = True
-    bootstrap: bool = False
-    # proposals and selection
-    kT: float = 0.5
-    per_atom: bool = False
-    n_starts: int = 128
-    attack: AttackConfig = dataclasses.field(default_factory=AttackConfig)
-    select: SelectConfig = dataclasses.field(default_factory=SelectConfig)
-    dedup_against_train: bool = True
-    min_distance: float = 0.5
-    # baselines
-    random_sigma: float = 0.1
-    md_temperature: float = 1000.0
-    md_timestep: float = 0.5
-    md_friction: float = 0.01
-    md_steps: int = 200
-    md_interval: int = 10
-    md_starts: int = 4
-
-    def __post_init__(self):
-        for name, cls in _SECTIONS.items():
-            value = getattr(self, name)
-            if isinstance(value, dict):
-                value = _section(name, value)
-                setattr(self, name, value)
-            if not isinstance(value, cls):
-                raise ValueError(f"ActiveConfig.{name} must be a {cls.__module__}."
-                                 f"{cls.__name__} or a dict, got {type(value).__name__}")
-        for name, fields in _LOOP_OWNED.items():
-            default = _SECTIONS[name]()
-            for f in fields:
-                if getattr(getattr(self, name), f) != getattr(default, f):
-                    raise ValueError(f"{name}.{f} is set by the loop per generation (from "
-                                     f"ActiveConfig.seed and workdir); leave it at its default")
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
-        if not self.kT > 0:
-            raise ValueError(f"kT must be positive (eV), got {self.kT}")
-        if self.generations < 0 or self.n_members < 1 or self.fit.epochs < 1:
-            raise ValueError("need generations >= 0, n_members >= 1 and fit.epochs >= 1")
-        if not self.min_distance >= 0:
-            raise ValueError(f"min_distance must be >= 0 Å, got {self.min_distance}")
-        if self.workers < 0:
-            raise ValueError(f"workers must be >= 0 (0: label in this process), got {self.workers}")
-        if self.n_starts < 1 or self.select.max_per_generation < 0:
-            raise ValueError("need n_starts >= 1 and select.max_per_generation >= 0")
-
-    def attack_config(self, generation: int) -> AttackConfig:
-        """``attack`` with the seed of ``generation``."""
-        return dataclasses.replace(self.attack, seed=_seed(self.seed, generation, 1))
-
-    # ------------------------------------------------------------------ TOML
-    @classmethod
-    def from_toml(cls, path: str | os.PathLike, **overrides: Any) -> "ActiveConfig":
-        """Read a TOML file (keys at top level or in an ``[active]`` table)."""
-        import tomllib
-
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"config file not found: {path}")
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-        data = dict(data.get("active", data))
-        data.update(overrides)
-        try:
-            return cls.from_dict(data)
-        except ValueError as e:
-            raise ValueError(f"{path}: {e}") from None
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "ActiveConfig":
-        """Settings from a (nested) dict; flat keys of the old layout are migrated."""
-        data = {k: dict(v) if k in _SECTIONS and isinstance(v, dict) else v
-                for k, v in data.items()}
-        for old, (name, key) in _FLAT_KEYS.items():
-            if old in data:
-                section = data.setdefault(name, {})
-                if not isinstance(section, dict) or key in section:
-                    raise ValueError(f"setting {old!r} is given both flat (old layout) and "
-                                     f"as {name}.{key}; keep only {name}.{key}")
-                section[key] = data.pop(old)
-        for old, why in _OBSOLETE.items():
-            if data.pop(old, None) is not None:
-                print(f"active: setting {old!r} is obsolete and ignored ({why})", file=sys.stderr)
-        return config.from_dict(cls, data, "active")
-
-    def to_dict(self) -> dict[str, Any]:
-        """Flat ``{"name" or "section.name": value}`` of every setting."""
-        out = {}
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            if f.name in _SECTIONS:
-                out.update({f"{f.name}.{g.name}": getattr(v, g.name)
-                            for g in dataclasses.fields(v)})
-            else:
-                out[f.name] = v
-        return out
-
-    def to_toml(self) -> str:
-        tables: dict[str, list[str]] = {"active": []}
-        for key, v in self.to_dict().items():
-            table, _, name = key.rpartition(".")
-            table = f"active.{table}" if table else "active"
-            if v is None:
-                if _default_of(key) is not None:
-                    raise ValueError(f"{key} = None cannot be written to TOML (no null) and "
-                                     f"would read back as its default {_default_of(key)!r}")
-                continue  # absent means the default None
-            try:
-                text = json.dumps(list(v) if isinstance(v, tuple) else v)
-            except TypeError:
-                raise ValueError(f"{key} = {v!r} cannot be written to TOML") from None
-            tables.setdefault(table, []).append(f"{name} = {text}")
-        return "\n".join(f"[{t}]\n" + "\n".join(lines) + "\n" for t, lines in tables.items())
-
-
-def _section(name: str, values: dict) -> Any:
-    base = _default_fit() if name == "fit" else _SECTIONS[name]()
-    return config.from_dict(_SECTIONS[name], values, f"active.{name}", base=base)
-
-
-def _default_of(key: str) -> Any:
-    name, _, field = key.rpartition(".")
-    if name == "fit":
-        return getattr(_default_fit(), field)
-    if name:
-        return getattr(_SECTIONS[name](), field)
-    return {f.name: f.default for f in dataclasses.fields(ActiveConfig)}.get(field)
-
-
-def _seed(*parts: int) -> int:
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
 
 
 @dataclasses.dataclass
@@ -270,8 +63,7 @@ class _Loop:
                  md_calculator: Callable | None, executor: Any = None):
         self.cfg, self.model, self.oracle = cfg, model, oracle
         self.executor, self._pool = executor, None
-        self.evaluate = evaluate
-        self.md_calculator = md_calculator
+        self.evaluate, self.md_calculator = evaluate, md_calculator
         self.workdir = os.path.abspath(cfg.workdir)
         os.makedirs(self.workdir, exist_ok=True)
         self._check_config()
@@ -289,16 +81,12 @@ class _Loop:
         path = os.path.join(self.workdir, "config.toml")
         if os.path.exists(path):
             old = ActiveConfig.from_toml(path, workdir=self.cfg.workdir).to_dict()
-            new = self.cfg.to_dict()
-            diff = [k for k in new if k not in _RESUMABLE_CHANGES | {"workdir"}
-                    and old[k] != new[k]]
+            diff = [k for k, v in self.cfg.to_dict().items()
+                    if k not in _RESUMABLE_CHANGES | {"workdir"} and old[k] != v]
             if diff:
                 raise ValueError(f"{self.workdir} holds a run with different settings {diff}; "
                                  "use a new workdir (existing runs are never overwritten)")
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(self.cfg.to_toml())
-        os.replace(tmp, path)
+        _write_atomic(path, self.cfg.to_toml())
 
     def log(self, msg: str) -> None:
         if self.cfg.progress:
@@ -309,13 +97,11 @@ class _Loop:
         if os.path.exists(self.progress_path):
             with open(self.progress_path) as f:
                 for line in f:
-                    line = line.strip()
-                    if line:
-                        try:
-                            r = json.loads(line)
-                        except json.JSONDecodeError:  # a line cut by a kill
-                            continue
-                        out[int(r["generation"])] = r
+                    try:
+                        r = json.loads(line)
+                    except json.JSONDecodeError:  # a blank line or one cut by a kill
+                        continue
+                    out[int(r["generation"])] = r
         return out
 
     def _append_report(self, report: dict) -> None:
@@ -335,9 +121,8 @@ class _Loop:
             atoms = [a for a, b in zip(atoms, bad) if not b]
         if self.cfg.max_energy is None or not atoms:
             return atoms
-        e = np.array([a.get_potential_energy() for a in atoms])
-        if self.cfg.per_atom:
-            e = e / np.array([len(a) for a in atoms])
+        e = np.array([a.get_potential_energy() / (len(a) if self.cfg.per_atom else 1)
+                      for a in atoms])
         keep = e - e.min() <= self.cfg.max_energy
         return [a for a, k in zip(atoms, keep) if k]
 
@@ -368,18 +153,15 @@ class _Loop:
         example = graph.batch(recs[:1])
         steps = _saved_steps(self.ckpt_dir)
         with Checkpointer(self.ckpt_dir, max_to_keep=None) as ck:
+            template = {"params": self.template(example)}
             if generation in steps:
-                _, state, meta = ck.restore({"params": self.template(example)}, step=generation)
+                _, state, meta = ck.restore(template, step=generation)
                 return _committed(state["params"]), meta
-            prev = generation - 1
-            if cfg.warm_start and prev in steps:
-                _, state, _ = ck.restore({"params": self.template(example)}, step=prev)
-                params0 = state["params"]
-            else:
-                params0 = self.template(example)
+            warm = cfg.warm_start and generation - 1 in steps
+            start = ck.restore(template, step=generation - 1)[1] if warm else template
         t0 = time.perf_counter()
         fit_cfg = dataclasses.replace(cfg.fit, seed=_seed(cfg.seed, generation, 2))
-        res = ensemble.fit(self.model, params0, recs,
+        res = ensemble.fit(self.model, start["params"], recs,
                            loss=train.energy_force_loss(cfg.energy_weight, cfg.forces_weight),
                            config=fit_cfg, bootstrap=cfg.bootstrap)
         last = res.history[-1] if res.history else {}
@@ -405,50 +187,34 @@ class _Loop:
                  "train_sigma_median": float(np.sqrt(np.median(tr["forces_var_graph"])))}
         ref = list(train_atoms) if cfg.dedup_against_train else []
 
-        def pick(n):
-            return rng.choice(len(train_atoms), n, replace=n > len(train_atoms))
-
+        pick = lambda n: rng.choice(len(train_atoms), n, replace=n > len(train_atoms))  # noqa: E731
         if cfg.strategy == "adversarial":
             starts = [train_atoms[k] for k in pick(cfg.n_starts)]
             boltz = Boltzmann.from_structures(train_atoms, cfg.kT, cfg.per_atom)
             res = attack(self.model, params, starts, boltz, cfg.attack_config(generation),
                          cutoff=self.cutoff)
-            cands, fvar, score = res.atoms, np.array(res.forces_var_graph, dtype=np.float64), res.objective
+            cands, score = res.atoms, res.objective
+            fvar = np.array(res.forces_var_graph, dtype=np.float64)
             close = too_close(cands, cfg.min_distance)
             fvar[close] = np.nan  # never selected
             stats.update(attack_seconds=res.seconds, n_rebuilds=res.n_rebuilds,
                          objective_gain_median=float(np.median(
                              res.objective / np.maximum(res.objective_start, 1e-30))))
             idx = select(cands, fvar, tr["forces_var_graph"], cfg.select, score, ref)
-            origin = "attack"
         elif cfg.strategy == "random":
-            starts = [train_atoms[k] for k in pick(cfg.n_starts)]
-            cands = []
-            for a in starts:
-                b = a.copy()
-                b.calc = None
-                b.positions = a.positions + rng.normal(0.0, cfg.random_sigma, a.positions.shape) \
+            cands = [train_atoms[k].copy() for k in pick(cfg.n_starts)]  # copies carry no calc
+            for b in cands:
+                b.positions = b.positions + rng.normal(0.0, cfg.random_sigma, b.positions.shape) \
                     * np.isin(np.arange(3), cfg.attack.axes)
-                cands.append(b)
             close = too_close(cands, cfg.min_distance)
             idx = [int(k) for k in np.flatnonzero(~close)[:cfg.select.max_per_generation]]
-            pred = committee_predict(self.model, params, [cands[k] for k in idx], self.cutoff) \
-                if idx else {"forces_var_graph": np.zeros(0)}
-            fvar = np.zeros(len(cands))
-            fvar[idx] = pred["forces_var_graph"]
-            score = fvar
-            origin = "random"
+            fvar = score = self._forces_var(params, cands, idx, 0.0)
         else:
             cands = self._md_frames(params, [train_atoms[k] for k in pick(cfg.md_starts)], rng)
-            close = too_close(cands, cfg.min_distance)
-            fvar = np.full(len(cands), np.nan)  # too close: never selected
-            keep = np.flatnonzero(~close)
-            if len(keep):
-                fvar[keep] = committee_predict(self.model, params, [cands[k] for k in keep],
-                                               self.cutoff)["forces_var_graph"]
-            score = fvar
+            close = too_close(cands, cfg.min_distance)  # too close: never selected
+            fvar = score = self._forces_var(params, cands, np.flatnonzero(~close), np.nan)
             idx = select(cands, fvar, tr["forces_var_graph"], cfg.select, score, ref)
-            origin = "md"
+        origin = "attack" if cfg.strategy == "adversarial" else cfg.strategy
         stats.update(n_candidates=len(cands), n_above=int(np.sum(np.asarray(fvar) > thr)),
                      n_too_close=int(close.sum()),
                      n_selected=len(idx), propose_seconds=time.perf_counter() - t0)
@@ -458,19 +224,26 @@ class _Loop:
         return (chosen, np.sqrt(np.asarray(fvar, dtype=np.float64)[idx]),
                 np.asarray(score, dtype=np.float64)[idx], origin, stats)
 
+    def _forces_var(self, params: Params, cands: list, idx: Any, fill: float) -> np.ndarray:
+        """Committee force variance ((eV/Å)²) of ``cands[idx]``, ``fill`` for the others."""
+        fvar = np.full(len(cands), fill)
+        if len(idx):
+            fvar[idx] = committee_predict(self.model, params, [cands[k] for k in idx],
+                                          self.cutoff)["forces_var_graph"]
+        return fvar
+
     def _md_frames(self, params: Params, starts: list, rng: np.random.Generator) -> list:
         cfg = self.cfg
         frames = []
         calc = self.md_calculator(self.model, params, self.cutoff)  # one compile for all runs
-        for k, a in enumerate(starts):
+        for a in starts:
             atoms = a.copy()
             atoms.info = {}
             atoms.calc = calc
             dyn = langevin(atoms, cfg.md_temperature, cfg.md_timestep, cfg.md_friction, rng)
             for _ in range(cfg.md_steps // cfg.md_interval):
                 dyn.run(cfg.md_interval)
-                f = atoms.copy()
-                f.calc = None
+                f = atoms.copy()  # without the calculator
                 f.set_constraint()
                 f.set_momenta(None)
                 frames.append(f)
@@ -520,54 +293,40 @@ class _Loop:
         if store.count(origin="seed") == 0:
             if not self.seeds:
                 raise ValueError("no seed structures and an empty store: nothing to train on")
-            if cfg.relabel_seeds:
-                store.plan(self.seeds, 0, "seed")
-            else:
-                store.add_labelled(self.seeds, 0, "seed")
+            (store.plan if cfg.relabel_seeds else store.add_labelled)(self.seeds, 0, "seed")
             self.log(f"[{cfg.strategy}] stored {len(self.seeds)} seed structures in {store.path}")
         reports = self.reports()
-        done_reports = {g: r for g, r in reports.items() if not r.get("final")}
         c = self.label(None)
         if c["done"] or c["failed"]:
             self.log(f"[{cfg.strategy}] labelled {c['done']} pending structures "
                      f"({c['failed']} failed) in {c['seconds']:.1f} s")
         last_g = cfg.generations + 1 if cfg.train_final else cfg.generations
         for g in range(1, last_g + 1):
-            final = g == cfg.generations + 1
-            if g in done_reports and not final:
-                continue
+            final = g == cfg.generations + 1  # C_{G+1}: trained, evaluated, nothing proposed
+            if g in reports and bool(reports[g].get("final")) == final:
+                continue  # reported (a final report of a shorter run does not count)
             params, meta = self.committee(g)
             report = {"generation": g, "strategy": cfg.strategy, "n_train": meta["n_train"],
                       "train_seconds": meta.get("train_seconds"),
-                      "train_forces_mae": meta.get("train_forces_mae")}
-            if final:
-                report["final"] = True
-                if reports.get(g, {}).get("final") is None:
-                    if self.evaluate is not None:
-                        report.update(self.evaluate(g, params, store) or {})
-                    report["oracle_calls"] = store.count() - store.count(status="pending")
-                    self._append_report(report)
-                    self.log(_format(report))
-                break
+                      "train_forces_mae": meta.get("train_forces_mae"),
+                      **({"final": True} if final else {})}
             if self.evaluate is not None:
                 report.update(self.evaluate(g, params, store) or {})
-            stats_path = os.path.join(self.workdir, f"proposal_{g}.json")
-            if store.count(generation=g) == 0:
-                chosen, sigma, score, origin, stats = self.propose(g, params)
-                if chosen:
-                    store.plan(chosen, g, origin, sigma=sigma, score=score)
-                tmp = stats_path + ".tmp"
-                with open(tmp, "w") as f:
-                    json.dump(stats, f)
-                os.replace(tmp, stats_path)
-            if os.path.exists(stats_path):
-                with open(stats_path) as f:
-                    report.update(json.load(f))
-            c = self.label(g)
-            report.update(labelled=store.count(generation=g, status="done"),
-                          failed=store.count(generation=g, status="failed"),
-                          label_seconds=c["seconds"],
-                          oracle_calls=store.count() - store.count(status="pending"))
+            if not final:
+                stats_path = os.path.join(self.workdir, f"proposal_{g}.json")
+                if store.count(generation=g) == 0:
+                    chosen, sigma, score, origin, stats = self.propose(g, params)
+                    if chosen:
+                        store.plan(chosen, g, origin, sigma=sigma, score=score)
+                    _write_atomic(stats_path, json.dumps(stats))
+                if os.path.exists(stats_path):
+                    with open(stats_path) as f:
+                        report.update(json.load(f))
+                c = self.label(g)
+                report.update(labelled=store.count(generation=g, status="done"),
+                              failed=store.count(generation=g, status="failed"),
+                              label_seconds=c["seconds"])
+            report["oracle_calls"] = store.count() - store.count(status="pending")
             self._append_report(report)
             self.log(_format(report))
         steps = _saved_steps(self.ckpt_dir)
@@ -575,31 +334,6 @@ class _Loop:
         out = [r for _, r in sorted(self.reports().items())
                if r["generation"] <= cfg.generations or r.get("final")]
         return ActiveResult(params, out, store, self.workdir)
-
-
-def langevin(atoms: Any, temperature_K: float, timestep_fs: float, friction_per_fs: float,
-             rng: np.random.Generator):
-    """ASE Langevin dynamics with Maxwell–Boltzmann initial momenta and (for more than one
-    atom) a fixed centre of mass (``temperature_K`` K, ``timestep_fs`` fs,
-    ``friction_per_fs`` 1/fs)."""
-    from ase import units
-    from ase.constraints import FixCom
-    from ase.md.langevin import Langevin
-
-    try:
-        from ase.md.velocitydistribution import thermalize_momenta
-    except ImportError:  # ASE < 3.29
-        from ase.md.velocitydistribution import MaxwellBoltzmannDistribution as _mb
-
-        def thermalize_momenta(a, t, rng=None):
-            _mb(a, temperature_K=t, rng=rng)
-
-    thermalize_momenta(atoms, temperature_K, rng=rng)
-    if not atoms.constraints and len(atoms) > 1:
-        atoms.set_constraint(FixCom())
-    return Langevin(atoms, timestep_fs * units.fs, temperature_K=temperature_K,
-                    friction=friction_per_fs / units.fs, fixcm=False,
-                    rng=np.random.default_rng(rng.integers(2**31)))
 
 
 def _committed(params: Params) -> Params:
@@ -617,9 +351,14 @@ def _saved_steps(directory: str) -> list[int]:
 
 
 def _mean(v: Any) -> float | None:
-    if v is None:
-        return None
-    return float(np.mean(v))
+    return None if v is None else float(np.mean(v))
+
+
+def _write_atomic(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file, so a kill leaves the old or the new."""
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
 
 
 def _format(r: dict) -> str:
@@ -658,9 +397,3 @@ def run(config: ActiveConfig, model: Model, oracle: Oracle, seeds: Sequence[Any]
     if md_calculator is None and config.strategy == "md":
         md_calculator = _default_md_calculator
     return _Loop(config, model, oracle, seeds, cutoff, evaluate, md_calculator, executor).run()
-
-
-def _default_md_calculator(model: Model, params: Params, cutoff: float):
-    from jaxmat.ase import JaxmatCalculator
-
-    return JaxmatCalculator(model, params, cutoff=cutoff)

@@ -38,6 +38,7 @@ from jaxmat.cli import config as cli_config
 from jaxmat.cli.config import DataConfig, TrainConfig
 from jaxmat.cli.eval import errors, parity_plot, pyplot
 from jaxmat.core import bundle, calibrate, callbacks, engine, ensemble, graph, potential, train
+from jaxmat.core.files import write_atomic
 from jaxmat.core.protocol import Model, Params
 from jaxmat.models import mace, painn, schnet
 
@@ -243,8 +244,8 @@ def run(cfg: TrainConfig, overwrite: bool = False, max_epochs: int | None = None
                                  "(split.json differs: has the data file changed?); pass "
                                  "--overwrite or choose another output")
     os.makedirs(out, exist_ok=True)
-    _write(os.path.join(out, "config.toml"), cli_config.to_toml(cfg))
-    _write(split_file, json.dumps(idx) + "\n")
+    write_atomic(os.path.join(out, "config.toml"), cli_config.to_toml(cfg))
+    write_atomic(split_file, json.dumps(idx) + "\n")
     n = {k: len(v) for k, v in p.records.items()}
     print(f"jaxmat train: {n['train']} train / {n['val']} validation / {n['test']} test "
           f"structures; {cfg.model.name}{'' if cfg.committee == 1 else f' x{cfg.committee}'}; "
@@ -304,7 +305,7 @@ def finish(cfg: TrainConfig, p: Prepared, res: Any, idx: dict, seconds: float) -
         if p.records[k]:
             summary[k], arrays[k] = errors(p.model, res.params, p.records[k],
                                            cfg.data.val_batch_size, calibration)
-    _write(os.path.join(out, "metrics.json"), json.dumps(summary, indent=1) + "\n")
+    write_atomic(os.path.join(out, "metrics.json"), json.dumps(summary, indent=1) + "\n")
     which = "test" if "test" in arrays else "val"
     parity_plot(os.path.join(out, "parity.png"), arrays[which],
                 f"{cfg.model.name}: {which} split ({len(p.records[which])} structures)")
@@ -337,8 +338,3 @@ def learning_curve(path: str, history: list[dict]) -> bool:
     return True
 
 
-def _write(path: str, text: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)

@@ -34,6 +34,7 @@ import numpy as np
 
 from jaxmat.core import ensemble, graph, train
 from jaxmat.core.checkpoint import Checkpointer
+from jaxmat.core.files import write_atomic
 from jaxmat.core.protocol import Model, Params, resolve_spec
 from jaxmat.workflows.adversarial.active_config import (  # ActiveConfig, STRATEGIES re-exported
     _RESUMABLE_CHANGES, STRATEGIES, ActiveConfig, _seed)
@@ -86,7 +87,7 @@ class _Loop:
             if diff:
                 raise ValueError(f"{self.workdir} holds a run with different settings {diff}; "
                                  "use a new workdir (existing runs are never overwritten)")
-        _write_atomic(path, self.cfg.to_toml())
+        write_atomic(path, self.cfg.to_toml())
 
     def log(self, msg: str) -> None:
         if self.cfg.progress:
@@ -318,7 +319,7 @@ class _Loop:
                     chosen, sigma, score, origin, stats = self.propose(g, params)
                     if chosen:
                         store.plan(chosen, g, origin, sigma=sigma, score=score)
-                    _write_atomic(stats_path, json.dumps(stats))
+                    write_atomic(stats_path, json.dumps(stats))
                 if os.path.exists(stats_path):
                     with open(stats_path) as f:
                         report.update(json.load(f))
@@ -352,13 +353,6 @@ def _saved_steps(directory: str) -> list[int]:
 
 def _mean(v: Any) -> float | None:
     return None if v is None else float(np.mean(v))
-
-
-def _write_atomic(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file, so a kill leaves the old or the new."""
-    with open(path + ".tmp", "w") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
 
 
 def _format(r: dict) -> str:

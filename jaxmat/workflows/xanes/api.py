@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from jaxmat.core import bundle as _bundle
+from jaxmat.core.files import save_npz
 from jaxmat.core.protocol import Model, Params
 
 Z = {"O": 8, "N": 7}
@@ -208,10 +209,7 @@ def _computed(smiles_or_atoms: Any, canonical: str, settings: Any, cache: Any) -
             raise
         if path:
             os.makedirs(folder, exist_ok=True)
-            tmp = f"{path}.tmp{os.getpid()}"
-            with open(tmp, "wb") as fh:
-                np.savez_compressed(fh, **res)
-            os.replace(tmp, path)
+            save_npz(path, res)
     if cache is not False:
         _MEMORY[key] = res
     return res

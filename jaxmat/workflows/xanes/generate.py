@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from jaxmat.core.files import save_npz, write_atomic
 from jaxmat.workflows.xanes.broaden import REFERENCES, first_strong
 
 HARTREE = 27.211386245988  # eV
@@ -348,26 +349,8 @@ def calibrate(settings: Settings = Settings()) -> dict:
 
 
 # --------------------------------------------------------------------------- resumable store
-def _atomic_write(path: str, write) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    write(tmp)
-    os.replace(tmp, path)
-
-
-def _save_npz(path: str, arrays: dict) -> None:
-    def w(tmp):
-        with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, **arrays)
-
-    _atomic_write(path, w)
-
-
 def _save_json(path: str, obj: dict) -> None:
-    def w(tmp):
-        with open(tmp, "w") as fh:
-            json.dump(obj, fh, indent=1)
-
-    _atomic_write(path, w)
+    write_atomic(path, json.dumps(obj, indent=1))
 
 
 def store_status(store: str) -> tuple[set[str], set[str]]:
@@ -412,7 +395,7 @@ def _work(args) -> tuple[str, str, float]:
     try:
         res = compute_molecule(smiles, settings)
         res["mol_id"] = np.array(mol_id)
-        _save_npz(os.path.join(store, f"{mol_id}.npz"), res)
+        save_npz(os.path.join(store, f"{mol_id}.npz"), res)
         status = "done"
     except Exception as exc:  # recorded, not retried
         _save_json(os.path.join(store, f"{mol_id}.failed.json"), {

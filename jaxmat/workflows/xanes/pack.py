@@ -26,6 +26,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from jaxmat.core.files import save_npz
 from jaxmat.workflows.xanes.broaden import GRIDS, REFERENCES, Broadening, broaden, grid
 
 SPLITS = ("train", "val", "test")
@@ -193,7 +194,5 @@ def pack_store(store: str, out: str, molecules_csv: str | None = None,
         "packed": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
     }
     arrays["meta"] = np.array(json.dumps(meta))
-    tmp = out + ".tmp.npz"
-    np.savez_compressed(tmp, **arrays)
-    os.replace(tmp, out)
+    save_npz(out, arrays)
     return meta

@@ -18,21 +18,17 @@ ends with its validation metric still falling warns (:func:`convergence`).
 fronts of :func:`run`.
 
 Modules: :mod:`~jaxmat.core.engine.losses` (losses and target checks),
-:mod:`~jaxmat.core.engine.schedule` (learning rates, optimiser, default run length),
+:mod:`~jaxmat.core.engine.schedules` (learning rates, optimiser, default run length),
 :mod:`~jaxmat.core.engine.steps` (compiled steps and evaluation) and
 :mod:`~jaxmat.core.engine.loop` (:class:`FitConfig`, :func:`run`, convergence).
 """
-from jaxmat.core.callbacks import Callback, Progress  # noqa: F401  (re-exported)
-from jaxmat.core.committee import first, stack_one  # noqa: F401  (re-exported)
-from jaxmat.core.engine.losses import (  # noqa: F401
-    BOOKKEEPING, EnergyForceLoss, Loss, Stats, TargetLoss, check_targets, energy_force_loss,
-    label_mask, masked_error, penalty, target_loss)
-from jaxmat.core.engine.loop import (  # noqa: F401
-    CONVERGE_TOL, CONVERGE_WINDOW, CommitteeFitResult, FitConfig, FitResult, NotConvergedWarning,
-    OneMember, Run, convergence, result, run)
-from jaxmat.core.engine.schedule import (  # noqa: F401
-    DEFAULT_LR, DEFAULT_MAX_STEPS, DEFAULT_MIN_STEPS, DEFAULT_PASSES, default_steps,
-    learning_rates, make_optimizer, schedule)
-from jaxmat.core.engine.steps import (  # noqa: F401
-    batches, compiled_eval, compiled_step, evaluate, init_opt_state, loss_and_grads, make_step,
-    members, n_real, reduce_stats, where_members)
+from jaxmat.core.callbacks import Callback, Progress
+from jaxmat.core.committee import first, stack_one
+from jaxmat.core.engine.losses import (EnergyForceLoss, Loss, TargetLoss, check_targets,
+                                       energy_force_loss, target_loss)
+from jaxmat.core.engine.loop import (CONVERGE_WINDOW, CommitteeFitResult, FitConfig, FitResult,
+                                     NotConvergedWarning, OneMember, Run, convergence, result, run)
+from jaxmat.core.engine.schedules import (DEFAULT_MAX_STEPS, DEFAULT_MIN_STEPS, DEFAULT_PASSES,
+                                          default_steps, learning_rates, make_optimizer, schedule)
+from jaxmat.core.engine.steps import (compiled_eval, compiled_step, evaluate, loss_and_grads,
+                                      make_step, where_members)

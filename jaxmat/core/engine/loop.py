@@ -18,10 +18,9 @@ from jaxmat.core import parallel
 from jaxmat.core.callbacks import Callback, default_callbacks, unit_name
 from jaxmat.core.committee import first, stack_one
 from jaxmat.core.engine.losses import Loss, check_targets
-from jaxmat.core.engine.schedule import DEFAULT_LR, default_steps, learning_rates
+from jaxmat.core.engine.schedules import DEFAULT_LR, default_steps, learning_rates
 from jaxmat.core.engine.steps import (
-    _select_members, _split_members, batches, compiled_step, evaluate, init_opt_state,
-    reduce_stats)
+    _select_members, _split_members, batches, compiled_step, evaluate, init_opt_state, reduce_stats)
 from jaxmat.core.protocol import Model, Params
 
 # The convergence check: the relative fall of the monitored validation metric over the last
@@ -79,8 +78,7 @@ class FitConfig:
         if self.epochs is not None and self.steps is not None:
             raise ValueError(f"give steps or epochs, not both (got steps={self.steps}, "
                              f"epochs={self.epochs})")
-        for k in ("epochs", "steps"):
-            v = getattr(self, k)
+        for k, v in (("epochs", self.epochs), ("steps", self.steps)):
             if v is not None and v < 1:
                 raise ValueError(f"{k} must be >= 1, got {v}")
         if self.max_minutes is not None and not self.max_minutes > 0:
@@ -96,9 +94,11 @@ class FitConfig:
 
 @dataclasses.dataclass
 class FitResult:
+    """The result of a fit of one model (:func:`jaxmat.core.train.fit`)."""
+
     params: Params  # best parameters (by the monitored validation metric)
     last_params: Params
-    history: list[dict]
+    history: list[dict]  # one row per epoch
     best_epoch: int
     best_metric: float
     stopped_early: bool
@@ -107,17 +107,11 @@ class FitResult:
     convergence: dict | None = None  # :func:`convergence` of the run
 
 
-@dataclasses.dataclass
-class CommitteeFitResult:
-    params: Params  # per-member best parameters, stacked (N, ...)
-    last_params: Params
-    history: list[dict]  # per epoch; per-member metrics are lists of length N
-    best_epoch: list[int]
-    best_metric: list[float]
-    stopped_early: list[bool]
-    seconds: float
-    timed_out: bool = False
-    convergence: dict | None = None
+class CommitteeFitResult(FitResult):
+    """The result of a committee fit (:func:`jaxmat.core.ensemble.fit`), with the fields of
+    :class:`FitResult` per member: ``params`` (each member's best) and ``last_params``
+    stacked (N, ...); ``best_epoch``, ``best_metric`` and ``stopped_early`` lists of length
+    N, as are the per-member metrics of each ``history`` row."""
 
 
 # --------------------------------------------------------------------------- the run
@@ -284,9 +278,8 @@ def run(model: Model, params: Params, loader: Any, val_data: Any, loss: Loss, cf
                                split=dp is not None, put=dp.shared if dp else lambda t: t)
                 row.update({f"val_{k}": v.tolist() if isinstance(v, np.ndarray) else v
                             for k, v in val.items()})
-                metric = np.asarray(val[cfg.monitor], dtype=float)
-            else:
-                metric = np.asarray(row["train_loss"], dtype=float)
+            metric = np.asarray(row[f"val_{cfg.monitor}" if val_data is not None else "train_loss"],
+                                dtype=float)
             row["active"] = [bool(not s) for s in r.stopped]
             row["time_s"] = time.perf_counter() - te
             named = {unit_name(k): v for k, v in row.items()}  # history keys carry units
@@ -324,9 +317,8 @@ def _fit_budget(r: Run, epoch_s: float) -> bool:
         warnings.warn(f"max_minutes = {r.config.max_minutes:g} ({budget:.1f} s) is shorter than "
                       f"one epoch ({r.elapsed:.1f} s, {r.steps_per_epoch} steps); the run stops "
                       "after it, un-annealed: raise fit.max_minutes", stacklevel=3)
-    changed = epochs * r.steps_per_epoch != r.total_steps
-    r.total_steps = epochs * r.steps_per_epoch
-    return changed
+    old, r.total_steps = r.total_steps, epochs * r.steps_per_epoch
+    return r.total_steps != old
 
 
 def convergence(r: Run) -> dict:
@@ -358,11 +350,10 @@ def convergence(r: Run) -> dict:
         out["raise"] = raise_key = ("fit.max_minutes" if cfg.max_minutes is not None
                                     and r.total_steps < r.requested_steps else
                                     "fit.steps" if cfg.epochs is None else "fit.epochs")
-        out["message"] = (
-            f"training has not converged: the best {key} is at epoch {best} of {n} (step "
-            f"{int(np.max(r.steps))} of {r.total_steps}) and it fell {100 * fall:.1f} % over "
-            f"the last {window} epochs (tolerance {100 * cfg.converge_tol:g} %); raise "
-            f"{raise_key}")
+        out["message"] = (f"training has not converged: the best {key} is at epoch {best} of "
+                          f"{n} (step {int(np.max(r.steps))} of {r.total_steps}) and it fell "
+                          f"{100 * fall:.1f} % over the last {window} epochs (tolerance "
+                          f"{100 * cfg.converge_tol:g} %); raise {raise_key}")
     return out
 
 
@@ -375,11 +366,10 @@ def _train_epoch(r: Run, model: Model, loss: Loss, loader: Any, put: Callable,
         act = act & ~r.stopped
         lr = lrs[np.minimum(r.steps, len(lrs) - 1)]
         r.steps = r.steps + act
-        s["params"], s["opt_state"], ema, value, st = step(
-            s["params"], s["opt_state"], s.get("ema"), dp.batch(b) if dp else put(b), key0,
-            np.int32(r.epoch * spe + k), put(act), put(lr))
-        if ema is not None:
-            s["ema"] = ema
+        *new, value, st = step(s["params"], s["opt_state"], s.get("ema"),
+                               dp.batch(b) if dp else put(b), key0, np.int32(r.epoch * spe + k),
+                               put(act), put(lr))
+        s.update((k, v) for k, v in zip(("params", "opt_state", "ema"), new) if v is not None)
         outs.append((st, value, act))
     stats, losses, actives = zip(*outs)
     row: dict[str, Any] = {"epoch": r.epoch + 1, "time_s": 0.0, "steps": int(np.max(r.steps)),

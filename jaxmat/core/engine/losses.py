@@ -117,8 +117,7 @@ class TargetLoss:
         return value, {f"{self.key}_mae": stat}
 
 
-energy_force_loss = EnergyForceLoss
-target_loss = TargetLoss
+energy_force_loss, target_loss = EnergyForceLoss, TargetLoss  # the lower-case names
 
 
 def check_targets(loss: Loss, batch: Any, data: str = "training") -> None:

@@ -13,8 +13,9 @@ import numpy as np
 import optax
 
 from jaxmat.core import parallel
+from jaxmat.core.committee import first, stack_one
 from jaxmat.core.engine.losses import Loss
-from jaxmat.core.engine.schedule import _adam
+from jaxmat.core.engine.schedules import _adam
 from jaxmat.core.protocol import Model, Params
 
 
@@ -50,8 +51,7 @@ def members(fn: Callable, *args: Any) -> Any:
     leaves = jax.tree_util.tree_leaves(args)
     if leaves and len(leaves[0]) > 1:
         return jax.vmap(fn)(*args)
-    first_ = jax.tree_util.tree_map(lambda x: x[0], args)
-    return jax.tree_util.tree_map(lambda x: x[None], fn(*first_))
+    return stack_one(fn(*first(args)))
 
 
 _select_members = jax.jit(where_members)  # one program instead of one op per leaf
@@ -112,10 +112,8 @@ def _compiled_eval(model: Model, loss: Loss, split: bool):
     def evaluate(params, batch):
         outs = members(lambda p: apply(p, batch), params)
         flat = parallel.merge(batch) if split else batch
-        value, stats = jax.vmap(loss, in_axes=(0, None))(outs, flat)
-        mean_value, mean_stats = loss(jax.tree_util.tree_map(lambda x: jnp.mean(x, 0), outs),
-                                      flat)
-        return value, stats, mean_value, mean_stats
+        mean = jax.tree_util.tree_map(lambda x: jnp.mean(x, 0), outs)  # committee-mean outputs
+        return (*jax.vmap(loss, in_axes=(0, None))(outs, flat), *loss(mean, flat))
 
     return jax.jit(evaluate)
 
@@ -124,8 +122,7 @@ def reduce_stats(stats_list: list[dict]) -> dict[str, float]:
     """Pool ``(sum, count)`` stats over batches: ``{name: sum / count}``."""
     out: dict[str, float] = {}
     for name in stats_list[0] if stats_list else ():
-        s = sum(float(st[name][0]) for st in stats_list)
-        c = sum(float(st[name][1]) for st in stats_list)
+        s, c = (sum(float(st[name][i]) for st in stats_list) for i in (0, 1))
         out[name] = s / c if c else float("nan")
     return out
 
@@ -133,10 +130,8 @@ def reduce_stats(stats_list: list[dict]) -> dict[str, float]:
 def n_real(batch: Any) -> float:
     """Number of real (unpadded) entries of a batch: graphs of a GraphsTuple, rows of a
     dict batch with a ``"mask"``; 1 when the batch carries no mask."""
-    g = getattr(batch, "globals", None)
+    g = getattr(batch, "globals", batch)  # a dict batch carries its mask itself
     mask = g.get("mask") if isinstance(g, dict) else None
-    if mask is None and isinstance(batch, dict):
-        mask = batch.get("mask")
     return float(np.sum(np.asarray(mask))) if mask is not None else 1.0
 
 

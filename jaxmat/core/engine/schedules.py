@@ -28,9 +28,8 @@ def default_steps(steps_per_epoch: int) -> int:
 def schedule(lr: float, total_steps: int, lr_end: float = 1e-5,
              warmup_steps: int = 0) -> optax.Schedule:
     """Linear warm-up to ``lr`` over ``warmup_steps``, cosine decay to ``lr_end``."""
-    return optax.warmup_cosine_decay_schedule(
-        0.0 if warmup_steps else lr, lr, max(warmup_steps, 1), max(total_steps, warmup_steps + 1),
-        end_value=lr_end)
+    return optax.warmup_cosine_decay_schedule(0.0 if warmup_steps else lr, lr, max(warmup_steps, 1),
+                                              max(total_steps, warmup_steps + 1), end_value=lr_end)
 
 
 def learning_rates(lr: float, total_steps: int, lr_end: float = 1e-5,

@@ -22,7 +22,6 @@ Modules: :mod:`~jaxmat.core.bundle.registry` (builders, describing and rebuildin
 :mod:`~jaxmat.core.bundle.files` (:func:`save`, :func:`load`, :class:`Bundle`) and
 :mod:`~jaxmat.core.bundle.sections` (the ``training`` and ``calibration`` sections).
 """
-from jaxmat.core.bundle.files import (  # noqa: F401
-    FORMAT, FORMAT_VERSION, JSON_FILE, PARAMS_FILE, UNITS, Bundle, load, save)
-from jaxmat.core.bundle.registry import _REGISTRY, Builder, innermost_config, register  # noqa: F401
-from jaxmat.core.bundle.sections import sigma_scales, training_summary  # noqa: F401
+from jaxmat.core.bundle.files import UNITS, Bundle, load, save
+from jaxmat.core.bundle.registry import _REGISTRY, Builder, innermost_config, register
+from jaxmat.core.bundle.sections import sigma_scales, training_summary

@@ -43,14 +43,6 @@ def _stats(model: Model, where: str) -> dict:
     return out
 
 
-def _check_stats(doc: dict, model: Model, file: str) -> None:
-    have = _stats(model, f"{file}: model config")
-    for k in ("references", "scale", "shift"):
-        if doc[k] != have[k]:
-            raise ValueError(f"{file}: {k} = {doc[k]!r} disagrees with the model config, "
-                             f"which gives {have[k]!r}; the file was edited inconsistently")
-
-
 def _flat(tree: Any) -> tuple[dict[str, Any], Any]:
     leaves, treedef = jax.tree_util.tree_flatten_with_path(tree)
     flat = {jax.tree_util.keystr(p, simple=True, separator="/"): x for p, x in leaves}
@@ -71,8 +63,7 @@ def _template(model: Model) -> Any:
 def _n_members(arrays: dict[str, Any], template: dict[str, Any], where: str) -> int | None:
     """None when the shapes of ``arrays`` equal those of ``template``, M for a committee
     (leading axis M)."""
-    got = {k: tuple(a.shape) for k, a in arrays.items()}
-    want = {k: tuple(s.shape) for k, s in template.items()}
+    got, want = ({k: tuple(a.shape) for k, a in d.items()} for d in (arrays, template))
     missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
     if missing or extra:
         raise ValueError(f"{where}: params arrays missing {missing[:5]} and extra {extra[:5]} "
@@ -107,12 +98,11 @@ def save(path: str | os.PathLike, model: Model, params: Params, *,
             raise ValueError(f"params array {k!r} has dtype {a.dtype}, which params.npz cannot "
                              "hold without pickle")
     n_members = _n_members(arrays, _flat(_template(model))[0], "save")
-    doc = {"format": FORMAT, "format_version": FORMAT_VERSION,
-           "jaxmat_version": __version__, "model": desc, "graph": model.graph.to_dict(),
-           **_stats(model, f"model {model.name!r}"), "units": dict(UNITS),
-           "params": {"file": PARAMS_FILE, "n_members": n_members,
-                      "arrays": {k: {"shape": list(a.shape), "dtype": str(a.dtype)}
-                                 for k, a in sorted(arrays.items())}},
+    index = {k: {"shape": list(a.shape), "dtype": str(a.dtype)} for k, a in sorted(arrays.items())}
+    doc = {"format": FORMAT, "format_version": FORMAT_VERSION, "jaxmat_version": __version__,
+           "model": desc, "graph": model.graph.to_dict(), **_stats(model, f"model {model.name!r}"),
+           "units": dict(UNITS), "params": {"file": PARAMS_FILE, "n_members": n_members,
+                                            "arrays": index},
            "metadata": to_json(metadata or {}, "metadata"),
            **_sections(training, calibration, n_members)}
     _check_target(path, overwrite)
@@ -163,11 +153,9 @@ def _dumps(doc: dict) -> str:
 
 
 def _check_target(path: str, overwrite: bool) -> None:
-    if not os.path.lexists(path):
-        return
-    if not os.path.isdir(path) or os.path.islink(path):
+    if os.path.lexists(path) and (not os.path.isdir(path) or os.path.islink(path)):
         raise FileExistsError(f"{path} exists and is not a directory; not replacing it")
-    if not os.listdir(path):
+    if not os.path.isdir(path) or not os.listdir(path):
         return
     if not overwrite:
         raise FileExistsError(f"{path} exists and is not empty; pass overwrite=True to "
@@ -230,7 +218,11 @@ def load(path: str | os.PathLike) -> Bundle:
     if graph != model.graph:
         raise ValueError(f"{file}: graph {graph} differs from the graph of the model built "
                          f"from its config, {model.graph}")
-    _check_stats(doc, model, file)
+    have = _stats(model, f"{file}: model config")
+    for k in ("references", "scale", "shift"):
+        if doc[k] != have[k]:
+            raise ValueError(f"{file}: {k} = {doc[k]!r} disagrees with the model config, "
+                             f"which gives {have[k]!r}; the file was edited inconsistently")
     if doc["units"] != UNITS:
         raise ValueError(f"{file}: units {doc['units']} are not jaxmat's {UNITS}")
     params, n = _read_params(os.path.join(path, PARAMS_FILE), doc["params"], model, file)
@@ -288,7 +280,6 @@ def _read_params(npz: str, index: Any, model: Model, file: str) -> tuple[Params,
     if index["n_members"] != n:
         raise ValueError(f"{file}: n_members is {index['n_members']!r} but {npz} holds "
                          f"{'a single model' if n is None else f'{n} members'}")
-    return jax.tree_util.tree_unflatten(treedef, [jax.numpy.asarray(arrays[k])
-                                                  for k in tmpl]), n
+    return jax.tree_util.tree_unflatten(treedef, [jax.numpy.asarray(arrays[k]) for k in tmpl]), n
 
 

@@ -68,12 +68,10 @@ def _builder(desc: dict, where: str) -> Builder:
         except ImportError as e:
             raise ValueError(f"{where}: builder {name!r} lives in {module!r}, which cannot be "
                              f"imported: {e}") from None
-    b = _REGISTRY.get(name)
-    if b is None:
-        raise ValueError(f"{where}: unknown builder {name!r} (registered: "
-                         f"{sorted(_REGISTRY)}); register it with jaxmat.core.bundle.register "
-                         "before loading")
-    return b
+    if name not in _REGISTRY:
+        raise ValueError(f"{where}: unknown builder {name!r} (registered: {sorted(_REGISTRY)}); "
+                         "register it with jaxmat.core.bundle.register before loading")
+    return _REGISTRY[name]
 
 
 def _is_wrapper_config(cfg: Any) -> bool:
@@ -129,11 +127,10 @@ def _build(desc: Any, where: str) -> Model:
     if wrapper:
         model = _wrap(b, _build(desc["model"], f"{where}.model"), desc["options"], where)
     else:
-        raw = desc["config"]
-        if len(b.config_types) > 1 and not (isinstance(raw, list)
-                                            and len(raw) == len(b.config_types)):
-            raise ValueError(f"{where}.config must be a list of {len(b.config_types)} configs")
-        raws = raw if len(b.config_types) > 1 else [raw]
+        n = len(b.config_types)
+        raws = desc["config"] if n > 1 else [desc["config"]]
+        if not (isinstance(raws, list) and len(raws) == n):
+            raise ValueError(f"{where}.config must be a list of {n} configs")
         cfgs = [from_dict(t, r, f"{where}.config", complete=True) for t, r in zip(b.config_types, raws)]
         for c in cfgs:
             _references(c, f"{where}.config")

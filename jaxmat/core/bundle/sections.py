@@ -25,13 +25,11 @@ def training_summary(records: Any, reference_energies: str | dict | None = None)
         by.setdefault(_formula(numbers), []).append(every[-1])
     if not every:
         raise ValueError("training_summary needs at least one structure with an energy")
-    out: dict[str, Any] = {"n_structures": len(every),
-                           "energy_per_atom_eV": [float(min(every)), float(max(every))],
-                           "energy_per_atom_by_formula_eV": {k: [float(min(v)), float(max(v))]
-                                                             for k, v in sorted(by.items())}}
-    if reference_energies is not None:
-        out["reference_energies"] = reference_energies
-    return out
+    return {"n_structures": len(every),
+            "energy_per_atom_eV": [float(min(every)), float(max(every))],
+            "energy_per_atom_by_formula_eV": {k: [float(min(v)), float(max(v))]
+                                              for k, v in sorted(by.items())},
+            **({} if reference_energies is None else {"reference_energies": reference_energies})}
 
 
 def _formula(numbers: Any) -> str:
@@ -63,21 +61,18 @@ def sigma_scales(calibration: dict | None) -> dict[str, float]:
     return {t: float(cal[t]["scale"]) if t in cal else 1.0 for t in ("energy", "forces")}
 
 
-def _sections(training: Any, calibration: Any, n_members: int | None,
-              where: str = "save") -> dict:
+def _sections(training: Any, calibration: Any, n_members: int | None, where: str = "save") -> dict:
     """The optional ``training`` and ``calibration`` entries of a bundle, checked."""
     out: dict[str, Any] = {}
     if training is not None:
-        t = to_json(training, "training")
-        if not isinstance(t, dict) or not _is_range(t.get("energy_per_atom_eV")) \
-                or not isinstance(t.get("n_structures"), int) \
-                or not all(_is_range(v) for v in
-                           dict(t.get("energy_per_atom_by_formula_eV", {})).values()):
+        out["training"] = t = to_json(training, "training")
+        if not (isinstance(t, dict) and isinstance(t.get("n_structures"), int) and all(map(
+                _is_range, [t.get("energy_per_atom_eV"),
+                            *dict(t.get("energy_per_atom_by_formula_eV", {})).values()]))):
             raise ValueError(f"{where}: training must hold n_structures, energy_per_atom_eV "
                              f"[min, max] and energy_per_atom_by_formula_eV, got {training!r}")
-        out["training"] = t
     if calibration is not None:
-        c = to_json(calibration, "calibration")
+        out["calibration"] = c = to_json(calibration, "calibration")
         if n_members is None:
             raise ValueError(f"{where}: a calibration needs committee params (a single "
                              "model has no σ)")
@@ -86,7 +81,6 @@ def _sections(training: Any, calibration: Any, n_members: int | None,
             if isinstance(c, dict) else ["(not an object)"]
         if bad:
             raise ValueError(f"{where}: calibration entries {bad} need a positive 'scale'")
-        out["calibration"] = c
     return out
 
 

@@ -243,8 +243,7 @@ def run(model: Model, params: Params, loader: Any, val_data: Any, loss: Loss, cf
     check_targets(loss, first(next(iter(loader.epoch(0)))[0]), "training")
     if val_data is not None:
         check_targets(loss, next(iter(batches(val_data, 0))), "validation")
-    dp = data_parallel
-    put = dp.params if dp is not None else put
+    dp, put = data_parallel, data_parallel.params if data_parallel is not None else put
     params = put(jax.tree_util.tree_map(jnp.copy, params))  # the step donates its inputs
     state = {"params": params, "opt_state": put(init_opt_state(params, cfg.clip)),
              "best_params": jax.tree_util.tree_map(jnp.copy, params)}

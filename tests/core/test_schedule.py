@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from jaxmat.core import engine, train
+from jaxmat.core.engine import loop
 from jaxmat.core.protocol import Model
 
 N_BATCHES = 4
@@ -87,7 +88,7 @@ class FakeClock:
 
 
 def test_a_time_budget_shortens_the_schedule_so_it_still_anneals(data, monkeypatch):
-    monkeypatch.setattr(engine.time, "perf_counter", FakeClock())
+    monkeypatch.setattr(loop.time, "perf_counter", FakeClock())
     res = fit(data, epochs=1000, max_minutes=60 / 60)  # 60 fake seconds
     n = len(res.history)
     assert 5 < n < 1000
@@ -96,7 +97,7 @@ def test_a_time_budget_shortens_the_schedule_so_it_still_anneals(data, monkeypat
 
 
 def test_the_budget_and_the_plan_survive_resume(data, tmp_path, monkeypatch):
-    monkeypatch.setattr(engine.time, "perf_counter", FakeClock())
+    monkeypatch.setattr(loop.time, "perf_counter", FakeClock())
     tr, va = data
     loss = train.target_loss("target")
     cfg = train.FitConfig(epochs=1000, max_minutes=1.0, lr=0.05, lr_end=1e-4,

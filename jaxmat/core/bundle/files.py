@@ -1,6 +1,8 @@
 """Bundle files: :func:`save` writes ``bundle.json`` and ``params.npz`` (see
 :mod:`jaxmat.core.bundle`), :func:`load` reads them back as a :class:`Bundle`, checking every
 file against the others."""
+from __future__ import annotations
+
 import dataclasses
 import json
 import os

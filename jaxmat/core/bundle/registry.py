@@ -2,6 +2,8 @@
 (:func:`register`; every built-in model module registers its constructors when imported),
 and a model describes itself for a bundle (builder, name, config; wrappers nest the model
 they wrap)."""
+from __future__ import annotations
+
 import dataclasses
 import importlib
 import inspect

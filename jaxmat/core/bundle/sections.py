@@ -1,6 +1,8 @@
 """The optional sections of a bundle: ``training`` (:func:`training_summary`, the energy
 range of the training structures) and ``calibration`` (per target ``{"scale", "method",
 "n", "before", "after"}``: the committee σ recalibration, ``σ_calibrated = scale · σ_raw``)."""
+from __future__ import annotations
+
 from typing import Any
 
 import numpy as np

@@ -1,6 +1,8 @@
 """The training run: :class:`FitConfig`, the loop of :func:`run` over epochs of compiled
 committee steps (:mod:`jaxmat.core.engine.steps`) with validation, callbacks and a
 wall-time budget, and the convergence check of a finished run."""
+from __future__ import annotations
+
 import dataclasses
 import math
 import time

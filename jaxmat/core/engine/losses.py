@@ -3,6 +3,8 @@ metric name to ``(sum, count)``. Built-in losses are frozen dataclasses (equal w
 settings are, so they key the step cache), declare the batch entries they need in
 ``targets`` and apply padding masks with ``jnp.where``, so NaN/inf in padded entries reach
 neither the loss nor its gradient."""
+from __future__ import annotations
+
 import dataclasses
 from collections.abc import Callable
 from typing import Any

@@ -1,5 +1,7 @@
 """The learning-rate schedule (Adam, linear warm-up, cosine decay over the run's optimiser
 steps) and the default length of a run, set in optimiser steps from the training-set size."""
+from __future__ import annotations
+
 import numpy as np
 import optax
 

@@ -1,6 +1,8 @@
 """Compiled committee steps and evaluation: every member in one program (``vmap`` over the
 leading member axis), cached per (model, loss, clip, EMA, split), with the learning rate an
 argument computed on the host, so runs of any length share one compiled step."""
+from __future__ import annotations
+
 import functools
 from collections.abc import Callable, Iterable
 from typing import Any

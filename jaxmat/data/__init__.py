@@ -67,6 +67,16 @@ def _vasp_kbar_to_ase(v: Sequence[float]) -> np.ndarray:
     return -np.array([xx, yy, zz, yz, zx, xy]) * KBAR
 
 
+def jarvis_structure(a: dict) -> tuple[list[int], np.ndarray, np.ndarray]:
+    """``(atomic numbers, positions Å, lattice Å)`` of a JARVIS ``atoms`` record."""
+    from ase.data import atomic_numbers
+
+    lattice = np.asarray(a["lattice_mat"], dtype=np.float64)
+    coords = np.asarray(a["coords"], dtype=np.float64)
+    return ([atomic_numbers[s] for s in a["elements"]],
+            coords if a.get("cartesian", False) else coords @ lattice, lattice)
+
+
 def load_mlearn(element: str, split: str = "train") -> list:
     """mlearn data for one element; ``split`` is ``"train"``, ``"test"`` or ``"all"``.
 
@@ -85,13 +95,7 @@ def load_mlearn(element: str, split: str = "train") -> list:
         is_test = k >= n_unique - n_test
         if (split == "train" and is_test) or (split == "test" and not is_test):
             continue
-        a = e["atoms"]
-        lattice = np.asarray(a["lattice_mat"], dtype=np.float64)
-        coords = np.asarray(a["coords"], dtype=np.float64)
-        pos = coords if a.get("cartesian", False) else coords @ lattice
-        from ase.data import atomic_numbers
-
-        numbers = [atomic_numbers[s] for s in a["elements"]]
+        numbers, pos, lattice = jarvis_structure(e["atoms"])
         stress = None if is_test else _vasp_kbar_to_ase(e["stresses"])
         out.append(labelled_atoms(numbers, pos, float(e["total_energy"]) * len(numbers),
                                   e["forces"], stress, cell=lattice, pbc=True,

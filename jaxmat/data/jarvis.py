@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-from jaxmat.data import KBAR, data_path, labelled_atoms
+from jaxmat.data import KBAR, data_path, jarvis_structure, labelled_atoms
 
 N_DOS = 300  # points of the JARVIS electronic DOS grid
 
@@ -68,17 +68,11 @@ def load_jarvis_ff() -> list:
     path = data_path("jarvis", "sample_data_ff", "id_prop.json")
     if not os.path.exists(path):
         raise FileNotFoundError(f"JARVIS force-field sample not found: {path}")
-    from ase.data import atomic_numbers
-
     with open(path) as f:
         entries = json.load(f)
     out = []
     for e in entries:
-        a = e["atoms"]
-        lattice = np.asarray(a["lattice_mat"], dtype=np.float64)
-        coords = np.asarray(a["coords"], dtype=np.float64)
-        pos = coords if a.get("cartesian", False) else coords @ lattice
-        numbers = [atomic_numbers[s] for s in a["elements"]]
+        numbers, pos, lattice = jarvis_structure(e["atoms"])
         stress = -np.asarray(e["stresses"], dtype=np.float64) * KBAR
         out.append(labelled_atoms(numbers, pos, float(e["total_energy"]), e["forces"],
                                   stress, cell=lattice, pbc=True, info={"jid": e["jid"]}))

@@ -227,23 +227,24 @@ def transition_spectral(backbone: Callable[[nnx.Rngs], nnx.Module], n_features: 
 def schnet_transition_spectral(schnet_cfg: SchNetConfig | None = None,
                                cfg: TransitionHeadConfig | None = None, **kwargs: Any) -> Model:
     """Peak-preserving transition head on SchNet atom embeddings."""
-    scfg = schnet_cfg or SchNetConfig(n_features=64, n_interactions=3, max_z=10)
-    cfg = cfg or TransitionHeadConfig(**kwargs)
-    return transition_spectral(lambda rngs: SchNetFeatures(scfg, rngs), scfg.n_features, cfg,
-                               name="SchNetSiteTransitions",
-                               graph_spec=GraphSpec(scfg.cutoff, layouts=("sparse", "dense")),
-                               config=(scfg, cfg))
+    return _on_schnet(transition_spectral, schnet_cfg, cfg or TransitionHeadConfig(**kwargs),
+                      "SchNetSiteTransitions")
 
 
 def schnet_site_spectral(schnet_cfg: SchNetConfig | None = None,
                          cfg: SiteHeadConfig | None = None, **kwargs: Any) -> Model:
     """Site-resolved spectral head on SchNet atom embeddings."""
-    scfg = schnet_cfg or SchNetConfig(n_features=64, n_interactions=3, max_z=10)
-    cfg = cfg or SiteHeadConfig(**kwargs)
-    return site_spectral(lambda rngs: SchNetFeatures(scfg, rngs), scfg.n_features, cfg,
-                         name="SchNetSiteSpectra",
-                         graph_spec=GraphSpec(scfg.cutoff, layouts=("sparse", "dense")),
-                         config=(scfg, cfg))
+    return _on_schnet(site_spectral, schnet_cfg, cfg or SiteHeadConfig(**kwargs),
+                      "SchNetSiteSpectra")
+
+
+def _on_schnet(head: Callable[..., Model], scfg: SchNetConfig | None, cfg: Any,
+               name: str) -> Model:
+    """``head`` (site or transition) on SchNet embeddings (64x3, elements up to Ne default)."""
+    scfg = scfg or SchNetConfig(n_features=64, n_interactions=3, max_z=10)
+    return head(lambda rngs: SchNetFeatures(scfg, rngs), scfg.n_features, cfg, name=name,
+                graph_spec=GraphSpec(scfg.cutoff, layouts=("sparse", "dense")),
+                config=(scfg, cfg))
 
 
 def painn_site_spectral(painn_cfg: PaiNNConfig | None = None,

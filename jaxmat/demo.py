@@ -18,44 +18,10 @@ import numpy as np
 
 import jaxmat
 from jaxmat import data
+from jaxmat.cli.eval import errors, parity_plot
 from jaxmat.core import bundle, graph, potential, train
 from jaxmat.models import SchNetConfig, schnet
 from jaxmat.core.predict import predict
-
-
-def parity_plot(path: str, e_true, e_pred, f_true, f_pred) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(1, 2, figsize=(9, 4.2))
-    for a, (t, p, label) in zip(ax, [(e_true, e_pred, "energy (eV)"),
-                                     (f_true, f_pred, "force component (eV/Å)")]):
-        lo, hi = min(t.min(), p.min()), max(t.max(), p.max())
-        a.plot([lo, hi], [lo, hi], "k--", lw=0.8)
-        a.scatter(t, p, s=8, alpha=0.6)
-        a.set_xlabel(f"DFT {label}")
-        a.set_ylabel(f"SchNet {label}")
-        a.set_title(f"MAE {np.mean(np.abs(t - p)):.4f}")
-    fig.suptitle("jaxmat SchNet on ammonia (held-out 20 %)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def held_out(model, params, te) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
-    """Test energies (eV) and forces (eV/Å), true and predicted, and their MAEs."""
-    pred = predict(model, params, te, keys=("energy", "forces"))
-    e_true = np.array([r.targets["energy"] for r in te])
-    f_true = np.concatenate([r.node_targets["forces"] for r in te])
-    e_pred, f_pred = np.array(pred["energy"]), np.concatenate(pred["forces"])
-    n_atoms = np.array([r.n_node for r in te])
-    f_mae = float(np.mean(np.abs(f_true - f_pred)))
-    return e_true, e_pred, f_true, f_pred, {
-        "energy_mae_eV": float(np.mean(np.abs(e_true - e_pred))),
-        "energy_mae_meV_per_atom": float(1e3 * np.mean(np.abs(e_true - e_pred) / n_atoms)),
-        "forces_mae_eV_A": f_mae, "forces_mae_kcal_mol_A": f_mae / data.KCAL_MOL}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -72,10 +38,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     atoms = data.load_ammonia()
     records = graph.records_from_atoms(atoms, cutoff=5.0)
-    train_idx, val_idx, test_idx = data.split_indices(len(records), (0.7, 0.1, 0.2), seed=args.seed)
-    tr = [records[k] for k in train_idx]
-    va = [records[k] for k in val_idx]
-    te = [records[k] for k in test_idx]
+    tr, va, te = ([records[k] for k in idx]
+                  for idx in data.split_indices(len(records), (0.7, 0.1, 0.2), seed=args.seed))
     cfg = SchNetConfig(n_features=args.features).with_stats(*potential.energy_stats(tr))
     model = potential.potential(schnet(cfg), stress=False)
 
@@ -90,18 +54,22 @@ def main(argv: list[str] | None = None) -> dict:
         config=train.FitConfig(epochs=args.epochs, seed=args.seed,
                                checkpoint_dir=os.path.join(out_dir, "checkpoints"), keep=1),
     )
-    e_true, e_pred, f_true, f_pred, errors = held_out(model, result.params, te)
+    err, arrays = errors(model, result.params, te)
     metrics = {"n_train": len(tr), "n_val": len(va), "n_test": len(te),
                "epochs_run": len(result.history), "best_epoch": result.best_epoch,
-               "train_seconds": round(result.seconds, 1), **errors}
+               "train_seconds": round(result.seconds, 1), "energy_mae_eV": err["energy_mae_eV"],
+               "energy_mae_meV_per_atom": 1e3 * err["energy_mae_eV_per_atom"],
+               "forces_mae_eV_A": err["forces_mae_eV_per_A"],
+               "forces_mae_kcal_mol_A": err["forces_mae_eV_per_A"] / data.KCAL_MOL}
     path = bundle.save(os.path.join(out_dir, "bundle"), model, result.params, overwrite=True,
                        metadata={"dataset": "ammonia", "seed": args.seed, "metrics": metrics})
     reloaded = jaxmat.load(path)
     again = predict(reloaded.model, reloaded.params, te, keys=("energy",))["energy"]
-    if not np.array_equal(again, e_pred):
-        raise RuntimeError(f"the bundle at {path} does not reproduce the test energies "
-                           f"(max |ΔE| = {np.max(np.abs(again - e_pred)):.3g} eV)")
-    parity_plot(os.path.join(out_dir, "parity.png"), e_true, e_pred, f_true.ravel(), f_pred.ravel())
+    if not np.array_equal(again, arrays["energy_pred"]):
+        raise RuntimeError(f"the bundle at {path} does not reproduce the test energies (max "
+                           f"|ΔE| = {np.max(np.abs(again - arrays['energy_pred'])):.3g} eV)")
+    parity_plot(os.path.join(out_dir, "parity.png"), arrays,
+                "jaxmat SchNet on ammonia (held-out 20 %)")
     with open(os.path.join(out_dir, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=2)
     print(f"held-out energy MAE: {metrics['energy_mae_eV'] * 1e3:.2f} meV "

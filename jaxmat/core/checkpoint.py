@@ -34,9 +34,7 @@ class Checkpointer:
 
     def restore(self, template: Any, step: int | None = None) -> tuple[int, Any, dict]:
         """Restore ``step`` (default latest) shaped like ``template``; returns (step, state, meta)."""
-        step = self.latest_step() if step is None else step
-        if step is None:
-            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        step = self._step(step)
         out = self._mgr.restore(
             step,
             args=ocp.args.Composite(state=ocp.args.StandardRestore(template),
@@ -73,14 +71,6 @@ class Checkpointer:
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
         return step
-
-    def read_meta(self, step: int | None = None) -> dict:
-        """Only the JSON metadata of a checkpoint (no arrays)."""
-        step = self.latest_step() if step is None else step
-        if step is None:
-            raise FileNotFoundError(f"no checkpoint in {self.directory}")
-        out = self._mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-        return dict(out["meta"] or {})
 
     def close(self) -> None:
         self._mgr.close()

@@ -304,6 +304,7 @@ _SHARD_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # 30 s; by default tests/core/test_parallel.py runs a committee on 4 devices
 def test_sharded_committee_equals_unsharded():
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
                JAX_PLATFORMS="cpu")

@@ -134,6 +134,7 @@ F64_RUN = dict(ensemble="nve", timestep_fs=2.0, temperature_K=40.0, seed=2, prog
                log_every=10)
 
 
+@pytest.mark.slow  # 27 s (a second process compiles the run in float64)
 def test_float64_run_follows_the_float32_one(tmp_path):
     """``dtype=float64`` (x64 on, a fresh process: jit caches do not survive switching x64)
     runs with the float32 neighbour lists and gives the float32 energies to 1e-4."""

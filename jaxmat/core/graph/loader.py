@@ -11,8 +11,7 @@ from typing import Any
 import numpy as np
 
 from jaxmat.core.graph.batching import Batch, batch, partial_targets
-from jaxmat.core.graph.budget import (LAYOUTS, Budget, choose_layout, fixed_budget, pack,
-                                      resolve_layout)
+from jaxmat.core.graph.budget import LAYOUTS, Budget, fixed_budget, pack, resolve_layout
 from jaxmat.core.graph.records import Record, check_records, records
 from jaxmat.core.protocol import as_spec
 
@@ -45,13 +44,10 @@ class GraphLoader:
         self.batch_size = batch_size
         if model is not None:  # records of the model's graph, in a layout it declares
             self.records = check_records(self.records, model.graph, model.name)
-            layout = resolve_layout(self.records, layout, batch_size, model.graph.layouts,
-                                    model.name)
-        elif layout == "auto":
-            layout = choose_layout(self.records, batch_size)
-        elif layout not in LAYOUTS:
-            raise ValueError(f"unknown layout {layout!r}; choose from {LAYOUTS}")
-        self.layout = layout
+            layouts, name = model.graph.layouts, model.name
+        else:  # without a model "auto" means sparse
+            layouts, name = ("sparse",) if layout == "auto" else ("sparse", "dense"), "GraphLoader"
+        self.layout = layout = resolve_layout(self.records, layout, batch_size, layouts, name)
         self.budget = budget or fixed_budget(self.records, min(batch_size, len(self.records)),
                                              layout)
         self.shuffle = shuffle

@@ -165,12 +165,10 @@ def records_from_atoms(atoms_list: Sequence[Any], spec: Any = None, *,
     if (spec is None) == (cutoff is None):
         raise ValueError("give the graph spec (a model, bundle or GraphSpec) or a cutoff in Å, "
                          "not both or neither")
-    if spec is None:
-        spec = GraphSpec(cutoff=cutoff, max_neighbors=max_neighbors)
-    elif max_neighbors is not None:
+    if spec is not None and max_neighbors is not None:
         raise ValueError("max_neighbors is part of the graph spec; set it there")
-    return records(atoms_list, spec, energy_key=energy_key, forces_key=forces_key,
-                   stress_key=stress_key)
+    return records(atoms_list, spec or GraphSpec(cutoff=cutoff, max_neighbors=max_neighbors),
+                   energy_key=energy_key, forces_key=forces_key, stress_key=stress_key)
 
 
 def check_records(recs: Sequence[Record], spec: Any, name: str = "model") -> list[Record]:

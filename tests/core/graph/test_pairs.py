@@ -63,14 +63,15 @@ def test_schnet_forces_stress_independent_of_edge_order():
     model = potential.potential(schnet(SchNetConfig(n_features=16, n_interactions=2, n_rbf=10)))
     b = graph.batch(recs)
     params = model.init(jax.random.key(0), graph.to_device(b))
-    out = model.apply(params, graph.to_device(b))
-    outp = model.apply(params, graph.to_device(_permuted(b, 3)))
+    apply = jax.jit(model.apply)  # one program for every batch below (same shapes)
+    out = apply(params, graph.to_device(b))
+    outp = apply(params, graph.to_device(_permuted(b, 3)))
     for k in ("energy", "forces", "stress"):
         np.testing.assert_allclose(outp[k], out[k], rtol=1e-5, atol=1e-5)
     # stress: finite differences of the energy under strain (eV/Å³)
     eps = 1e-3
-    e_plus = model.apply(params, graph.to_device(_strained(b, eps)))["energy"]
-    e_minus = model.apply(params, graph.to_device(_strained(b, -eps)))["energy"]
+    e_plus = apply(params, graph.to_device(_strained(b, eps)))["energy"]
+    e_minus = apply(params, graph.to_device(_strained(b, -eps)))["energy"]
     vol = np.abs(np.linalg.det(np.asarray(b.globals["cell"][:2])))
     fd = (np.asarray(e_plus - e_minus)[:2] / (2 * eps)) / vol
     np.testing.assert_allclose(np.asarray(out["stress"])[:2, 0, 0], fd, rtol=2e-2, atol=2e-4)
@@ -103,7 +104,7 @@ def test_schnet_on_device_list_equals_host_batch():
     model = potential.potential(schnet(SchNetConfig(n_features=16, n_interactions=2, n_rbf=10)))
     b = graph.to_device(graph.batch([graph.atoms_to_record(at, 5.0)]))
     params = model.init(jax.random.key(0), b)
-    ref = model.apply(params, b)
+    ref = jax.jit(model.apply)(params, b)
     _, nb = neighbors.allocate(at.positions, np.asarray(at.cell), at.pbc, 5.0, skin=0.5)
     nb = jax.tree_util.tree_map(lambda x: jnp.asarray(x)[None], nb)
     fn = md_forces.make_force_fn(model, at.numbers, at.pbc, False)

@@ -149,6 +149,7 @@ def host_objective_and_gradient(model, params, atoms, ref):
     return float(total(zero)), np.asarray(jax.grad(total)(zero))[:len(atoms)]
 
 
+@pytest.mark.slow  # 70 s; rebuilds by default: test_periodic_neighbour_list_is_rebuilt_between_steps
 def test_moves_beyond_the_skin_match_a_fresh_host_list(copper):
     """Steps that move atoms by more than the skin (rebuilt on the device within the scan)
     give the objective and gradient of a host list built at the new positions."""

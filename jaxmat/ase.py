@@ -31,6 +31,7 @@ from jaxmat.core import committee, graph
 from jaxmat.core.protocol import Model, Params, resolve_spec
 
 STD_KEYS = ("energy_std", "forces_std", "forces_std_atom", "energy_members")
+OUT_KEYS = ("energy", "forces", "stress", "atomic_energies")  # what a calculation keeps
 
 
 class JaxmatCalculator(Calculator):
@@ -66,10 +67,8 @@ class JaxmatCalculator(Calculator):
         self.params = jax.device_put(params)
         self.committee = committee
         self.dtype = dtype
-        scales = sigma_scale if isinstance(sigma_scale, dict) else {
-            "energy": sigma_scale, "forces": sigma_scale}
-        self.sigma_scale = {"energy": float(scales.get("energy", 1.0)),
-                            "forces": float(scales.get("forces", 1.0))}
+        self.sigma_scale = {k: float(sigma_scale.get(k, 1.0) if isinstance(sigma_scale, dict)
+                                     else sigma_scale) for k in ("energy", "forces")}
         for k, s in self.sigma_scale.items():
             if not (math.isfinite(s) and s > 0):
                 raise ValueError(f"sigma_scale for {k} must be positive, got {s}")
@@ -92,11 +91,9 @@ class JaxmatCalculator(Calculator):
     # ------------------------------------------------------------------ device side
     def _predict(self, params: Params, batch: graph.Batch) -> dict[str, jax.Array]:
         if not self.committee:
-            out = self.model.apply(params, batch)
-            return {k: v for k, v in out.items()
-                    if k in ("energy", "forces", "stress", "atomic_energies")}
+            return {k: v for k, v in self.model.apply(params, batch).items() if k in OUT_KEYS}
         outs = committee.apply(self.model, params, batch)
-        keys = tuple(k for k in ("energy", "forces", "stress", "atomic_energies") if k in outs)
+        keys = tuple(k for k in OUT_KEYS if k in outs)
         st = committee.stats(outs, keys)
         res = {k: st[f"{k}_mean"] for k in keys}
         res["energy_std"] = jnp.sqrt(st["energy_var"])

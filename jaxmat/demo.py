@@ -19,7 +19,7 @@ import numpy as np
 import jaxmat
 from jaxmat import data
 from jaxmat.cli.eval import errors, parity_plot
-from jaxmat.core import bundle, graph, potential, train
+from jaxmat.core import bundle, graph, potential, protocol, train
 from jaxmat.models import SchNetConfig, schnet
 from jaxmat.core.predict import predict
 
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> dict:
     val_loader = graph.GraphLoader(va, batch_size=32, shuffle=False)
     params = model.init(jax.random.key(args.seed), next(iter(loader)))
     print(f"ammonia: {len(tr)} train / {len(va)} validation / {len(te)} test structures; SchNet {args.features}x3, "
-          f"{sum(x.size for x in jax.tree_util.tree_leaves(params))} parameters")
+          f"{protocol.count_params(params)} parameters")
     result = train.fit(
         model, params, loader, val_loader,
         loss=train.energy_force_loss(energy=1.0, forces=10.0),

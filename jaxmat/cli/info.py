@@ -5,25 +5,20 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import numpy as np
-
 
 def describe(path: str) -> dict[str, Any]:
     """The contents of the bundle at ``path`` as plain JSON values."""
-    import jax
-
     from jaxmat.core import bundle
     from jaxmat.core.config import to_json
+    from jaxmat.core.protocol import count_params
 
     b = bundle.load(path)
-    leaves = jax.tree_util.tree_leaves(b.params)
-    n_params = int(sum(np.size(x) for x in leaves))
     wrapper = b.model.config if isinstance(b.model.config, dict) else {}
     return {
         "path": b.path, "jaxmat_version": b.jaxmat_version, "model": b.model.name,
         "config": to_json(b.config), "stress": bool(wrapper.get("stress", False)),
         "graph": b.graph.to_dict(), "committee_members": b.n_members,
-        "parameters": n_params // (b.n_members or 1), "references_eV": b.references,
+        "parameters": count_params(b.params) // (b.n_members or 1), "references_eV": b.references,
         "scale_eV": b.scale, "shift_eV_per_atom": b.shift, "units": dict(bundle.UNITS),
         "metadata": b.metadata,
     }

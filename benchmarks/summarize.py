@@ -9,7 +9,9 @@ import os
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ORDER = ["speed", "ab_speed", "fit_speed", "ab_fit_speed", "peers", "peers_single_core",
-         "peers_periodic_single_core", "scale", "md_speed", "attack_speed", "ab_attack_speed",
+         "peers_periodic_single_core", "scale", "md_speed", "attack_speed", "ab_attack_speed", "ab_i23_speed",
+         "ab_i23_fit_speed", "ab_i23_attack_speed", "ab_i23_md_speed", "ab_i23_md_speed_core",
+         "ab_md_detector_speed",
          "cli_overhead", "mlearn", "committee", "ammonia_committee", "robustness_nh3",
          "robustness_nh3_validation", "robustness_alanine", "oracle_throughput",
          "adversarial_ammonia", "adversarial_data", "adversarial_ammonia_large",
@@ -47,6 +49,12 @@ is a shared 2-core VM: its load average is recorded in every JSON file.
 | `oracle_throughput.py` | GFN2-xTB labels/s through the store: serial, threads, 1 and 2 worker processes |
 | `robustness.py` | success fraction of NN-driven MD vs oracle labels for adversarial, random and committee-MD sampling |
 | `xanes_levers.py`, `xanes_inverse.py`, `xanes_throughput.py` | XANES model levers on validation (precision and recall), the inverse problem, spectra/s |
+| `import_time.py` | `import jax` vs `import jaxmat` (and with predict / train), fresh interpreters, alternated, pinned; `--base REV` beside an earlier commit |
+| `defaults.py` | `jaxmat train` defaults vs best recipe vs old defaults (GFN2-xTB molecules, ammonia), committee σ calibration on test |
+| `md_detector.py` | the MD failure detector against a GFN2-xTB oracle: recall, false alarms, delay; thresholds chosen on validation replicas |
+| `mace.py`, `mace_libs.py` | MACE vs SchNet accuracy and speed; one interaction layer on cuequivariance-jax vs e3nn-jax |
+| `xanes_peaks.py`, `xanes_ship.py` | gridded vs peak-preserving transition head, combiner and committee size on validation; shipping and fresh-predict time |
+| `photoanode_directions.py` | total-effect ranking, confounder flags and the hull-boundary warning on fresh simulated libraries |
 | `gpu.sh` | the GPU run: speed, committee, attack, MD, scale, XANES in at most 8 minutes (`results/gpu/`) |
 """
 

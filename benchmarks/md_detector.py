@@ -34,7 +34,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from common import device_info, write_results  # noqa: E402
 
-DATA = "/work/wt/data/benchmarks/data/xtb"
+DATA = os.path.join(os.path.dirname(HERE), "benchmarks", "data", "xtb")  # the shipped sets
 MARGINS = (0.0, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2, None)         # eV/atom
 PERSIST = (0.0, 5.0, 10.0, 25.0, 50.0, 100.0, None)              # fs
 SIGMAS = (0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, None)              # eV/Å, calibrated

@@ -36,6 +36,7 @@ from jaxmat import data, graph, potential, train  # noqa: E402
 from jaxmat.core import ensemble, engine  # noqa: E402
 from jaxmat.core.predict import predict  # noqa: E402
 from jaxmat.models import MACEConfig, SchNetConfig, mace, schnet  # noqa: E402
+from jaxmat.models.mace import mean_neighbors  # noqa: E402
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "xtb")
 CUTOFF = 5.0
@@ -44,10 +45,6 @@ RECIPES = {
     "schnet": dict(batch=16, lr=3e-3, lr_end=1e-5),
     "mace": dict(batch=16, lr=1e-2, lr_end=1e-5),
 }
-
-
-def mean_neighbors(records) -> float:
-    return float(np.mean([r.n_edge / r.n_node for r in records]))
 
 
 def build(name: str, tr):

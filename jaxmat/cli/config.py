@@ -28,7 +28,8 @@ MODELS = {"schnet": SchNetConfig, "painn": PaiNNConfig, "mace": MACEConfig}
 SHIPPED = ("ammonia", "mlearn-Cu", "mlearn-Ge", "mlearn-Li", "mlearn-Mo", "mlearn-Ni",
            "mlearn-Si")
 LAYOUTS = ("auto", "sparse", "dense")
-FITTED = ("atom_refs", "scale", "shift", "return_features")  # model fields not set by users
+# model fields not set by users: fitted on the training split (or fixed by jaxmat train)
+FITTED = ("atom_refs", "scale", "shift", "return_features", "avg_num_neighbors")
 # set by `jaxmat train` itself (from `seed` and the output directory)
 CLI_OWNED = {"fit": ("seed", "checkpoint_dir", "log_path", "mesh")}
 # settings that may change when a run is resumed in the same output directory
@@ -123,8 +124,8 @@ class ModelConfig:
         default = MODELS[self.name]()
         for f in FITTED:
             if hasattr(default, f) and getattr(self.config, f) != getattr(default, f):
-                raise ValueError(f"{self.name}.{f} is not a setting: references and scale "
-                                 "are fitted on the training split")
+                raise ValueError(f"{self.name}.{f} is not a setting: it is fitted on the "
+                                 "training split")
 
     @property
     def config(self) -> Any:

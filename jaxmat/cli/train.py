@@ -41,6 +41,7 @@ from jaxmat.core import bundle, calibrate, callbacks, engine, ensemble, graph, p
 from jaxmat.core.files import write_atomic
 from jaxmat.core.protocol import Model, Params
 from jaxmat.models import mace, painn, schnet
+from jaxmat.models.mace import mean_neighbors
 
 BUILDERS = {"schnet": schnet, "painn": painn, "mace": mace}
 FILES = ("config.toml", "split.json", "checkpoints", "metrics.csv", "tensorboard", "model",
@@ -115,7 +116,8 @@ def read_data(cfg: DataConfig, seed: int) -> tuple[dict[str, list], dict[str, li
 # --------------------------------------------------------------------------- model + fit
 @dataclasses.dataclass
 class Prepared:
-    """What a fit needs: the model (references and scale fitted on ``records["train"]``),
+    """What a fit needs: the model (references, scale and, for MACE, the mean neighbour count
+    fitted on ``records["train"]``),
     records per split, the loss and the loaders."""
 
     model: Model
@@ -145,6 +147,9 @@ def prepare(cfg: TrainConfig, parts: dict[str, list]) -> Prepared:
         mcfg = mcfg.with_stats(*potential.output_stats(records["train"], e0))
     except ValueError as e:
         raise ValueError(f"data.reference_energies: {e}") from None
+    if hasattr(mcfg, "avg_num_neighbors"):  # MACE's message normalisation, from the data
+        mcfg = dataclasses.replace(mcfg, avg_num_neighbors=mean_neighbors(
+            records["train"]))
     model = potential.potential(BUILDERS[cfg.model.name](mcfg), stress=cfg.model.stress)
     loader = graph.GraphLoader(records["train"], batch_size=cfg.fit.batch_size,
                                layout=cfg.data.layout, model=model, seed=cfg.seed)

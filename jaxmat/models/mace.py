@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -310,6 +312,14 @@ class MACE(nnx.Module):
         z = batch.nodes["species"]
         e_atom = (cfg.scale * y + cfg.shift + self.atom_refs[...][z]) * batch.nodes["mask"]
         return {"energy": graph.graph_sum(e_atom, batch), "atomic_energies": e_atom}
+
+
+def mean_neighbors(records: Sequence[Any]) -> float:
+    """Mean number of neighbours per atom (edges per atom) of graph records: the
+    ``avg_num_neighbors`` that MACE fits on its training set."""
+    if not records:
+        raise ValueError("cannot count neighbours of an empty training set")
+    return float(np.mean([r.n_edge / r.n_node for r in records]))
 
 
 def mace(cfg: MACEConfig | None = None, **kwargs) -> Model:

@@ -253,6 +253,28 @@ def test_tampered_json_raises_a_clear_error(saved, tmp_path, edit, match):
         jaxmat.load(_edit(path, tmp_path / "t", edit))
 
 
+def test_bundles_without_module_names_load_in_a_fresh_process(saved, tmp_path):
+    """Bundles written before builders recorded their module load without importing
+    jaxmat.models first (the built-in builders are found)."""
+    import subprocess
+    import sys
+
+    def strip(d):
+        d.pop("module", None)
+        for v in d.values():
+            if isinstance(v, dict):
+                strip(v)
+
+    _, _, path = saved
+    old = _edit(path, tmp_path / "old", lambda d: strip(d["model"]))
+    assert '"module"' not in open(os.path.join(old, "bundle.json")).read()
+    code = ("import sys, jaxmat; b = jaxmat.load(sys.argv[1]); "
+            "print(b.model.name, type(b.config).__name__)")
+    out = subprocess.run([sys.executable, "-c", code, str(old)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["SchNet", "SchNetConfig"]
+
+
 def test_broken_files_raise(saved, tmp_path):
     model, params, path = saved
     with pytest.raises(FileNotFoundError, match="no bundle directory"):

@@ -62,12 +62,15 @@ def _builder(desc: dict, where: str) -> Builder:
     imported first (it registers its models). A user's own builders must be registered
     before loading."""
     name, module = desc["builder"], desc.get("module", "")
-    if name not in _REGISTRY and isinstance(module, str) and module.startswith("jaxmat."):
-        try:
-            importlib.import_module(module)
-        except ImportError as e:
-            raise ValueError(f"{where}: builder {name!r} lives in {module!r}, which cannot be "
-                             f"imported: {e}") from None
+    # a bundle written before builders recorded their module names uses built-in builders
+    modules = [module] if module else ["jaxmat.core.potential", "jaxmat.models"]
+    for m in modules if name not in _REGISTRY else []:
+        if isinstance(m, str) and m.startswith("jaxmat."):
+            try:
+                importlib.import_module(m)
+            except ImportError as e:
+                raise ValueError(f"{where}: builder {name!r} lives in {m!r}, which cannot be "
+                                 f"imported: {e}") from None
     if name not in _REGISTRY:
         raise ValueError(f"{where}: unknown builder {name!r} (registered: {sorted(_REGISTRY)}); "
                          "register it with jaxmat.core.bundle.register before loading")

@@ -21,7 +21,6 @@ and RMSE / mean σ in 0.8–1.25.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -29,10 +28,7 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from common import device_info, write_results  # noqa: E402
-
-DATA = os.path.join(HERE, "data", "xtb")
-
+from common import device_info, write_results, xtb_set  # noqa: E402
 
 def fit_power(err: np.ndarray, sigma: np.ndarray) -> tuple[float, float]:
     """``(a, b)`` of ``a σ^b`` with the least Gaussian NLL (b on a 0.02 grid in [0, 1.5])."""
@@ -76,15 +72,13 @@ def main() -> None:
     if len(args.bundle) != len(args.data):
         raise SystemExit("give one --data per --bundle")
     import jaxmat
-    from jaxmat import data, graph
+    from jaxmat import graph
     from jaxmat.core import calibrate
 
     rows = []
     for path, name in zip(args.bundle, args.data):
         b = jaxmat.load(path)
-        atoms = data.read_structures(os.path.join(DATA, f"{name}.extxyz"))
-        with open(os.path.join(DATA, f"{name}.split.json")) as f:
-            split = json.load(f)
+        atoms, split = xtb_set(name)
         half = len(split["val"]) // 2  # two validation folds (first / second half in time)
         parts = {"val": split["val"], "test": split["test"], "val_a": split["val"][:half],
                  "val_b": split["val"][half:]}

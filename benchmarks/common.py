@@ -11,6 +11,25 @@ from collections.abc import Callable
 # JAXMAT_RESULTS redirects every result file (benchmarks/gpu.sh writes to results/gpu/)
 RESULTS = os.environ.get("JAXMAT_RESULTS") or os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "results")
+XTB = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "xtb")
+
+
+def xtb_files(name: str, data_dir: str = XTB) -> tuple[str, str]:
+    """``(frames, split file)`` of a GFN2-xTB set (``scripts/xtb_md_data.py``): the frames
+    are ``<name>.extxyz``, or ``<name>.extxyz.gz`` for the larger sets."""
+    frames = os.path.join(data_dir, f"{name}.extxyz")
+    if not os.path.exists(frames) and os.path.exists(frames + ".gz"):
+        frames += ".gz"
+    return frames, os.path.join(data_dir, f"{name}.split.json")
+
+
+def xtb_set(name: str, data_dir: str = XTB) -> tuple[list, dict]:
+    """``(structures, {"train", "val", "test": indices})`` of a GFN2-xTB set."""
+    from jaxmat import data
+
+    frames, split = xtb_files(name, data_dir)
+    with open(split) as f:
+        return data.read_structures(frames), json.load(f)
 
 
 def cpu_model() -> str:

@@ -28,7 +28,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import RESULTS, device_info  # noqa: E402
+from common import RESULTS, device_info, xtb_files  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 XTB = os.environ.get("JAXMAT_XTB") or os.path.join(ROOT, "benchmarks", "data", "xtb")
@@ -51,8 +51,8 @@ def data_section(name: str) -> dict:
         return {"dataset": "ammonia", "split": [0.7, 0.1, 0.2]}
     if name.startswith("mlearn-"):
         return {"dataset": name, "split": [0.8, 0.1, 0.1]}
-    path = os.path.join(XTB, f"{name}.extxyz")
-    return {"path": path, "split_file": os.path.join(XTB, f"{name}.split.json"),
+    path, split_file = xtb_files(name, XTB)
+    return {"path": path, "split_file": split_file,
             "energy_key": "REF_energy", "forces_key": "REF_forces"}
 
 

@@ -29,16 +29,15 @@ import numpy as np
 import optax
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import RESULTS, device_info, write_results  # noqa: E402
+from common import RESULTS, device_info, write_results, xtb_set  # noqa: E402
 from mace_libs import timed  # noqa: E402
 
-from jaxmat import data, graph, potential, train  # noqa: E402
+from jaxmat import graph, potential, train  # noqa: E402
 from jaxmat.core import ensemble, engine  # noqa: E402
 from jaxmat.core.predict import predict  # noqa: E402
 from jaxmat.models import MACEConfig, SchNetConfig, mace, schnet  # noqa: E402
 from jaxmat.models.mace import mean_neighbors  # noqa: E402
 
-DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "xtb")
 CUTOFF = 5.0
 # the demo's SchNet recipe (jaxmat.demo): 64x3, batch 16, Adam 3e-3 -> 1e-5, forces x10
 RECIPES = {
@@ -57,9 +56,7 @@ def build(name: str, tr):
 
 
 def load(dataset: str):
-    atoms = data.read_structures(os.path.join(DATA, f"{dataset}.extxyz"))
-    with open(os.path.join(DATA, f"{dataset}.split.json")) as f:
-        split = json.load(f)
+    atoms, split = xtb_set(dataset)
     recs = graph.records_from_atoms(atoms, CUTOFF)
     return tuple([recs[k] for k in split[s]] for s in ("train", "val", "test"))
 

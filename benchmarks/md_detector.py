@@ -32,9 +32,9 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from common import device_info, write_results  # noqa: E402
+from common import XTB, device_info, write_results, xtb_set  # noqa: E402
 
-DATA = os.path.join(os.path.dirname(HERE), "benchmarks", "data", "xtb")  # the shipped sets
+DATA = XTB  # the shipped sets
 MARGINS = (0.0, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2, None)         # eV/atom
 PERSIST = (0.0, 5.0, 10.0, 25.0, 50.0, 100.0, None)              # fs
 SIGMAS = (0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, None)              # eV/Å, calibrated
@@ -45,11 +45,7 @@ def log(msg: str) -> None:
 
 
 def load_data(name: str, data_dir: str):
-    from jaxmat import data
-    atoms = data.read_structures(os.path.join(data_dir, f"{name}.extxyz"))
-    with open(os.path.join(data_dir, f"{name}.split.json")) as f:
-        split = json.load(f)
-    return atoms, split
+    return xtb_set(name, data_dir)
 
 
 def train_model(name: str, kind: str, atoms, split, work: str, minutes: float) -> str:

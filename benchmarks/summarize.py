@@ -19,7 +19,8 @@ ORDER = ["speed", "ab_speed", "fit_speed", "ab_fit_speed", "peers", "peers_singl
          "xanes_levers_O", "xanes_levers_O40", "xanes_levers_N", "xanes_inverse_O",
          "xanes_inverse_O40", "xanes_inverse_N", "xanes_throughput_cpu", "xanes_single_check",
          "xanes_committee", "xanes_committee_N", "xanes_committee_painn", "xanes_curve",
-         "crystal", "mlearn_painn_equal", "mlearn_painn_equal_check", "mlearn_painn"]
+         "crystal", "mlearn_painn_equal", "mlearn_painn_equal_check", "mlearn_painn",
+         "calibration_forms"]
 
 HEADER = """# Benchmarks
 
@@ -55,6 +56,7 @@ is a shared 2-core VM: its load average is recorded in every JSON file.
 | `mace.py`, `mace_libs.py` | MACE vs SchNet accuracy and speed; one interaction layer on cuequivariance-jax vs e3nn-jax |
 | `xanes_peaks.py`, `xanes_ship.py` | gridded vs peak-preserving transition head, combiner and committee size on validation; shipping and fresh-predict time |
 | `photoanode_directions.py` | total-effect ranking, confounder flags and the hull-boundary warning on fresh simulated libraries |
+| `calibration_forms.py` | committee σ recalibration: one scale (NLL, median) vs a power law a σ^b, chosen on validation folds, scored on test |
 | `gpu.sh` | the GPU run: speed, committee, attack, MD, scale, XANES in at most 8 minutes (`results/gpu/`) |
 """
 

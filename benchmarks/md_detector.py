@@ -5,8 +5,9 @@
 
 For each molecule (GFN2-xTB 600 K MD data in ``--data``: extxyz with REF_energy/REF_forces
 and a ``.split.json`` time split) two SchNet committees of 4 are trained: ``weak`` on the
-first 200 training frames and ``good`` on all of them; their σ scale is fitted on the
-validation split (NLL) and their training energy range stored (the bundle's ``training``
+first 200 training frames and ``good`` on all of them; their σ is calibrated on the
+validation split (``--calibration``: the library's default power law, or one NLL scale) and
+their training energy range stored (the bundle's ``training``
 and ``calibration`` sections). Each runs ``--replicas`` Langevin replicas at 600 K (0.5 fs)
 from a validation frame with the detector's thresholds set out of reach, so every signal
 is logged; GFN2-xTB labels a frame every ``--oracle-every-fs`` fs of every replica up to
@@ -37,7 +38,7 @@ from common import XTB, device_info, write_results, xtb_set  # noqa: E402
 DATA = XTB  # the shipped sets
 MARGINS = (0.0, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2, None)         # eV/atom
 PERSIST = (0.0, 5.0, 10.0, 25.0, 50.0, 100.0, None)              # fs
-SIGMAS = (0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, None)              # eV/Å, calibrated
+SIGMAS = (0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, None)  # eV/Å, calibrated
 
 
 def log(msg: str) -> None:
@@ -77,24 +78,16 @@ def train_model(name: str, kind: str, atoms, split, work: str, minutes: float) -
                                                        batch_size=16, max_minutes=minutes,
                                                        progress=False))
     params = res.params
-    members = [predict(model, ensemble.member(params, k), va, keys=("energy", "forces"))
-               for k in range(4)]
-    f_m = np.stack([np.concatenate(m["forces"]) for m in members])  # (4, n_atoms, 3)
-    e_m = np.stack([np.asarray(m["energy"]) for m in members])
+    pred = predict(model, params, va, keys=("energy", "forces"))
     f_ref = np.concatenate([r.node_targets["forces"] for r in va])
     e_ref = np.array([r.targets["energy"] for r in va])
-    cal = {}
-    for key, pred, ref in (("energy", e_m, e_ref), ("forces", f_m, f_ref)):
-        err, sig = (pred.mean(0) - ref).ravel(), pred.std(0).ravel()
-        s = calibrate.fit_scale(err, sig, "nll")
-        cal[key] = {"scale": s, "method": "nll", "n": len(va),
-                    "before": calibrate.metrics(err, sig),
-                    "after": calibrate.metrics(err, s * sig)}
+    cal = calibrate.fit_committee(model, params, va, method="nll")
     os.makedirs(out, exist_ok=True)
     bundle.save(os.path.join(out, "model"), model, params, overwrite=True)
     summary = bundle.training_summary(tr)
-    summary["val_forces_mae_eV_per_A"] = float(np.mean(np.abs(f_m.mean(0) - f_ref)))
-    summary["val_energy_mae_eV"] = float(np.mean(np.abs(e_m.mean(0) - e_ref)))
+    summary["val_forces_mae_eV_per_A"] = float(np.mean(np.abs(np.concatenate(pred["forces"])
+                                                              - f_ref)))
+    summary["val_energy_mae_eV"] = float(np.mean(np.abs(np.asarray(pred["energy"]) - e_ref)))
     summary["train_seconds"] = res.seconds
     with open(os.path.join(out, "training.json"), "w") as f:
         json.dump(summary, f, indent=1)
@@ -103,6 +96,25 @@ def train_model(name: str, kind: str, atoms, split, work: str, minutes: float) -
     log(f"{name}/{kind}: val force MAE {summary['val_forces_mae_eV_per_A']:.3f} eV/Å, σ_F scale "
         f"{cal['forces']['scale']:.2f}, {res.seconds:.0f} s")
     return out
+
+
+def calibration(d: str, atoms, split, method: str) -> dict:
+    """The committee's σ calibration by ``method`` on the validation split
+    (:func:`jaxmat.core.calibrate.fit_committee`), cached as ``calibration_<method>.json``
+    (``calibration.json``, the single NLL scale the MD runs were given, for ``nll``)."""
+    path = os.path.join(d, "calibration.json" if method == "nll" else
+                        f"calibration_{method}.json")
+    if not os.path.exists(path):
+        import jaxmat
+        from jaxmat import graph
+        from jaxmat.core import calibrate
+        b = jaxmat.load(os.path.join(d, "model"))
+        cal = calibrate.fit_committee(b.model, b.params, graph.records(
+            [atoms[i] for i in split["val"]], b), method=method)
+        with open(path, "w") as f:
+            json.dump(cal, f, indent=1)
+    with open(path) as f:
+        return json.load(f)
 
 
 def run_md(name: str, kind: str, start, args) -> str:
@@ -171,11 +183,12 @@ def run_oracle(name: str, kind: str, args) -> dict:
     return done
 
 
-def replay_all(z, crit, n_atoms):
+def replay_all(c, crit):
     from jaxmat.md.audit import replay
+    z = c["z"]
     logd = {k[4:]: z[k] for k in z.files if k.startswith("log_") and k != "log_steps"}
-    return replay(logd, z["log_steps"], n_atoms, 0.5, crit, tuple(z["energy_range"]),
-                  tuple(z["scales"]))
+    return replay(logd, z["log_steps"], c["n_atoms"], 0.5, crit, tuple(z["energy_range"]),
+                  c["maps"])
 
 
 def evaluate(cases: dict, args) -> dict:
@@ -188,7 +201,7 @@ def evaluate(cases: dict, args) -> dict:
     def score(crit, mask):
         u_all, d_all = [], []
         for c in cases.values():
-            step, _ = replay_all(c["z"], crit, c["n_atoms"])
+            step, _ = replay_all(c, crit)
             u_all.append(c["unphysical"][mask])
             d_all.append(step[mask])
         return agreement(np.concatenate(u_all), np.concatenate(d_all), 0.5)
@@ -207,7 +220,7 @@ def evaluate(cases: dict, args) -> dict:
                       "max_forces_std_eV_per_A": crit.max_forces_std},
            "validation": best[1], "test": score(crit, test), "per_case": {}, "single": {}}
     for key, c in cases.items():
-        step, code = replay_all(c["z"], crit, c["n_atoms"])
+        step, code = replay_all(c, crit)
         out["per_case"][key] = {
             "validation": agreement(c["unphysical"][val], step[val], 0.5),
             "test": agreement(c["unphysical"][test], step[test], 0.5),
@@ -223,6 +236,12 @@ def evaluate(cases: dict, args) -> dict:
                       ("σ only", dict(energy_margin=None, topology_time_fs=None))):
         out["single"][label] = score(dataclasses.replace(crit, **kw), test)
     return out
+
+
+def _map_text(c: dict) -> str:
+    if c.get("power", 1.0) == 1.0:
+        return f"x{c['scale']:.2f}"
+    return f"{c['scale']:.3g} σ^{c['power']:.2f} (knee {c['knee']:.3g})"
 
 
 def write(results: dict, args) -> None:
@@ -255,11 +274,13 @@ def write(results: dict, args) -> None:
         for k, a in ev["single"].items():
             lines.append(f"| {k} | {a['recall']} | {a['false_alarms']}/{a['n_physical']} | "
                          f"{a['median_delay_ps']} |")
-        lines += ["", "| case | val force MAE (eV/Å) | σ_F scale | oracle: unphysical (energy "
+        lines += ["", f"σ calibration: {args.calibration}.", "",
+                  "| case | val force MAE (eV/Å) | σ_F calibration | oracle: unphysical (energy "
                   "holes) | MD replica-steps/s | reasons (test) |", "|---|---|---|---|---|---|"]
         for k, v in ev["per_case"].items():
             lines.append(f"| {k} | {v['model']['val_forces_mae_eV_per_A']:.3f} | "
-                         f"{v['model']['forces_scale']:.2f} | {v['oracle_unphysical']} "
+                         f"{_map_text(v['model']['forces_calibration'])} | "
+                         f"{v['oracle_unphysical']} "
                          f"({v['oracle_energy_holes']}) | {v['md_replica_steps_per_s']:.0f} | "
                          f"{v['reasons_test']} |")
     lines += ["", f"Status: {results.get('status')}. 1-min load average "
@@ -279,10 +300,14 @@ def main() -> None:
     ap.add_argument("--train-minutes", type=float, default=10.0)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--out", default="md_detector")
+    ap.add_argument("--calibration", default="power", choices=("power", "nll"),
+                    help="the σ calibration the thresholds are chosen in (fitted on the "
+                         "validation split; the MD runs themselves do not depend on it)")
     args = ap.parse_args()
     os.makedirs(args.work, exist_ok=True)
     results = {"settings": vars(args), "status": "running", "load_start": os.getloadavg()[0],
                "device": device_info()}
+    from jaxmat.core.calibrate import sigma_map
     cases = {}
     for name in args.molecules:
         if not os.path.exists(os.path.join(args.data, f"{name}.split.json")):
@@ -297,10 +322,12 @@ def main() -> None:
             lab = run_oracle(name, kind, args)
             z = np.load(os.path.join(d, "md.npz"))
             model = json.load(open(os.path.join(d, "training.json")))
-            model["forces_scale"] = json.load(open(os.path.join(d, "calibration.json")))[
-                "forces"]["scale"]
+            cal = calibration(d, atoms, split, args.calibration)
+            model["forces_calibration"] = {k: v for k, v in cal["forces"].items()
+                                           if k in ("scale", "power", "knee")}
             cases[f"{name} {kind}"] = {
                 "z": z, "n_atoms": len(start), "model": model,
+                "maps": tuple(sigma_map(cal[t]) for t in ("energy", "forces")),
                 "unphysical": np.array([lab[str(r)]["unphysical_step"]
                                         for r in range(args.replicas)]),
                 "holes": [lab[str(r)]["energy_hole"] for r in range(args.replicas)]}

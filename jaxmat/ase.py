@@ -5,8 +5,8 @@
 gives them, per-atom ``energies`` (eV). With committee params (leading member axis, see
 :mod:`jaxmat.core.ensemble`) the results are the members' mean, plus the committee spread:
 ``energy_std`` (eV), ``forces_std`` (N, 3) eV/Å, ``forces_std_atom`` (N,) eV/Å (root of the
-xyz-summed variance), ``energy_members`` (M,) eV — scaled by an optional recalibration
-factor (:func:`jaxmat.core.calibrate.fit_scale`).
+xyz-summed variance), ``energy_members`` (M,) eV — σ calibrated by a bundle's stored
+recalibration (:func:`jaxmat.core.calibrate.apply_map`) or a given factor.
 
 The graph (cutoff, k nearest neighbours, line graph) is the model's own ``model.graph``;
 ``JaxmatCalculator.from_bundle(path)`` reads model and params from a bundle
@@ -17,7 +17,6 @@ compiles once (``calc.n_compiles``).
 """
 from __future__ import annotations
 
-import math
 import os
 from typing import Any
 
@@ -27,7 +26,7 @@ import numpy as np
 from ase.calculators.calculator import Calculator, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
-from jaxmat.core import committee, graph
+from jaxmat.core import calibrate, committee, graph
 from jaxmat.core.protocol import Model, Params, resolve_spec
 
 STD_KEYS = ("energy_std", "forces_std", "forces_std_atom", "energy_members")
@@ -40,8 +39,9 @@ class JaxmatCalculator(Calculator):
 
     The neighbour list follows ``model.graph``; ``cutoff`` (Å) is needed only for a model
     that declares no cutoff, and must otherwise equal it. ``committee=None`` detects a leading
-    member axis. ``sigma_scale`` multiplies the committee standard deviations (a float, or a
-    dict ``{"energy": s_E, "forces": s_F}``). ``margin`` is the relative head-room on edges
+    member axis. ``sigma_scale`` calibrates the committee standard deviations: a factor, or
+    a dict ``{"energy": ..., "forces": ...}`` of factors or of a bundle's calibration entries
+    (:func:`jaxmat.core.calibrate.sigma_map`; ``forces_std_atom`` maps its per-component RMS). ``margin`` is the relative head-room on edges
     (and ``multiple`` the rounding) when the padding budget is (re)allocated; ``dtype`` is the
     float type of positions fed to the model.
     """
@@ -50,7 +50,7 @@ class JaxmatCalculator(Calculator):
                               *STD_KEYS]
 
     def __init__(self, model: Model, params: Params, cutoff: float | None = None,
-                 committee: bool | None = None, sigma_scale: float | dict[str, float] = 1.0,
+                 committee: bool | None = None, sigma_scale: float | dict[str, Any] = 1.0,
                  margin: float = 1.25, multiple: int = 16, dtype: Any = np.float32,
                  **kwargs: Any):
         super().__init__(**kwargs)
@@ -67,11 +67,13 @@ class JaxmatCalculator(Calculator):
         self.params = jax.device_put(params)
         self.committee = committee
         self.dtype = dtype
-        self.sigma_scale = {k: float(sigma_scale.get(k, 1.0) if isinstance(sigma_scale, dict)
-                                     else sigma_scale) for k in ("energy", "forces")}
-        for k, s in self.sigma_scale.items():
-            if not (math.isfinite(s) and s > 0):
-                raise ValueError(f"sigma_scale for {k} must be positive, got {s}")
+        self.sigma_map = {}
+        for k in ("energy", "forces"):
+            s = sigma_scale.get(k, 1.0) if isinstance(sigma_scale, dict) else sigma_scale
+            try:
+                self.sigma_map[k] = calibrate.sigma_map(s)
+            except ValueError as e:
+                raise ValueError(f"sigma_scale for {k}: {e}") from None
         self._fn = jax.jit(self._predict)
 
     @classmethod
@@ -85,7 +87,7 @@ class JaxmatCalculator(Calculator):
 
         b = bundles.load(bundle) if isinstance(bundle, (str, os.PathLike)) else bundle
         if calibrated and b.calibration and "sigma_scale" not in kwargs:
-            kwargs["sigma_scale"] = b.sigma_scale
+            kwargs["sigma_scale"] = b.calibration
         return cls(b.model, b.params, **kwargs)
 
     # ------------------------------------------------------------------ device side
@@ -145,12 +147,13 @@ class JaxmatCalculator(Calculator):
         if "stress" in out and np.any(atoms.pbc):
             res["stress"] = full_3x3_to_voigt_6_stress(np.asarray(out["stress"][0], np.float64))
         if self.committee:
-            se, sf = self.sigma_scale["energy"], self.sigma_scale["forces"]
-            res["energy_std"] = se * float(out["energy_std"][0])
+            me, mf = self.sigma_map["energy"], self.sigma_map["forces"]
+            res["energy_std"] = float(calibrate.apply_map(float(out["energy_std"][0]), me))
             res["energy_members"] = np.asarray(out["energy_members"][:, 0], dtype=np.float64)
             if "forces_std" in out:
-                res["forces_std"] = sf * np.asarray(out["forces_std"][:n], dtype=np.float64)
-                res["forces_std_atom"] = sf * np.asarray(out["forces_std_atom"][:n],
-                                                         dtype=np.float64)
+                f = np.asarray(out["forces_std"][:n], dtype=np.float64)
+                res["forces_std"] = calibrate.apply_map(f, mf)
+                res["forces_std_atom"] = calibrate.apply_map(
+                    np.asarray(out["forces_std_atom"][:n], dtype=np.float64), mf, components=3)
         self.results = res
 

@@ -68,18 +68,20 @@ def errors(model: Model, params: Params, records: Sequence[Record],
             _mae_rmse(metrics, "energy", "eV_per_atom", (p - t) / n_atoms)
     if "energy_var" in pred:
         cal, raw = {}, {}
-        scales = {k: float(v["scale"]) for k, v in (calibration or {}).items()}
+        maps = {k: calibrate.sigma_map(v) for k, v in (calibration or {}).items()}
         for kind, unit in (("energy", "eV"), ("forces", "eV_per_A")):
             if kind in kinds and f"{kind}_var" in pred:
                 var = pred[f"{kind}_var"]
                 s = np.sqrt(np.concatenate([np.ravel(v) for v in var]) if isinstance(var, list)
                             else np.ravel(var))
                 err = arrays[f"{kind}_pred"] - arrays[f"{kind}_true"]
-                arrays[f"{kind}_sigma"] = scales.get(kind, 1.0) * s
+                arrays[f"{kind}_sigma"] = calibrate.apply_map(s, maps.get(kind, (1.0, 1.0,
+                                                                               np.inf)))
                 cal[f"{kind}_{unit}"] = calibrate.metrics(err, arrays[f"{kind}_sigma"])
                 raw[f"{kind}_{unit}"] = calibrate.metrics(err, s)
-                if kind in scales:
-                    cal[f"{kind}_{unit}"]["scale"] = scales[kind]
+                if kind in maps:
+                    cal[f"{kind}_{unit}"].update({k: v for k, v in zip(
+                        ("scale", "power", "knee"), maps[kind]) if np.isfinite(v)})
         metrics["calibration"] = cal
         if calibration:
             metrics["calibration_raw"] = raw
@@ -140,6 +142,13 @@ def _unit(name: str) -> str:
     return name.replace("_per_A3", "/Å³").replace("_per_A", "/Å").replace("_per_", "/")
 
 
+def _map_text(c: dict) -> str:
+    """``x s`` or ``s σ^b`` (knee k) of a calibration entry, for the eval table."""
+    if c.get("power", 1.0) == 1.0:
+        return f"x{c.get('scale', 1.0):.3g}"
+    return f"{c['scale']:.3g} σ^{c['power']:.2f} up to σ {c['knee']:.3g}, linear beyond"
+
+
 def format_metrics(m: dict[str, Any]) -> str:
     """A short plain-text table of :func:`errors` metrics."""
     lines = [f"{m['n_structures']} structures, {m['n_atoms']} atoms"]
@@ -152,7 +161,7 @@ def format_metrics(m: dict[str, Any]) -> str:
     raw = m.get("calibration_raw", {})
     for name, c in m.get("calibration", {}).items():
         for label, x in ((f"σ {name} raw", raw.get(name)),
-                         (f"σ {name} calibrated (x{c.get('scale', 1.0):.3g})"
+                         (f"σ {name} calibrated ({_map_text(c)})"
                           if name in raw else f"σ {name}", c)):
             if x is not None:
                 lines.append(f"  {label}: NLL {x['nll']:.4g}, Spearman {x['spearman']:.3f}, "

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from ase import Atoms
 
+from jaxmat.core.calibrate import apply_map
 from jaxmat.md.failure import FailureCriteria
 
 
@@ -79,18 +80,21 @@ def label_frames(numbers: np.ndarray, positions: np.ndarray, energy: np.ndarray,
 
 def replay(log: dict, log_steps: np.ndarray, n_atoms: int, timestep_fs: float,
            criteria: FailureCriteria, energy_range: tuple[float, float] | None = None,
-           scales: tuple[float, float] = (1.0, 1.0)) -> tuple[np.ndarray, np.ndarray]:
+           scales: tuple = ((1.0, 1.0, np.inf), (1.0, 1.0, np.inf))
+           ) -> tuple[np.ndarray, np.ndarray]:
     """The detector's first firing step (R,) (-1: never) and code over a run's log, with
     ``criteria`` (energy range, committee σ and topology persistence, plus non-finite
     values; logged every ``log_every`` steps, so a replay fires up to that many steps
     later than the detector inside the run). The log must come from a run that did not stop
-    these replicas earlier (e.g. criteria with huge thresholds)."""
+    these replicas earlier (e.g. criteria with huge thresholds). ``scales``: the energy and
+    forces σ calibration maps (:func:`jaxmat.core.calibrate.sigma_map`)."""
     T, R = log["energy"].shape
     fire = {1: ~np.isfinite(log["energy"]) | ~log["alive"].astype(bool)}
     if criteria.max_forces_std is not None:
-        fire[4] = scales[1] * log["forces_std_max"] > criteria.max_forces_std
+        fire[4] = apply_map(log["forces_std_max"], scales[1], components=3) > \
+            criteria.max_forces_std
     if criteria.max_energy_std is not None:
-        fire[5] = scales[0] * log["energy_std"] > criteria.max_energy_std
+        fire[5] = apply_map(log["energy_std"], scales[0]) > criteria.max_energy_std
     if criteria.energy_margin is not None and energy_range is not None:
         e = log["energy"] / n_atoms
         fire[6] = (e < energy_range[0] - criteria.energy_margin) | \

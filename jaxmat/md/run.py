@@ -10,6 +10,7 @@ the chunk from its start.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import sys
 import time
@@ -46,7 +47,7 @@ class MDResult:
     ``frames``: the trajectory frames kept in memory (``step`` (F,), ``positions``
     (F, R, N, 3), ``cell``, ``energy`` (F, R), ``forces`` (F, R, N, 3)) when frames were
     asked for. ``criteria``: the criteria applied, ``energy_range`` eV/atom and ``scales``
-    (energy, forces σ calibration) they used, ``notes``: what was switched off and why.
+    (energy, forces σ calibration maps ``(scale, power, knee)``) they used, ``notes``: what was switched off and why.
     ``seconds``: wall time of the steps (compiles included), ``n_builds`` device list
     builds, ``n_reallocations``."""
 
@@ -65,7 +66,7 @@ class MDResult:
     dof: int = 0
     criteria: failure.FailureCriteria | None = None
     energy_range: tuple[float, float] | None = None
-    scales: tuple[float, float] = (1.0, 1.0)
+    scales: tuple = ((1.0, 1.0, math.inf), (1.0, 1.0, math.inf))
     notes: list[str] = dataclasses.field(default_factory=list)
     frames: dict[str, np.ndarray] | None = None
 
@@ -93,7 +94,9 @@ class MDResult:
                 "notes": list(self.notes), "reasons": dict(failure.REASONS),
                 "energy_range_eV_per_atom": (list(self.energy_range)
                                              if self.energy_range is not None else None),
-                "sigma_scales": {"energy": self.scales[0], "forces": self.scales[1]},
+                "sigma_calibration": {t: {k: v for k, v in zip(("scale", "power", "knee"), m)
+                                          if math.isfinite(v)}
+                                      for t, m in zip(("energy", "forces"), self.scales)},
                 "degrees_of_freedom": self.dof, "replicas": reps}
 
     def summary(self) -> str:

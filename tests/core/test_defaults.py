@@ -51,8 +51,9 @@ def test_fit_targets_scales_sigma_to_the_errors_and_reports_before_after():
     rng = np.random.default_rng(0)
     sigma = rng.uniform(0.5, 2.0, 4000)
     err = 2.5 * sigma * rng.standard_normal(4000)  # σ 2.5x over-confident
-    cal = calibrate.fit_targets({"forces": (err, sigma)}, n_structures=40)["forces"]
+    cal = calibrate.fit_targets({"forces": (err, sigma)}, n_structures=40, method="nll")["forces"]
     assert cal["scale"] == pytest.approx(2.5, rel=0.05) and cal["n"] == 40
+    assert cal["power"] == 1.0 and "knee" not in cal
     assert cal["before"]["coverage_68"] < 0.4
     assert abs(cal["after"]["coverage_68"] - 0.683) < 0.03
     assert abs(cal["after"]["coverage_95"] - 0.95) < 0.02
@@ -60,13 +61,52 @@ def test_fit_targets_scales_sigma_to_the_errors_and_reports_before_after():
         calibrate.fit_targets({"energy": (err[:12], sigma[:12])}, n_structures=12)
 
 
+def test_power_calibration_recovers_a_power_law_and_stays_linear_beyond_the_data():
+    rng = np.random.default_rng(1)
+    sigma = np.exp(rng.uniform(np.log(0.02), np.log(0.5), 20000))  # eV/Å
+    err = 0.4 * sigma**0.4 * rng.standard_normal(sigma.size)  # errors grow slower than σ
+    cal = calibrate.fit_targets({"forces": (err, sigma)}, n_structures=400)["forces"]
+    assert cal["method"] == "power" and cal["power"] == pytest.approx(0.4, abs=0.03)
+    assert cal["scale"] == pytest.approx(0.4, rel=0.1) and cal["knee"] == sigma.max()
+    # one scale cannot calibrate both levels; the power law does (fresh data)
+    err2 = 0.4 * sigma**0.4 * rng.standard_normal(sigma.size)
+    m = calibrate.sigma_map(cal)
+    after = calibrate.metrics(err2, calibrate.apply_map(sigma, m))
+    assert abs(after["coverage_68"] - 0.683) < 0.02 and abs(after["coverage_95"] - 0.95) < 0.01
+    one = calibrate.fit_scale(err, sigma)
+    single = calibrate.metrics(err2, one * sigma)
+    assert abs(single["coverage_68"] - 0.683) > 0.05
+    # the map: continuous at the knee, linear beyond it, monotone; the identity by default
+    k = cal["knee"]
+    below, at, above = calibrate.apply_map(np.array([0.999 * k, k, 4 * k]), m)
+    assert below == pytest.approx(at, rel=1e-3) and above == pytest.approx(4 * at)
+    grid = np.geomspace(1e-4, 10.0, 200)
+    assert np.all(np.diff(calibrate.apply_map(grid, m)) > 0)
+    np.testing.assert_allclose(calibrate.apply_map(grid, calibrate.sigma_map(None)), grid)
+    assert calibrate.sigma_map({"scale": 2.0}) == (2.0, 1.0, np.inf)
+    # a per-atom σ (root of the xyz-summed variance) maps its per-component RMS
+    np.testing.assert_allclose(calibrate.apply_map(grid, m, components=3),
+                               np.sqrt(3) * calibrate.apply_map(grid / np.sqrt(3), m))
+    for bad in ({"scale": 1.0, "power": 0.0}, {"scale": -1.0}, {"scale": 1.0, "knee": 0.0}):
+        with pytest.raises(ValueError, match="scale > 0, power > 0 and knee > 0"):
+            calibrate.sigma_map(bad)
+    with pytest.raises(ValueError, match="unknown recalibration method 'cubic'"):
+        calibrate.fit_targets({"forces": (err, sigma)}, 400, method="cubic")
+
+
 def test_scale_outputs_scales_variances_only():
     out = {"energy": np.ones(2), "energy_var": np.ones(2), "forces_var": [np.ones((3, 3))],
            "forces_var_atom": [np.ones(3)], "forces": [np.ones((3, 3))]}
     got = calibrate.scale_outputs(out, {"energy": {"scale": 2.0}, "forces": {"scale": 3.0}})
     assert np.all(got["energy_var"] == 4.0) and np.all(got["energy"] == 1.0)
-    assert np.all(got["forces_var"][0] == 9.0) and np.all(got["forces_var_atom"][0] == 9.0)
+    np.testing.assert_allclose(got["forces_var"][0], 9.0)
+    np.testing.assert_allclose(got["forces_var_atom"][0], 9.0)
     assert np.all(got["forces"][0] == 1.0) and np.all(out["energy_var"] == 1.0)
+    power = {"scale": 0.5, "power": 0.5, "knee": 4.0}  # σ_c = 0.5 √σ below σ = 4
+    got = calibrate.scale_outputs({"forces_var": [np.full((2, 3), 4.0)],
+                                   "forces_var_atom": [np.full(2, 12.0)]}, {"forces": power})
+    np.testing.assert_allclose(got["forces_var"][0], (0.5 * np.sqrt(2.0)) ** 2)
+    np.testing.assert_allclose(got["forces_var_atom"][0], 3 * (0.5 * np.sqrt(2.0)) ** 2)
 
 
 def test_committee_bundle_keeps_training_and_calibration(committee, records, tmp_path):
@@ -83,12 +123,20 @@ def test_committee_bundle_keeps_training_and_calibration(committee, records, tmp
         bundle.training_summary(records)["energy_per_atom_eV"])
     raw = predict(b.model, b.params, records[:2])
     scaled = predict(b.model, b.params, records[:2], calibration=b.calibration)
-    s = cal["forces"]["scale"]
-    np.testing.assert_allclose(scaled["forces_var"][0], s**2 * raw["forces_var"][0], rtol=1e-6)
+    m = calibrate.sigma_map(b.calibration["forces"])
+    assert b.calibration["forces"]["power"] == cal["forces"]["power"] != 1.0
+    np.testing.assert_allclose(scaled["forces_var"][0], calibrate.apply_map(
+        np.sqrt(raw["forces_var"][0]), m) ** 2, rtol=1e-5)
     atoms = data.load_ammonia()[0]
-    std = JaxmatCalculator.from_bundle(b).get_property("forces_std", atoms)
-    raw_std = JaxmatCalculator.from_bundle(b, calibrated=False).get_property("forces_std", atoms)
-    np.testing.assert_allclose(std, s * raw_std, rtol=1e-5)
+    calc = JaxmatCalculator.from_bundle(b)
+    raw_calc = JaxmatCalculator.from_bundle(b, calibrated=False)
+    std, raw_std = (c.get_property("forces_std", atoms) for c in (calc, raw_calc))
+    np.testing.assert_allclose(std, calibrate.apply_map(raw_std, m), rtol=1e-5)
+    np.testing.assert_allclose(calc.get_property("forces_std_atom", atoms), calibrate.apply_map(
+        raw_calc.get_property("forces_std_atom", atoms), m, components=3), rtol=1e-5)
+    with pytest.raises(ValueError, match="calibration entry 'forces' needs a positive 'scale'"):
+        bundle.save(tmp_path / "bad", model, params,
+                    calibration={"forces": {"scale": 1.0, "power": -0.5}})
 
 
 def test_single_model_bundle_has_no_sections_and_refuses_a_calibration(records, tmp_path):

@@ -16,7 +16,7 @@ from ase import Atoms, units
 from ase.build import bulk, fcc111, molecule
 
 import jaxmat.md as md
-from jaxmat.core import graph, neighbors, potential
+from jaxmat.core import calibrate, graph, neighbors, potential
 from jaxmat.core.protocol import GraphSpec, Model
 from jaxmat.models.pair import morse
 
@@ -226,6 +226,15 @@ def test_committee_sigma_is_logged_and_can_stop_a_replica():
         res = md.simulate(m, committee, argon(), 10, ensemble="nvt", temperature_K=40,
                           criteria=md.FailureCriteria(max_energy_std=sig, max_forces_std=None),
                           progress=False, log_every=10, calibration={"energy": {"scale": scale}})
+        assert (res.fail_step[0] == 0) == fails
+    # a power-law calibration (the default form): the threshold is on a σ^b (knee k)
+    power = {"scale": 0.3, "power": 0.5, "knee": 10.0}
+    cal_sig = calibrate.apply_map(sig, calibrate.sigma_map(power))
+    for f, fails in ((1.1, False), (0.9, True)):
+        res = md.simulate(m, committee, argon(), 10, ensemble="nvt", temperature_K=40,
+                          criteria=md.FailureCriteria(max_energy_std=f * cal_sig,
+                                                      max_forces_std=None),
+                          progress=False, log_every=10, calibration={"energy": power})
         assert (res.fail_step[0] == 0) == fails
 
 

@@ -8,8 +8,10 @@
     ``n_members`` — null for a single model, M for a committee with a leading member axis —
     and the shape and dtype of every array); ``metadata`` (free JSON); optionally
     ``training`` (:func:`training_summary`: the energy range of the training structures)
-    and ``calibration`` (per target ``{"scale", "method", "n", "before", "after"}``: the
-    committee σ recalibration, ``σ_calibrated = scale · σ_raw``, fitted on validation data).
+    and ``calibration`` (per target ``{"scale", "power", "knee", "method", "n", "before",
+    "after"}``: the committee σ recalibration fitted on validation data,
+    ``σ_calibrated = scale · min(σ_raw, knee)^power · max(σ_raw / knee, 1)``,
+    :func:`jaxmat.core.calibrate.apply_map`).
 ``path/params.npz``
     one array per params leaf, named by its '/'-joined pytree path.
 
@@ -24,4 +26,4 @@ Modules: :mod:`~jaxmat.core.bundle.registry` (builders, describing and rebuildin
 """
 from jaxmat.core.bundle.files import UNITS, Bundle, load, save
 from jaxmat.core.bundle.registry import _REGISTRY, Builder, innermost_config, register
-from jaxmat.core.bundle.sections import sigma_scales, training_summary
+from jaxmat.core.bundle.sections import training_summary

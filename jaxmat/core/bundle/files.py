@@ -15,7 +15,7 @@ import jax
 import numpy as np
 
 from jaxmat.core.bundle.registry import _build, _describe, _references, innermost_config
-from jaxmat.core.bundle.sections import _sections, sigma_scales
+from jaxmat.core.bundle.sections import _sections
 from jaxmat.core.config import to_json
 from jaxmat.core.protocol import GraphSpec, Model, Params
 from jaxmat.version import __version__
@@ -182,12 +182,6 @@ class Bundle:
     jaxmat_version: str
     training: dict | None = None
     calibration: dict | None = None
-
-    @property
-    def sigma_scale(self) -> dict[str, float]:
-        """Recalibration factors ``{"energy": s_E, "forces": s_F}`` of the committee σ
-        (1.0 where the bundle stores none)."""
-        return sigma_scales(self.calibration)
 
     @property
     def graph(self) -> GraphSpec:

@@ -1,12 +1,15 @@
 """The optional sections of a bundle: ``training`` (:func:`training_summary`, the energy
-range of the training structures) and ``calibration`` (per target ``{"scale", "method",
-"n", "before", "after"}``: the committee σ recalibration, ``σ_calibrated = scale · σ_raw``)."""
+range of the training structures) and ``calibration`` (per target ``{"scale", "power",
+"knee", "method", "n", "before", "after"}``: the committee σ recalibration of
+:func:`jaxmat.core.calibrate.fit_targets`, applied by :func:`jaxmat.core.calibrate.apply_map`;
+older bundles hold only ``scale``: ``σ_calibrated = scale · σ_raw``)."""
 from __future__ import annotations
 
 from typing import Any
 
 import numpy as np
 
+from jaxmat.core.calibrate import sigma_map
 from jaxmat.core.config import to_json
 
 
@@ -55,12 +58,6 @@ def _numbers_energy(r: Any, k: int) -> tuple[np.ndarray, float]:
                      f"{type(r).__name__}")
 
 
-def sigma_scales(calibration: dict | None) -> dict[str, float]:
-    """``{"energy": s_E, "forces": s_F}`` from a bundle's ``calibration`` (1.0 where absent)."""
-    cal = calibration or {}
-    return {t: float(cal[t]["scale"]) if t in cal else 1.0 for t in ("energy", "forces")}
-
-
 def _sections(training: Any, calibration: Any, n_members: int | None, where: str = "save") -> dict:
     """The optional ``training`` and ``calibration`` entries of a bundle, checked."""
     out: dict[str, Any] = {}
@@ -76,11 +73,14 @@ def _sections(training: Any, calibration: Any, n_members: int | None, where: str
         if n_members is None:
             raise ValueError(f"{where}: a calibration needs committee params (a single "
                              "model has no σ)")
-        bad = [k for k, v in c.items() if not isinstance(v, dict) or
-               not isinstance(v.get("scale"), (int, float)) or not v["scale"] > 0] \
-            if isinstance(c, dict) else ["(not an object)"]
-        if bad:
-            raise ValueError(f"{where}: calibration entries {bad} need a positive 'scale'")
+        if not isinstance(c, dict):
+            raise ValueError(f"{where}: calibration must map targets to entries, got {c!r}")
+        for k, v in c.items():
+            try:
+                sigma_map(v if isinstance(v, dict) else {})
+            except (KeyError, TypeError, ValueError) as e:
+                raise ValueError(f"{where}: calibration entry {k!r} needs a positive 'scale' "
+                                 f"(and 'power', 'knee' > 0 where given): {e}") from None
     return out
 
 

@@ -39,6 +39,8 @@ DATA = XTB  # the shipped sets
 MARGINS = (0.0, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2, None)         # eV/atom
 PERSIST = (0.0, 5.0, 10.0, 25.0, 50.0, 100.0, None)              # fs
 SIGMAS = (0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, None)  # eV/Å, calibrated
+E_SIGMAS = (0.02, 0.05, 0.1, 0.2, 0.5, None)                     # eV, calibrated
+SEVERE = 2.0  # eV/Å: an oracle force error above it (or an energy hole) is a collapse
 
 
 def log(msg: str) -> None:
@@ -207,9 +209,9 @@ def evaluate(cases: dict, args) -> dict:
         return agreement(np.concatenate(u_all), np.concatenate(d_all), 0.5)
 
     grid = []
-    for m, p, s in itertools.product(MARGINS, PERSIST, SIGMAS):
+    for m, p, s, es in itertools.product(MARGINS, PERSIST, SIGMAS, E_SIGMAS):
         crit = md.FailureCriteria(min_distance=None, bond_break=None, energy_margin=m,
-                                  topology_time_fs=p, max_forces_std=s)
+                                  topology_time_fs=p, max_forces_std=s, max_energy_std=es)
         a = score(crit, val)
         grid.append((crit, a))
     ok = [g for g in grid if (g[1]["false_alarm_rate"] or 0.0) <= 0.05]
@@ -217,7 +219,8 @@ def evaluate(cases: dict, args) -> dict:
     crit = best[0]
     out = {"chosen": {"energy_margin_eV_per_atom": crit.energy_margin,
                       "topology_time_fs": crit.topology_time_fs,
-                      "max_forces_std_eV_per_A": crit.max_forces_std},
+                      "max_forces_std_eV_per_A": crit.max_forces_std,
+                      "max_energy_std_eV": crit.max_energy_std},
            "validation": best[1], "test": score(crit, test), "per_case": {}, "single": {}}
     for key, c in cases.items():
         step, code = replay_all(c, crit)
@@ -230,10 +233,24 @@ def evaluate(cases: dict, args) -> dict:
             "oracle_unphysical": int((c["unphysical"] >= 0).sum()),
             "oracle_energy_holes": int(sum(c["holes"])),
             "model": c["model"]}
+    # recall by severity of the first unphysical frame: a collapse (energy hole or force
+    # error > SEVERE eV/Å) or a transient force error of 1 to SEVERE eV/Å
+    out["severity"] = {}
+    for label, want in (("collapse", True), ("transient", False)):
+        u_all, d_all = [], []
+        for c in cases.values():
+            step, _ = replay_all(c, crit)
+            m = test & (c["unphysical"] >= 0) & (c["severe"] == want)
+            u_all.append(c["unphysical"][m])
+            d_all.append(step[m])
+        out["severity"][label] = agreement(np.concatenate(u_all), np.concatenate(d_all), 0.5)
     # each criterion alone (its chosen threshold), on the test replicas
-    for label, kw in (("energy range only", dict(topology_time_fs=None, max_forces_std=None)),
-                      ("topology only", dict(energy_margin=None, max_forces_std=None)),
-                      ("σ only", dict(energy_margin=None, topology_time_fs=None))):
+    off = dict(energy_margin=None, topology_time_fs=None, max_forces_std=None,
+               max_energy_std=None)
+    for label, keep in (("energy range only", "energy_margin"),
+                        ("topology only", "topology_time_fs"), ("force σ only", "max_forces_std"),
+                        ("energy σ only", "max_energy_std")):
+        kw = {k: v for k, v in off.items() if k != keep}
         out["single"][label] = score(dataclasses.replace(crit, **kw), test)
     return out
 
@@ -253,7 +270,7 @@ def write(results: dict, args) -> None:
                   f"each run; most recall with ≤ 5 % false alarms, pooled): energy margin "
                   f"{c['energy_margin_eV_per_atom']} eV/atom, topology persistence "
                   f"{c['topology_time_fs']} fs, calibrated force σ {c['max_forces_std_eV_per_A']}"
-                  " eV/Å.", "",
+                  f" eV/Å, calibrated energy σ {c.get('max_energy_std_eV')} eV.", "",
                   "| case | split | unphysical / replicas | caught | recall | false alarms | "
                   "median delay (ps) | p90 delay (ps) |", "|---|---|---|---|---|---|---|---|"]
 
@@ -269,6 +286,16 @@ def write(results: dict, args) -> None:
         lines.append(row("all (pooled)", "test", ev["test"]))
         for k, v in ev["per_case"].items():
             lines.append(row(k, "test", v["test"]))
+        sev = ev.get("severity", {})
+        if sev:
+            lines += ["", f"By severity of the first unphysical frame (test): a collapse (energy "
+                      f"hole, or oracle force error > {SEVERE} eV/Å) or a transient force error "
+                      f"of 1-{SEVERE} eV/Å:", "", "| kind | replicas | caught | recall | "
+                      "median delay (ps) |", "|---|---|---|---|---|"]
+            for k, a in sev.items():
+                rec = "–" if a["recall"] is None else f"{a['recall']:.2f}"
+                lines.append(f"| {k} | {a['n_unphysical']} | {a['caught']} | {rec} | "
+                             f"{a['median_delay_ps']} |")
         lines += ["", "Each criterion alone at its chosen threshold (test replicas):", "",
                   "| criterion | recall | false alarms | median delay (ps) |", "|---|---|---|---|"]
         for k, a in ev["single"].items():
@@ -330,7 +357,10 @@ def main() -> None:
                 "maps": tuple(sigma_map(cal[t]) for t in ("energy", "forces")),
                 "unphysical": np.array([lab[str(r)]["unphysical_step"]
                                         for r in range(args.replicas)]),
-                "holes": [lab[str(r)]["energy_hole"] for r in range(args.replicas)]}
+                "holes": [lab[str(r)]["energy_hole"] for r in range(args.replicas)],
+                "severe": np.array([lab[str(r)]["energy_hole"] or
+                                    (lab[str(r)]["max_force_error"] or 0.0) > SEVERE
+                                    for r in range(args.replicas)])}
             results["evaluation"] = evaluate(cases, args)
             write(results, args)
     results["status"] = "done"

@@ -1,5 +1,6 @@
 """``jaxmat info MODEL``: what a bundle holds (model, graph, references, members, params,
-training metadata), from :func:`jaxmat.core.bundle.load`."""
+training metadata, the training energy range and the committee σ calibration), from
+:func:`jaxmat.core.bundle.load`."""
 from __future__ import annotations
 
 import json
@@ -20,7 +21,7 @@ def describe(path: str) -> dict[str, Any]:
         "graph": b.graph.to_dict(), "committee_members": b.n_members,
         "parameters": count_params(b.params) // (b.n_members or 1), "references_eV": b.references,
         "scale_eV": b.scale, "shift_eV_per_atom": b.shift, "units": dict(bundle.UNITS),
-        "metadata": b.metadata,
+        "metadata": b.metadata, "training": b.training, "calibration": b.calibration,
     }
 
 
@@ -49,6 +50,19 @@ def format_info(d: dict[str, Any]) -> str:
                 errs = ", ".join(f"{k} {v:.4g}" for k, v in e.items()
                                  if "mae" in k and isinstance(v, float))
                 lines.append(f"{split:13s} {e['n_structures']} structures: {errs}")
+    t = d.get("training")
+    if t:
+        lo, hi = t["energy_per_atom_eV"]
+        lines.append(f"training      {t['n_structures']} structures, energy {lo:.4f} to "
+                     f"{hi:.4f} eV/atom")
+    for target, c in (d.get("calibration") or {}).items():
+        unit = "eV" if target == "energy" else "eV/Å"
+        form = (f"{c['scale']:.3g} σ^{c['power']:.2f} (linear beyond σ {c['knee']:.3g} {unit})"
+                if c.get("power", 1.0) != 1.0 else f"{c['scale']:.3g} σ")
+        after = c.get("after") or {}
+        cov = (f"; validation coverage 68/95 % {100 * after['coverage_68']:.0f}/"
+               f"{100 * after['coverage_95']:.0f}" if "coverage_68" in after else "")
+        lines.append(f"σ {target:11s} calibrated = {form}, fitted on {c.get('n')} structures{cov}")
     other = sorted(k for k in meta if k not in ("metrics",))
     if other:
         lines.append(f"metadata      {', '.join(other)} (jaxmat info --json shows them)")

@@ -199,6 +199,13 @@ def test_cli_committee_with_split_file_resumes_and_stores_calibration(tmp_path):
     assert "calibration_raw" in summary["test"]
     with open(tmp_path / "run" / "metrics.json") as f:
         assert json.load(f)["convergence"]["total_steps"] == 6
+    # the stored power law is what eval applied to the test σ, and `jaxmat info` shows it
+    c = b.calibration["forces"]
+    assert summary["test"]["calibration"]["forces_eV_per_A"]["power"] == pytest.approx(c["power"])
+    from jaxmat.cli.info import describe, format_info
+    text = format_info(describe(str(tmp_path / "run" / "model")))
+    assert f"σ forces      calibrated = {c['scale']:.3g} σ^{c['power']:.2f}" in text
+    assert "fitted on 24 structures" in text and "training      24 structures" in text
 
 
 def test_eval_prints_sigma_raw_and_calibrated():
@@ -214,6 +221,11 @@ def test_eval_prints_sigma_raw_and_calibrated():
     assert "σ forces_eV_per_A raw:" in lines[1] and "coverage 68/95 % 40.0/70.0" in lines[1]
     assert "RMSE/mean σ 2" in lines[1]
     assert "σ forces_eV_per_A calibrated (x2):" in lines[2] and "RMSE/mean σ 1" in lines[2]
+    power = {**m, "scale": 0.3, "power": 0.4, "knee": 0.2}
+    text = format_metrics({"n_structures": 3, "n_atoms": 12,
+                           "calibration": {"forces_eV_per_A": power},
+                           "calibration_raw": {"forces_eV_per_A": m}})
+    assert "calibrated (0.3 σ^0.40 up to σ 0.2, linear beyond):" in text
 
 
 def test_fitted_e0s_of_one_composition_stay_near_the_mean_energy_per_atom(records):

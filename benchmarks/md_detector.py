@@ -255,13 +255,8 @@ def evaluate(cases: dict, args) -> dict:
     return out
 
 
-def _map_text(c: dict) -> str:
-    if c.get("power", 1.0) == 1.0:
-        return f"x{c['scale']:.2f}"
-    return f"{c['scale']:.3g} σ^{c['power']:.2f} (knee {c['knee']:.3g})"
-
-
 def write(results: dict, args) -> None:
+    from jaxmat.core.calibrate import describe
     lines = ["### MD failure detector against GFN2-xTB", ""]
     ev = results.get("evaluation")
     if ev:
@@ -306,7 +301,7 @@ def write(results: dict, args) -> None:
                   "holes) | MD replica-steps/s | reasons (test) |", "|---|---|---|---|---|---|"]
         for k, v in ev["per_case"].items():
             lines.append(f"| {k} | {v['model']['val_forces_mae_eV_per_A']:.3f} | "
-                         f"{_map_text(v['model']['forces_calibration'])} | "
+                         f"{describe(v['model']['forces_calibration'])} | "
                          f"{v['oracle_unphysical']} "
                          f"({v['oracle_energy_holes']}) | {v['md_replica_steps_per_s']:.0f} | "
                          f"{v['reasons_test']} |")

@@ -41,9 +41,9 @@ class JaxmatCalculator(Calculator):
     that declares no cutoff, and must otherwise equal it. ``committee=None`` detects a leading
     member axis. ``sigma_scale`` calibrates the committee standard deviations: a factor, or
     a dict ``{"energy": ..., "forces": ...}`` of factors or of a bundle's calibration entries
-    (:func:`jaxmat.core.calibrate.sigma_map`; ``forces_std_atom`` maps its per-component RMS). ``margin`` is the relative head-room on edges
-    (and ``multiple`` the rounding) when the padding budget is (re)allocated; ``dtype`` is the
-    float type of positions fed to the model.
+    (:func:`jaxmat.core.calibrate.sigma_map`; ``forces_std_atom`` maps its per-component RMS).
+    ``margin`` is the relative head-room on edges (and ``multiple`` the rounding) when the
+    padding budget is (re)allocated; ``dtype`` is the float type of positions fed to the model.
     """
 
     implemented_properties = ["energy", "free_energy", "forces", "stress", "energies",

@@ -142,13 +142,6 @@ def _unit(name: str) -> str:
     return name.replace("_per_A3", "/Å³").replace("_per_A", "/Å").replace("_per_", "/")
 
 
-def _map_text(c: dict) -> str:
-    """``x s`` or ``s σ^b`` (knee k) of a calibration entry, for the eval table."""
-    if c.get("power", 1.0) == 1.0:
-        return f"x{c.get('scale', 1.0):.3g}"
-    return f"{c['scale']:.3g} σ^{c['power']:.2f} up to σ {c['knee']:.3g}, linear beyond"
-
-
 def format_metrics(m: dict[str, Any]) -> str:
     """A short plain-text table of :func:`errors` metrics."""
     lines = [f"{m['n_structures']} structures, {m['n_atoms']} atoms"]
@@ -160,9 +153,9 @@ def format_metrics(m: dict[str, Any]) -> str:
                              f"{m[f'{kind}_rmse_{u}']:.5g}  [{_unit(u)}]")
     raw = m.get("calibration_raw", {})
     for name, c in m.get("calibration", {}).items():
+        form = calibrate.describe(c if "scale" in c else None)
         for label, x in ((f"σ {name} raw", raw.get(name)),
-                         (f"σ {name} calibrated ({_map_text(c)})"
-                          if name in raw else f"σ {name}", c)):
+                         (f"σ {name} calibrated ({form})" if name in raw else f"σ {name}", c)):
             if x is not None:
                 lines.append(f"  {label}: NLL {x['nll']:.4g}, Spearman {x['spearman']:.3f}, "
                              f"miscalibration area {x['miscalibration_area']:.3f}, coverage "

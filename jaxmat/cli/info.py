@@ -27,6 +27,8 @@ def describe(path: str) -> dict[str, Any]:
 
 def format_info(d: dict[str, Any]) -> str:
     """Plain-text view of :func:`describe`."""
+    from jaxmat.core import calibrate
+
     members = d["committee_members"]
     cfg = ", ".join(f"{k}={v}" for k, v in d["config"].items() if k != "atom_refs")
     lines = [
@@ -56,9 +58,7 @@ def format_info(d: dict[str, Any]) -> str:
         lines.append(f"training      {t['n_structures']} structures, energy {lo:.4f} to "
                      f"{hi:.4f} eV/atom")
     for target, c in (d.get("calibration") or {}).items():
-        unit = "eV" if target == "energy" else "eV/Å"
-        form = (f"{c['scale']:.3g} σ^{c['power']:.2f} (linear beyond σ {c['knee']:.3g} {unit})"
-                if c.get("power", 1.0) != 1.0 else f"{c['scale']:.3g} σ")
+        form = calibrate.describe(c, "eV" if target == "energy" else "eV/Å")
         after = c.get("after") or {}
         cov = (f"; validation coverage 68/95 % {100 * after['coverage_68']:.0f}/"
                f"{100 * after['coverage_95']:.0f}" if "coverage_68" in after else "")

@@ -190,6 +190,14 @@ def apply_map(sigma: Any, m: Any, xp: Any = np, components: int = 1) -> Any:
     return r * a * xp.minimum(s, k) ** b * xp.maximum(s / k, 1.0)
 
 
+def describe(entry: dict | float | None, unit: str = "") -> str:
+    """A calibration entry in words: ``x2`` (a scale) or ``0.3 σ^0.40, linear beyond σ 0.2``."""
+    a, b, k = sigma_map(entry)
+    if b == 1.0:
+        return f"x{a:.3g}"
+    return f"{a:.3g} σ^{b:.2f}, linear beyond σ {k:.3g}{' ' + unit if unit else ''}"
+
+
 def recalibrate(sigma: Any, scale: float) -> np.ndarray:
     """``scale * sigma`` (apply a factor from :func:`fit_scale` at prediction time)."""
     if not (math.isfinite(scale) and scale > 0):

@@ -201,11 +201,12 @@ def resolve(criteria: FailureCriteria, formula: str, committee: bool,
             training: dict | None, calibration: dict | None
             ) -> tuple[FailureCriteria, tuple[float, float] | None, tuple, list[str]]:
     """The criteria a run can apply, from the bundle's ``training`` summary (energy per atom
-    range, by formula where the bundle has this formula) and ``calibration`` (σ scales).
+    range, by formula where the bundle has this formula) and ``calibration`` (σ maps).
 
-    Returns ``(criteria, energy_range eV/atom or None, (energy map, forces map),
-    notes)`` (maps: :func:`jaxmat.core.calibrate.sigma_map`); a criterion whose data are missing is switched off and a note says what is
-    missing (σ criteria are simply off for a single model)."""
+    Returns ``(criteria, energy_range eV/atom or None, (energy map, forces map), notes)``
+    (maps: :func:`jaxmat.core.calibrate.sigma_map`); a criterion whose data are missing is
+    switched off and a note says what is missing (σ criteria are simply off for a single
+    model)."""
     notes, off = [], []
     energy_range = None
     if criteria.energy_margin is not None:

@@ -1,7 +1,7 @@
 """``python -m jaxmat.demo``: train a SchNet potential on the shipped ammonia data.
 
 70/10/20 train/validation/test split of 138 NH3 geometries (DFT energies/forces), the default
-schedule (Adam, cosine over :func:`jaxmat.core.engine.default_steps`, batch 16) with an
+schedule (Adam, cosine over :func:`jaxmat.core.engine.default_steps`, batch 8) with an
 energy + force loss; prints held-out energy and force MAE, saves the trained model as a bundle
 (``<out>/bundle``, reloaded with ``jaxmat.load``), training checkpoints and a parity plot
 under ``--out`` (default ``runs/demo``). About two minutes on 2 idle CPU cores.
@@ -20,6 +20,7 @@ import jaxmat
 from jaxmat import data
 from jaxmat.cli.eval import errors, parity_plot
 from jaxmat.core import bundle, graph, potential, protocol, train
+from jaxmat.core.engine import DEFAULT_BATCH
 from jaxmat.models import SchNetConfig, schnet
 from jaxmat.core.predict import predict
 
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = SchNetConfig(n_features=args.features).with_stats(*potential.energy_stats(tr))
     model = potential.potential(schnet(cfg), stress=False)
 
-    loader = graph.GraphLoader(tr, batch_size=16, seed=args.seed)
+    loader = graph.GraphLoader(tr, batch_size=DEFAULT_BATCH, seed=args.seed)
     val_loader = graph.GraphLoader(va, batch_size=32, shuffle=False)
     params = model.init(jax.random.key(args.seed), next(iter(loader)))
     print(f"ammonia: {len(tr)} train / {len(va)} validation / {len(te)} test structures; SchNet {args.features}x3, "

@@ -23,7 +23,8 @@ from jaxmat.core import engine, graph, parallel
 from jaxmat.core.committee import (  # noqa: F401  (evaluation of committees)
     apply, check_finite, init, is_committee, member, size, stack, stats)
 from jaxmat.core.engine import (  # noqa: F401  (the committee training API)
-    Callback, CommitteeFitResult, FitConfig, Loss, energy_force_loss, evaluate, where_members)
+    DEFAULT_BATCH, Callback, CommitteeFitResult, FitConfig, Loss, energy_force_loss, evaluate,
+    where_members)
 from jaxmat.core.protocol import Model, Params
 
 
@@ -157,7 +158,7 @@ class CommitteeConfig(FitConfig):
     ``data_parallel`` mesh). ``patience`` and ``monitor`` act per member; ``seed`` sets the
     member data orders."""
 
-    batch_size: int = 16
+    batch_size: int = DEFAULT_BATCH
     mesh: Any = None
 
 

@@ -28,7 +28,8 @@ from jaxmat.core.engine.losses import (EnergyForceLoss, Loss, TargetLoss, check_
                                        energy_force_loss, target_loss)
 from jaxmat.core.engine.loop import (CONVERGE_WINDOW, CommitteeFitResult, FitConfig, FitResult,
                                      NotConvergedWarning, OneMember, Run, convergence, result, run)
-from jaxmat.core.engine.schedules import (DEFAULT_MAX_STEPS, DEFAULT_MIN_STEPS, DEFAULT_PASSES,
-                                          default_steps, learning_rates, make_optimizer, schedule)
+from jaxmat.core.engine.schedules import (DEFAULT_BATCH, DEFAULT_MAX_STEPS, DEFAULT_MIN_STEPS,
+                                          DEFAULT_PASSES, default_steps, learning_rates,
+                                          make_optimizer, schedule)
 from jaxmat.core.engine.steps import (compiled_eval, compiled_step, evaluate, loss_and_grads,
                                       make_step, where_members)

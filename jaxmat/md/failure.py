@@ -240,4 +240,9 @@ def resolve(criteria: FailureCriteria, formula: str, committee: bool,
                 scales[k] = calibrate.sigma_map(entry)
             except (KeyError, ValueError) as e:
                 raise ValueError(f"calibration of {target}: {e}") from None
+            if isinstance(entry, dict) and "power" not in entry:
+                notes.append(f"the bundle's {target} σ calibration is one scale (an older "
+                             f"bundle); the default thresholds are in units of the power-law "
+                             f"calibration (calibrate.fit_committee): refit it or set "
+                             f"{field} yourself")
     return criteria.without(*off), energy_range, (scales[0], scales[1]), notes

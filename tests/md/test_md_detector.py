@@ -205,3 +205,18 @@ def test_audit_labels_replays_and_agrees():
                       training={"energy_per_atom_eV": [lo + 1e-3, 1e9]})
     assert np.all(step >= 0) and set(code) == {6}
     assert np.all(run.fail_step <= step)  # in the run it fires at the step, replay at the log
+
+
+def test_resolve_reads_power_maps_and_flags_single_scale_bundles():
+    crit = md.FailureCriteria(max_energy_std=0.1)
+    power = {"scale": 0.3, "power": 0.5, "knee": 0.2}
+    _, _, maps, notes = failure.resolve(crit, "H2O", True, None,
+                                        {"energy": power, "forces": power})
+    assert maps == ((0.3, 0.5, 0.2), (0.3, 0.5, 0.2))
+    assert not any("older bundle" in n for n in notes)
+    _, _, maps, notes = failure.resolve(crit, "H2O", True, None,
+                                        {"energy": {"scale": 2.0}, "forces": {"scale": 3.0}})
+    assert maps[1] == (3.0, 1.0, np.inf)
+    assert sum("one scale (an older bundle)" in n for n in notes) == 2
+    with pytest.raises(ValueError, match="calibration of forces: .*power > 0"):
+        failure.resolve(crit, "H2O", True, None, {"forces": {"scale": 1.0, "power": -1.0}})

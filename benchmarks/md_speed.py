@@ -133,7 +133,8 @@ def detector_cost(args) -> dict:
               chunk_steps=args.steps, log_every=10, progress=False)
     if "training" in inspect.signature(md.simulate).parameters:
         kw.update(training={"energy_per_atom_eV": [-1e3, 1e3]},
-                  calibration={"energy": {"scale": 1.0}, "forces": {"scale": 1.0}},
+                  calibration={t: {"scale": 1.0, "power": 0.4, "knee": 1.0}
+                               for t in ("energy", "forces")},
                   criteria=md.FailureCriteria(max_forces_std=1e3, max_energy_std=1e3))
     timed_simulate(model, params, at, args.steps, **kw)
     res, dt = timed_simulate(model, params, at, args.steps, seed=1, **kw)

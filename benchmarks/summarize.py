@@ -11,7 +11,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ORDER = ["speed", "ab_speed", "fit_speed", "ab_fit_speed", "peers", "peers_single_core",
          "peers_periodic_single_core", "scale", "md_speed", "attack_speed", "ab_attack_speed", "ab_i23_speed",
          "ab_i23_fit_speed", "ab_i23_attack_speed", "ab_i23_md_speed", "ab_i23_md_speed_core",
-         "ab_md_detector_speed",
+         "ab_md_detector_speed", "ab_i24_md_speed",
          "cli_overhead", "mlearn", "committee", "ammonia_committee", "robustness_nh3",
          "robustness_nh3_validation", "robustness_alanine", "oracle_throughput",
          "adversarial_ammonia", "adversarial_data", "adversarial_ammonia_large",

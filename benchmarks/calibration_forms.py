@@ -58,9 +58,9 @@ def forms(val: tuple[np.ndarray, np.ndarray]) -> dict:
     out = {"raw": ({}, lambda x: x)}
     for label, method in (("scale (nll)", "nll"), ("scale (median)", "median"),
                           ("power (nll, library default)", "power")):
-        entry = calibrate.fit_targets({"t": (e, s)}, 10**6, method)["t"]
+        entry = calibrate.fit_targets({"t": (e, s)}, len(e), method, min_structures=0)["t"]
         m = calibrate.sigma_map(entry)
-        out[label] = ({k: entry[k] for k in ("scale", "power", "knee") if k in entry},
+        out[label] = (calibrate.map_entry(m),
                       lambda x, m=m: calibrate.apply_map(x, m))
     qa, qb = fit_power_quantile(e, s)
     out["power (quantile)"] = ({"scale": qa, "power": qb}, lambda x: qa * x ** qb)

@@ -174,6 +174,8 @@ def _fall(row: dict) -> tuple[float, int, int]:
 
 
 def report() -> None:
+    from jaxmat.core.calibrate import describe
+
     runs = done()
     lines = ["# Training defaults", "",
              "Every run: `jaxmat train` with a config of only the data keys and "
@@ -263,8 +265,7 @@ def report() -> None:
         for r in cal:
             for name, c in r["test"]["calibration"].items():
                 raw = r["test"]["calibration_raw"][name]
-                fitted = f"{c['scale']:.3g}" + (f" σ^{c['power']:.2f}" if c.get("power", 1) != 1
-                                                 else "")
+                fitted = describe(c)
                 lines.append(
                     f"| {r['key'].split('/', 1)[1]} | {_f(r, 'test'):.1f} | {name} | {fitted} | "
                     f"{100 * raw['coverage_68']:.0f}/{100 * raw['coverage_95']:.0f} | "

@@ -75,13 +75,12 @@ def errors(model: Model, params: Params, records: Sequence[Record],
                 s = np.sqrt(np.concatenate([np.ravel(v) for v in var]) if isinstance(var, list)
                             else np.ravel(var))
                 err = arrays[f"{kind}_pred"] - arrays[f"{kind}_true"]
-                arrays[f"{kind}_sigma"] = calibrate.apply_map(s, maps.get(kind, (1.0, 1.0,
-                                                                               np.inf)))
+                arrays[f"{kind}_sigma"] = calibrate.apply_map(s, maps.get(kind,
+                                                                          calibrate.IDENTITY))
                 cal[f"{kind}_{unit}"] = calibrate.metrics(err, arrays[f"{kind}_sigma"])
                 raw[f"{kind}_{unit}"] = calibrate.metrics(err, s)
                 if kind in maps:
-                    cal[f"{kind}_{unit}"].update({k: v for k, v in zip(
-                        ("scale", "power", "knee"), maps[kind]) if np.isfinite(v)})
+                    cal[f"{kind}_{unit}"].update(calibrate.map_entry(maps[kind]))
         metrics["calibration"] = cal
         if calibration:
             metrics["calibration_raw"] = raw

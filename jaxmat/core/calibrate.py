@@ -144,6 +144,7 @@ def fit_scale(err: Any, sigma: Any, method: str = "nll") -> float:
 
 
 POWERS = np.round(np.arange(0.1, 1.5001, 0.02), 2)  # the exponents fit_power tries
+IDENTITY = (1.0, 1.0, math.inf)  # the (scale, power, knee) map of uncalibrated σ
 
 
 def fit_power(err: Any, sigma: Any) -> tuple[float, float]:
@@ -168,7 +169,7 @@ def sigma_map(entry: dict | float | None) -> tuple[float, float, float]:
     """``(scale, power, knee)`` of a calibration entry (:func:`fit_targets`); a float is a
     plain scale, ``None`` the identity ``(1, 1, inf)``."""
     if entry is None:
-        return 1.0, 1.0, math.inf
+        return IDENTITY
     if not isinstance(entry, dict):
         entry = {"scale": entry}
     m = (float(entry["scale"]), float(entry.get("power", 1.0)), float(entry.get("knee", math.inf)))
@@ -176,6 +177,12 @@ def sigma_map(entry: dict | float | None) -> tuple[float, float, float]:
         raise ValueError(f"a σ calibration needs scale > 0, power > 0 and knee > 0, got "
                          f"scale {m[0]}, power {m[1]}, knee {m[2]}")
     return m
+
+
+def map_entry(m: Any) -> dict[str, float]:
+    """The JSON entry ``{"scale", "power"[, "knee"]}`` of a map (inverse of :func:`sigma_map`;
+    an infinite knee is left out)."""
+    return {k: float(v) for k, v in zip(("scale", "power", "knee"), m) if math.isfinite(v)}
 
 
 def apply_map(sigma: Any, m: Any, xp: Any = np, components: int = 1) -> Any:
@@ -254,7 +261,7 @@ def fit_targets(errors: dict[str, tuple[Any, Any]], n_structures: int, method: s
             (a, b), knee = fit_power(e, s), float(np.max(s))
         else:
             a, b, knee = fit_scale(e, s, method), 1.0, math.inf
-        entry = {"scale": a, "power": b, **({"knee": knee} if b != 1.0 else {})}
+        entry = map_entry((a, b, knee))
         out[target] = {**entry, "method": method, "n": int(n_structures),
                        "before": _finite(metrics(e, s)),
                        "after": _finite(metrics(e, apply_map(s, sigma_map(entry))))}
@@ -297,6 +304,10 @@ def _finite(m: dict) -> dict:
             for k, v in m.items()}
 
 
+def _map_var(var: Any, m: Any, components: int) -> np.ndarray:
+    return apply_map(np.sqrt(np.asarray(var)), m, components=components) ** 2
+
+
 def scale_outputs(outputs: dict, calibration: dict | None) -> dict:
     """Committee outputs of :func:`jaxmat.core.predict.predict` with the variances
     (``energy_var``, ``forces_var`` per component, ...) mapped to calibrated ones by the
@@ -310,10 +321,8 @@ def scale_outputs(outputs: dict, calibration: dict | None) -> dict:
         for k, v in outputs.items():
             if k == f"{target}_var" or k.startswith(f"{target}_var_"):
                 n = 3 if k.endswith("_atom") else 1  # xyz-summed: 3 components
-
-                def f(x, n=n):
-                    return apply_map(np.sqrt(np.asarray(x)), m, components=n) ** 2
-                out[k] = [f(x) for x in v] if isinstance(v, list) else f(v)
+                out[k] = ([_map_var(x, m, n) for x in v] if isinstance(v, list)
+                          else _map_var(v, m, n))
     return out
 
 

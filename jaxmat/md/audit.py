@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from ase import Atoms
 
-from jaxmat.core.calibrate import apply_map
+from jaxmat.core.calibrate import IDENTITY, apply_map
 from jaxmat.md.failure import FailureCriteria
 
 
@@ -80,7 +80,7 @@ def label_frames(numbers: np.ndarray, positions: np.ndarray, energy: np.ndarray,
 
 def replay(log: dict, log_steps: np.ndarray, n_atoms: int, timestep_fs: float,
            criteria: FailureCriteria, energy_range: tuple[float, float] | None = None,
-           scales: tuple = ((1.0, 1.0, np.inf), (1.0, 1.0, np.inf))
+           scales: tuple = (IDENTITY, IDENTITY)
            ) -> tuple[np.ndarray, np.ndarray]:
     """The detector's first firing step (R,) (-1: never) and code over a run's log, with
     ``criteria`` (energy range, committee σ and topology persistence, plus non-finite

@@ -15,7 +15,6 @@ see :func:`resolve`); without them they are off and :func:`resolve` says so.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import NamedTuple
 
 import jax
@@ -222,7 +221,7 @@ def resolve(criteria: FailureCriteria, formula: str, committee: bool,
                 raise ValueError(f"training energy range must be finite [min, max] eV/atom, "
                                  f"got {rng}")
             energy_range = (lo, hi)
-    scales = [(1.0, 1.0, math.inf), (1.0, 1.0, math.inf)]
+    scales = [calibrate.IDENTITY, calibrate.IDENTITY]
     for k, (target, name, field) in enumerate((("energy", "energy_sigma", "max_energy_std"),
                                                ("forces", "force_sigma", "max_forces_std"))):
         if getattr(criteria, field) is None:

@@ -10,7 +10,6 @@ the chunk from its start.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import sys
 import time
@@ -23,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from ase import Atoms, units
 
-from jaxmat.core import graph, neighbors
+from jaxmat.core import calibrate, graph, neighbors
 from jaxmat.core.committee import is_committee
 from jaxmat.core.protocol import Model, Params, resolve_spec
 from jaxmat.md import failure
@@ -47,7 +46,8 @@ class MDResult:
     ``frames``: the trajectory frames kept in memory (``step`` (F,), ``positions``
     (F, R, N, 3), ``cell``, ``energy`` (F, R), ``forces`` (F, R, N, 3)) when frames were
     asked for. ``criteria``: the criteria applied, ``energy_range`` eV/atom and ``scales``
-    (energy, forces σ calibration maps ``(scale, power, knee)``) they used, ``notes``: what was switched off and why.
+    (energy, forces σ calibration maps ``(scale, power, knee)``) they used, ``notes``: what
+    was switched off and why.
     ``seconds``: wall time of the steps (compiles included), ``n_builds`` device list
     builds, ``n_reallocations``."""
 
@@ -66,7 +66,7 @@ class MDResult:
     dof: int = 0
     criteria: failure.FailureCriteria | None = None
     energy_range: tuple[float, float] | None = None
-    scales: tuple = ((1.0, 1.0, math.inf), (1.0, 1.0, math.inf))
+    scales: tuple = (calibrate.IDENTITY, calibrate.IDENTITY)
     notes: list[str] = dataclasses.field(default_factory=list)
     frames: dict[str, np.ndarray] | None = None
 
@@ -94,8 +94,7 @@ class MDResult:
                 "notes": list(self.notes), "reasons": dict(failure.REASONS),
                 "energy_range_eV_per_atom": (list(self.energy_range)
                                              if self.energy_range is not None else None),
-                "sigma_calibration": {t: {k: v for k, v in zip(("scale", "power", "knee"), m)
-                                          if math.isfinite(v)}
+                "sigma_calibration": {t: calibrate.map_entry(m)
                                       for t, m in zip(("energy", "forces"), self.scales)},
                 "degrees_of_freedom": self.dof, "replicas": reps}
 

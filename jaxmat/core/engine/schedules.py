@@ -6,13 +6,14 @@ import numpy as np
 import optax
 
 # The default schedule: DEFAULT_PASSES passes over the training set at DEFAULT_LR with
-# DEFAULT_BATCH structures per step (jaxmat.core.ensemble.CommitteeConfig), at least DEFAULT_MIN_STEPS and at most
-# DEFAULT_MAX_STEPS optimiser steps. Chosen on the validation splits of ammonia and two
-# GFN2-xTB molecules (malonaldehyde, glycine at 600 K; benchmarks/defaults.py,
-# results/defaults.md): at 400 passes, lr 3e-3 with batch 8 had the least mean ratio to
-# each set's best validation force MAE (1.02; batch 16 at lr 3e-3 1.15, at 1e-2 1.21, lr 1e-3
-# 1.71), and longer always helped (ammonia 800 vs 400 passes 12.9 vs 17.1 meV/Å at batch 16),
-# hence the floor for small sets. The bounds hold 96k to 640k structures seen.
+# DEFAULT_BATCH structures per step (jaxmat.core.ensemble.CommitteeConfig), at least
+# DEFAULT_MIN_STEPS and at most DEFAULT_MAX_STEPS optimiser steps. Chosen on the validation
+# splits of ammonia and two GFN2-xTB molecules (malonaldehyde, glycine at 600 K;
+# benchmarks/defaults.py, results/defaults.md): at 400 passes, lr 3e-3 with batch 8 had the
+# least mean ratio to each set's best validation force MAE (1.02; batch 16 at lr 3e-3 1.15,
+# at 1e-2 1.21, lr 1e-3 1.71), and longer always helped (ammonia 800 vs 400 passes 12.9 vs
+# 17.1 meV/Å at batch 16), hence the floor for small sets. The bounds hold 96k to 640k
+# structures seen.
 DEFAULT_PASSES = 400
 DEFAULT_MIN_STEPS = 12000
 DEFAULT_MAX_STEPS = 80000

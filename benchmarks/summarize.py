@@ -15,7 +15,7 @@ ORDER = ["speed", "ab_speed", "fit_speed", "ab_fit_speed", "peers", "peers_singl
          "cli_overhead", "mlearn", "committee", "ammonia_committee", "robustness_nh3",
          "robustness_nh3_validation", "robustness_alanine", "oracle_throughput",
          "adversarial_ammonia", "adversarial_data", "adversarial_ammonia_large",
-         "adversarial_data_large", "adversarial_data_large_55", "photoanode", "xanes",
+         "adversarial_data_large", "adversarial_data_large_55", "photoanode", "photoanode_directions", "xanes",
          "xanes_levers_O", "xanes_levers_O40", "xanes_levers_N", "xanes_inverse_O",
          "xanes_inverse_O40", "xanes_inverse_N", "xanes_throughput_cpu", "xanes_single_check",
          "xanes_committee", "xanes_committee_N", "xanes_committee_painn", "xanes_curve",

@@ -25,8 +25,9 @@ from jaxmat.core.interpret.boundary import (
     BOUNDARY_MIN_INSIDE, Boundary, alloying_steps, boundary_report, hull_distance, hull_room,
     in_convex_hull)
 from jaxmat.core.interpret.confounding import (
-    SPECTRUM_FIT_MIN_R2, ConfoundingReport, confounding_check, confounding_table,
-    flag_confounding, spectrum_fit, spectrum_fit_warning, total_gradients)
+    GAP_MIN_SHARE, GAP_Z, SPECTRUM_FIT_MIN_R2, ConfoundingReport, confounding_check,
+    confounding_table, flag_confounding, gap_verdict, spectrum_fit, spectrum_fit_warning,
+    total_gradients)
 from jaxmat.core.interpret.directions import Directions, suggest_directions
 from jaxmat.core.interpret.gradients import (
     Path, committee, committee_stats, cosine_similarity, direction, explain, get_leaf,

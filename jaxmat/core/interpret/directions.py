@@ -11,7 +11,7 @@ import numpy as np
 
 from jaxmat.core.interpret.boundary import (Boundary, alloying_steps, boundary_report,
                                             in_convex_hull)
-from jaxmat.core.interpret.confounding import total_gradients
+from jaxmat.core.interpret.confounding import gap_verdict, total_gradients
 from jaxmat.core.interpret.gradients import get_leaf, input_gradients
 from jaxmat.core.protocol import Model, Params
 
@@ -42,7 +42,7 @@ class Directions:
     def table(self, top: int = 8, unit: str = "mW/cm²") -> str:
         """Plain-text table of the best ``top`` steps, then the best out-of-hull ones: the
         ranking effect, the other one, their gap, the flagged elements a step involves (``*``
-        when its own gap exceeds the two spreads) and whether it stays in the hull; the
+        when its own gap is flagged by :func:`gap_verdict`) and whether it stays in the hull; the
         boundary report first, with its warning when the reference sits on the hull."""
         two = any("slope_total" in c for c in self.ranked + self.outside)
         first, o, other = (("total", "fixed", "at fixed spectrum") if self.rank_by == "total"
@@ -54,7 +54,7 @@ class Directions:
         def row(c):
             s = f"{c['add']:>4} {c['remove']:>7} {c['slope']:+15.3f} ± {c['std']:.3f}"
             if two:
-                flag = ",".join(c["flagged"]) + ("*" if c["gap_exceeds_spreads"] else "")
+                flag = ",".join(c["flagged"]) + ("*" if c["gap_flag"] else "")
                 s += (f" {c['slope_' + o]:+9.3f} ± {c['std_' + o]:.3f} {c['gap']:+7.3f} "
                       f"{flag or '–':>6}")
             hull = {None: "?", True: "out", False: "in"}[c["outside_hull"]]
@@ -89,7 +89,9 @@ def suggest_directions(model: Model, params: Params, batch: dict, elements: Sequ
     without ``hull``). With ``spectrum_model`` (composition → ``spectrum``, paired members
     ``spectrum_params``) also ``slope_total``, ``std_total``, ``agreement_total``
     (:func:`total_gradients`: the spectrum moving with composition), ``gap`` (total − fixed),
-    ``gap_exceeds_spreads`` (|gap| > std_fixed + std_total) and ``flagged`` (the step's
+    ``std_gap`` (committee spread of the paired per-member gap), ``gap_flag`` (the step's own
+    gap judged by :func:`gap_verdict` against the largest |slope| of any step: ``"sign"``,
+    ``"size"`` or ``""``) and ``flagged`` (the step's
     elements flagged by ``confounding``, rows of :func:`confounding_check`). ``slope``,
     ``std`` and ``agreement`` repeat the ``rank_by`` effect: ``"total"`` (default with a
     spectrum model) or ``"fixed"``.
@@ -133,10 +135,15 @@ def suggest_directions(model: Model, params: Params, batch: dict, elements: Sequ
             c[f"agreement_{kind}"] = float(np.mean(slopes > 0))
         if "total" in grads:
             c["gap"] = c["slope_total"] - c["slope_fixed"]
-            c["gap_exceeds_spreads"] = bool(abs(c["gap"]) > c["std_fixed"] + c["std_total"])
+            c["std_gap"] = float((step * ((grads["total"] - grads["fixed"]) @ d)).std())
             c["flagged"] = [e for e in (add, host) if e in flagged]
         c.update({k: c[f"{k}_{rank_by}"] for k in ("slope", "std", "agreement")})
         cands.append(c)
+    if "total" in grads:
+        scale = max((max(abs(c["slope_fixed"]), abs(c["slope_total"])) for c in cands), default=0.0)
+        for c in cands:
+            c["gap_flag"] = gap_verdict(c["gap"], c["std_gap"], scale,
+                                        c["slope_fixed"] * c["slope_total"] < 0)
     inside = (in_convex_hull(np.stack([c["composition"] for c in cands]), hull)
               if hull is not None and cands else [None] * len(cands))
     for c, ok in zip(cands, inside):

@@ -160,20 +160,32 @@ def test_confounding_flag_on_analytic_linear_case():
     assert by["B"]["conditional"] == pytest.approx(1.0, abs=1e-5)
     assert by["B"]["total"] == pytest.approx(1.0, abs=1e-5)
     assert not by["B"]["flagged"] and not by["C"]["flagged"]
-    # opposite signs: flagged when the gap exceeds the larger spread, not within the noise
+    # every member moves by the same gap: beyond the noise however the members disagree
     rows = interpret.flag_confounding(np.full((2, 5, 1), 0.01), np.full((2, 5, 1), -0.01), ["X"])
     assert rows[0]["flagged"] and rows[0]["reason"] == "sign" and rows[0]["sign_differs"] == 1.0
-    noisy = np.stack([np.full((5, 1), -0.05), np.full((5, 1), 0.07)])  # spread 0.06
-    rows = interpret.flag_confounding(noisy, noisy - 0.02, ["X"])  # +0.01 against -0.01
-    assert not rows[0]["flagged"] and rows[0]["sign_differs"] == 1.0
-    rows = interpret.flag_confounding(noisy, noisy - 0.08, ["X"])  # +0.01 against -0.07
-    assert rows[0]["flagged"] and rows[0]["reason"] == "sign"
-    spread = np.stack([np.full((5, 1), 0.0), np.full((5, 1), 1.0)])  # members disagree by 1
-    rows = interpret.flag_confounding(0.1 + spread, 0.2 + spread, ["X"])
-    assert not rows[0]["flagged"]  # gap 0.1 < spreads 0.5 + 0.5
-    assert "FLAG" not in interpret.confounding_table(rows)
+    noisy = np.stack([np.full((5, 1), -0.05), np.full((5, 1), 0.07)])  # spread 0.06, mean 0.01
+    rows = interpret.flag_confounding(noisy, noisy - 0.02, ["X"])  # +0.01 against -0.01, paired
+    assert rows[0]["flagged"] and rows[0]["reason"] == "sign" and rows[0]["gap_spread"] == 0.0
+    # the members disagree on the gap (-0.05 and +0.01: gap -0.02 ± 0.03, z 0.67): noise
+    paired = noisy + np.stack([np.full((5, 1), -0.05), np.full((5, 1), 0.01)])
+    rows = interpret.flag_confounding(noisy, paired, ["X"])
+    assert rows[0]["gap"] == pytest.approx(-0.02) and rows[0]["gap_spread"] == pytest.approx(0.03)
+    assert rows[0]["z"] == pytest.approx(2 / 3) and not rows[0]["flagged"]
+    assert interpret.flag_confounding(noisy, paired, ["X"], z=0.5)[0]["flagged"]
+    # a consistent gap that is small next to the largest effect is not material
+    two = np.stack([np.full((5, 2), 1.0), np.full((5, 2), 1.2)]) * np.array([1.0, 0.1])
+    rows = interpret.flag_confounding(two, two + np.array([0.0, 0.01]), ["A", "B"], min_share=0.05)
+    assert rows[1]["share"] == pytest.approx(0.01 / 1.1) and not rows[1]["flagged"]
+    assert interpret.flag_confounding(two, two + np.array([0.0, 0.01]), ["A", "B"],
+                                      min_share=0.005)[1]["flagged"]
+    assert interpret.gap_verdict(0.1, 0.02, 1.0, z=4.0, min_share=0.05) == "size"
+    assert interpret.gap_verdict(-0.1, 0.02, 1.0, opposite=True, z=4.0, min_share=0.05) == "sign"
+    assert interpret.gap_verdict(0.1, 0.03, 1.0, z=4.0, min_share=0.05) == ""
+    assert interpret.gap_verdict(0.1, 0.0, 1.0, z=4.0, min_share=0.2) == ""
     with pytest.raises(ValueError, match="members, samples"):
         interpret.flag_confounding(np.ones((2, 5)), np.ones((2, 5)), ["X"])
+    with pytest.raises(ValueError, match="needs a committee"):
+        interpret.flag_confounding(np.ones((1, 5, 1)), np.ones((1, 5, 1)), ["X"])
 
 
 def test_simulated_confounder_acts_only_through_the_spectrum():
@@ -321,7 +333,8 @@ def test_directions_rank_by_total_effect_and_mark_flags():
     da = by[("D", "A")]
     assert da["slope_fixed"] == pytest.approx(0.0, abs=1e-6)
     assert da["slope_total"] == pytest.approx(-0.02, abs=1e-6)
-    assert da["gap"] == pytest.approx(-0.02, abs=1e-6) and da["gap_exceeds_spreads"]
+    assert da["gap"] == pytest.approx(-0.02, abs=1e-6) and da["gap_flag"] == "size"
+    assert da["std_gap"] == pytest.approx(0.0, abs=1e-6)
     assert da["flagged"] == ["D"] and da["slope"] == da["slope_total"]
     # add A for D: the fixed view calls it neutral, the total view ranks it near the top
     assert by[("A", "D")]["slope_total"] == pytest.approx(0.02, abs=1e-6)
@@ -334,31 +347,33 @@ def test_directions_rank_by_total_effect_and_mark_flags():
     assert [(c["add"], c["remove"]) for c in fixed][:3] != [(c["add"], c["remove"]) for c in d][:3]
     table = d.table(top=40)
     assert "ΔP total" in table and "at fixed spectrum" in table and "D*" in table
-    assert by[("B", "C")]["flagged"] == [] and not by[("B", "C")]["gap_exceeds_spreads"]
+    assert by[("B", "C")]["flagged"] == [] and not by[("B", "C")]["gap_flag"]
     with pytest.raises(ValueError, match="rank_by='total' needs spectrum_model"):
         interpret.suggest_directions(model, params, ref, "ABCD", within_hull=False, rank_by="total")
 
 
 def test_confounding_table_shows_every_gap_and_the_spectrum_fit():
     rows = interpret.flag_confounding(
-        np.stack([np.full((5, 2), 0.10), np.full((5, 2), 0.14)]),   # spreads 0.02
-        np.stack([np.full((5, 2), 0.07), np.full((5, 2), 0.07)]) + np.array([0.0, -0.2]), ["X", "Y"])
+        np.stack([np.full((5, 3), 0.10), np.full((5, 3), 0.14)]),
+        np.stack([np.full((5, 3), 0.07), np.full((5, 3), 0.07)]) + np.array([0.0, -0.2, 0.08]),
+        ["X", "Y", "W"], z=2.0, min_share=0.4)
     fit = {"r2": 0.09, "r2_read": 0.05, "n": 20,
            "bands": [{"centre": 826.0, "fwhm": 20.0, "r2": 0.05, "weight": 1.0}]}
     text = interpret.confounding_table(interpret.ConfoundingReport(rows, fit))
     lines = text.splitlines()
-    # X: gap -0.050 against spreads 0.020 + 0.000 (flagged by size); Y: opposite signs
-    x_line = next(line for line in lines if line.startswith("X"))
-    y_line = next(line for line in lines if line.startswith("Y"))
-    assert "-0.050" in x_line and "0.020" in x_line and "FLAG: gap > the sum" in x_line
-    assert "-0.250" in y_line and "FLAG: opposite signs" in y_line
+    assert "z > 2 and share > 0.4" in lines[0]
+    line = {ln.split()[0]: ln for ln in lines[1:4]}
+    # X: gap -0.050 ± 0.020 paired (z 2.5), share 0.05 / 0.15 (W total): beyond the noise, small
+    assert "-0.050" in line["X"] and "0.020" in line["X"] and "2.5" in line["X"]
+    assert "too small to matter" in line["X"]
+    assert "-0.250" in line["Y"] and "FLAG: opposite signs" in line["Y"]   # +0.12 vs -0.13
+    assert "+0.030" in line["W"] and "within the noise" in line["W"]       # z 1.5
     assert "826: 0.05" in text and "WARNING: composition explains little" in text
     good = dict(fit, r2_read=0.99, r2=0.95)
     assert "WARNING" not in interpret.confounding_table(rows, spectrum_fit=good)
-    quiet = interpret.flag_confounding(np.stack([np.full((5, 1), 0.1), np.full((5, 1), 0.2)]),
-                                       np.stack([np.full((5, 1), 0.13), np.full((5, 1), 0.2)]), ["Z"])
-    z_line = interpret.confounding_table(quiet).splitlines()[1]
-    assert "+0.015" in z_line and "0.085" in z_line and "gap within the spreads" in z_line
+    size = interpret.flag_confounding(np.stack([np.full((5, 1), 0.1), np.full((5, 1), 0.12)]),
+                                      np.stack([np.full((5, 1), 0.3), np.full((5, 1), 0.33)]), ["Z"])
+    assert "FLAG: gap beyond the noise" in interpret.confounding_table(size)
 
 
 def test_spectrum_fit_per_band_against_hand_computed_r2():

@@ -62,6 +62,10 @@ def format_info(d: dict[str, Any]) -> str:
         after = c.get("after") or {}
         cov = (f"; validation coverage 68/95 % {100 * after['coverage_68']:.0f}/"
                f"{100 * after['coverage_95']:.0f}" if "coverage_68" in after else "")
+        if c.get("ranks") is False:
+            rho = (c.get("before") or {}).get("spearman")
+            cov += (f"; σ does not rank validation errors (Spearman "
+                    f"{'n/a' if rho is None else f'{rho:+.2f}'}): a size, not a ranking")
         lines.append(f"σ {target:11s} calibrated = {form}, fitted on {c.get('n')} structures{cov}")
     other = sorted(k for k in meta if k not in ("metrics",))
     if other:

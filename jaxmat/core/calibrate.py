@@ -242,9 +242,11 @@ def fit_targets(errors: dict[str, tuple[Any, Any]], n_structures: int, method: s
     eV/Å components) to ``(err, sigma)`` on validation data of ``n_structures`` structures.
     ``method``: ``"power"`` (default, :func:`fit_power` with the knee at the largest
     validation σ) or a single scale (``"nll"``, ``"median"``: :func:`fit_scale`). Returns
-    ``{target: {"scale", "power", "knee", "method", "n", "before", "after"}}``
-    (``before``/``after``: :func:`metrics` with raw and calibrated σ; ``n``: structures).
-    Fewer than ``min_structures`` structures give a warning naming the number.
+    ``{target: {"scale", "power", "knee", "method", "n", "before", "after", "ranks"}}``
+    (``before``/``after``: :func:`metrics` with raw and calibrated σ; ``n``: structures;
+    ``ranks``: whether σ ranks the validation errors at all, Spearman > 0; when it does not,
+    a warning says that the calibrated σ is a typical error size, not a ranking). Fewer
+    than ``min_structures`` structures give a warning naming the number.
 
     The default was chosen on validation folds of three committees (ethanol and alanine
     dipeptide at 600 K, ``benchmarks/calibration_forms.py``): for forces the power law
@@ -262,9 +264,18 @@ def fit_targets(errors: dict[str, tuple[Any, Any]], n_structures: int, method: s
         else:
             a, b, knee = fit_scale(e, s, method), 1.0, math.inf
         entry = map_entry((a, b, knee))
-        out[target] = {**entry, "method": method, "n": int(n_structures),
-                       "before": _finite(metrics(e, s)),
-                       "after": _finite(metrics(e, apply_map(s, sigma_map(entry))))}
+        before = _finite(metrics(e, s))
+        rho = before["spearman"]
+        ranks = rho is not None and rho > 0
+        if not ranks:
+            warnings.warn(f"committee σ of {target} does not rank the validation errors "
+                          f"(Spearman {'undefined' if rho is None else f'{rho:+.2f}'} over "
+                          f"{e.size} values): the calibrated σ gives the typical error size, "
+                          f"not which structures are worse; do not use it to rank or select "
+                          f"them", stacklevel=2)
+        out[target] = {**entry, "method": method, "n": int(n_structures), "before": before,
+                       "after": _finite(metrics(e, apply_map(s, sigma_map(entry)))),
+                       "ranks": ranks}
     return out
 
 

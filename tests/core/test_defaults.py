@@ -59,6 +59,17 @@ def test_fit_targets_scales_sigma_to_the_errors_and_reports_before_after():
     assert abs(cal["after"]["coverage_95"] - 0.95) < 0.02
     with pytest.warns(UserWarning, match="fitted on 12 validation structures"):
         calibrate.fit_targets({"energy": (err[:12], sigma[:12])}, n_structures=12)
+    assert cal["ranks"] and cal["before"]["spearman"] > 0.2
+
+
+def test_fit_targets_says_when_sigma_does_not_rank_the_errors():
+    rng = np.random.default_rng(3)
+    sigma = rng.uniform(0.5, 2.0, 2000)
+    err = rng.standard_normal(2000) / sigma  # larger σ, smaller errors: ranks backwards
+    with pytest.warns(UserWarning, match=r"σ of energy does not rank the validation errors "
+                                         r"\(Spearman -0\.\d\d over 2000 values\)"):
+        cal = calibrate.fit_targets({"energy": (err, sigma)}, n_structures=2000)["energy"]
+    assert cal["ranks"] is False and cal["before"]["spearman"] < 0
 
 
 def test_power_calibration_recovers_a_power_law_and_stays_linear_beyond_the_data():
@@ -207,6 +218,9 @@ def test_cli_committee_with_split_file_resumes_and_stores_calibration(tmp_path):
     assert (f"σ forces      calibrated = {c['scale']:.3g} σ^{c['power']:.2f}, linear beyond"
             in text)
     assert "fitted on 24 structures" in text and "training      24 structures" in text
+    for target, entry in b.calibration.items():  # a σ that does not rank errors says so
+        line = next(ln for ln in text.splitlines() if ln.startswith(f"σ {target}"))
+        assert ("does not rank validation errors" in line) == (entry["ranks"] is False)
 
 
 def test_eval_prints_sigma_raw_and_calibrated():

@@ -10,6 +10,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e ".[all]"
 	touch $(STAMP)
 
+# compiled XLA programs shared by the test processes (xdist workers, README blocks and CLI runs
+# in fresh processes) and kept between runs on this machine; results do not depend on it
+JAX_TEST_CACHE ?= $(HOME)/.cache/jaxmat/jax-tests
+PYTEST := JAX_COMPILATION_CACHE_DIR=$(JAX_TEST_CACHE) JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0.5 \
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15
+
 .PHONY: venv demo test test-all bench clean
 venv: $(STAMP)
 
@@ -17,10 +23,10 @@ demo: $(STAMP)
 	$(BIN)/python -m jaxmat.demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15
+	$(PYTEST)
 
 test-all: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15 -m "slow or not slow"
+	$(PYTEST) -m "slow or not slow"
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py

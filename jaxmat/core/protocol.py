@@ -198,14 +198,16 @@ def from_nnx(factory: Callable[[Any], Any], name: str | None = None,
     """
     from flax import nnx
 
-    module0 = factory(nnx.Rngs(0))
+    module0 = nnx.eval_shape(lambda: factory(nnx.Rngs(0)))  # shapes only: no eager init
     stats = [".".join(map(str, path)) for path, _ in
              nnx.to_flat_state(nnx.state(module0, nnx.BatchStat))]
     if stats:
         raise ValueError(_STATEFUL.format(name=name or type(module0).__name__,
                                           found=f"nnx.BatchStat variables {stats[:4]}"))
-    graphdef, _, rest = nnx.split(module0, nnx.Param, ...)
-    abstract = nnx.split(nnx.eval_shape(lambda: factory(nnx.Rngs(0))), nnx.Param, ...)[1]
+    graphdef, abstract, _ = nnx.split(module0, nnx.Param, ...)
+    # the fixed state (rng streams, constants) once, compiled as one program: built eagerly,
+    # every initialiser op of every layer would be dispatched and compiled on its own
+    rest = jax.jit(lambda: nnx.split(factory(nnx.Rngs(0)), nnx.Param, ...)[2])()
     rng_tags = sorted({v.tag for _, v in nnx.to_flat_state(rest) if isinstance(v, nnx.RngKey)})
 
     def init(key: jax.Array, example_batch: Batch = None) -> Params:

@@ -20,7 +20,7 @@ ORDER = ["speed", "ab_speed", "fit_speed", "ab_fit_speed", "peers", "peers_singl
          "xanes_inverse_O40", "xanes_inverse_N", "xanes_throughput_cpu", "xanes_single_check",
          "xanes_committee", "xanes_committee_N", "xanes_committee_painn", "xanes_curve",
          "crystal", "mlearn_painn_equal", "mlearn_painn_equal_check", "mlearn_painn",
-         "calibration_forms", "md_detector_full", "md_detector_power"]
+         "calibration_forms", "md_detector_full", "md_detector_power", "md_detector_alanine"]
 
 HEADER = """# Benchmarks
 

@@ -11,9 +11,12 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # compiled XLA programs shared by the test processes (xdist workers, README blocks and CLI runs
-# in fresh processes) and kept between runs on this machine; results do not depend on it
+# in fresh processes) and kept between runs on this machine (emptied past 1 GB); results do
+# not depend on it
 JAX_TEST_CACHE ?= $(HOME)/.cache/jaxmat/jax-tests
-PYTEST := JAX_COMPILATION_CACHE_DIR=$(JAX_TEST_CACHE) JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0.5 \
+PYTEST := [ "$$(du -sm $(JAX_TEST_CACHE) 2>/dev/null | cut -f1)" -lt 1024 ] 2>/dev/null \
+	|| rm -rf $(JAX_TEST_CACHE); \
+	JAX_COMPILATION_CACHE_DIR=$(JAX_TEST_CACHE) JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0.5 \
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15
 
 .PHONY: venv demo test test-all bench clean

@@ -16,6 +16,7 @@ default; any ``concurrent.futures.Executor`` works the same way.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -107,8 +108,6 @@ class Oracle:
 
     def limit_threads(self):
         """Context capping OpenMP threads at ``threads`` (no-op when None)."""
-        import contextlib
-
         if self.threads is None:
             return contextlib.nullcontext()
         if self._pools is None:
@@ -138,8 +137,10 @@ class Oracle:
         meta = {"oracle": self.name, "settings": self.settings}
         try:
             a = atoms.copy()
-            a.calc = self.factory()
-            with self.limit_threads():
+            # one shared calculator instance (from_calculator) labels one structure at a time
+            with getattr(self.factory, "lock", None) or contextlib.nullcontext(), \
+                    self.limit_threads():
+                a.calc = self.factory()
                 energy = float(a.get_potential_energy())
                 forces = (np.asarray(a.get_forces(), dtype=np.float64)
                           if "forces" in self.properties else None)
@@ -165,10 +166,19 @@ class Oracle:
 
 
 class _Same:
-    """A factory returning one calculator instance (picklable when the calculator is)."""
+    """A factory returning one calculator instance (picklable when the calculator is), with
+    the lock that keeps threads from interleaving on it (an ASE calculator keeps the last
+    structure's results: two threads would read each other's forces)."""
 
     def __init__(self, calc: Calculator):
         self.calc = calc
+        self.lock = threading.Lock()
+
+    def __getstate__(self) -> dict:
+        return {"calc": self.calc}
+
+    def __setstate__(self, state: dict) -> None:
+        self.calc, self.lock = state["calc"], threading.Lock()
 
     def __call__(self) -> Calculator:
         return self.calc

@@ -96,6 +96,35 @@ def test_from_calculator_records_parameters():
     assert '"sigma": 1.1' in orc.settings_json
 
 
+class _Slow(Calculator):
+    """E = Σ z·x of the positions, F = −z per atom; sleeps inside ``calculate`` so that two
+    threads sharing the instance would interleave."""
+    implemented_properties = ["energy", "forces"]
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        import time
+
+        super().calculate(atoms, properties, system_changes)
+        x = self.atoms.positions[:, 0].copy()
+        time.sleep(0.002)
+        forces = np.zeros((len(x), 3))
+        forces[:, 0] = -x
+        self.results = {"energy": float(x.sum()), "forces": forces}
+
+
+def test_a_shared_calculator_labels_one_structure_at_a_time_under_threads():
+    from concurrent.futures import ThreadPoolExecutor
+
+    orc = oracle.Oracle.from_calculator(_Slow(), "slow")
+    structs = [Atoms("H2", [[0.1 * k, 0, 0], [0.1 * k + 1.0, 0, 0]]) for k in range(40)]
+    with ThreadPoolExecutor(4) as pool:
+        labels = list(pool.map(orc.label, structs))
+    for a, lab in zip(structs, labels):
+        x = a.positions[:, 0]
+        assert lab.ok and lab.energy == pytest.approx(x.sum())
+        np.testing.assert_allclose(lab.forces[:, 0], -x)  # its own structure's forces
+
+
 def test_pyscf_h2_energy_and_forces():
     pytest.importorskip("pyscf")
     orc = oracle.pyscf(xc=None, basis="sto-3g")

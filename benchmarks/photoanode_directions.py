@@ -273,8 +273,7 @@ def main() -> None:
         args.which = which
         libs = []
         for spec in specs:
-            path = os.path.join(args.cache, f"{which}_{spec['seed']}_e{args.epochs}_m{args.members}"
-                                            f"_r{args.refs}_i{args.interior}_n{args.n_samples}.json")
+            path = cache_path(args, which, spec["seed"])
             if os.path.exists(path):
                 libs.append(json.load(open(path)))
                 continue
@@ -304,6 +303,15 @@ def main() -> None:
     print(summary(res))
 
 
+def cache_path(args, which: str, seed: int, epochs: int | None = None,
+               members: int | None = None) -> str:
+    """The cache file of one library (settings from ``args`` unless given)."""
+    e = args.epochs if epochs is None else epochs
+    m = args.members if members is None else members
+    return os.path.join(args.cache, f"{which}_{seed}_e{e}_m{m}_r{args.refs}_i{args.interior}"
+                                    f"_n{args.n_samples}.json")
+
+
 def levers(args, flags: dict) -> list[dict]:
     """Committee settings compared on the validation libraries only (whatever the cache holds
     for other epochs or members, run with ``--only validation``): mean total cosine, the
@@ -313,12 +321,8 @@ def levers(args, flags: dict) -> list[dict]:
     for e, m in sorted({(args.epochs, args.members)} | {
             tuple(int(p[1:]) for p in f.split("_")[2:4]) for f in os.listdir(args.cache)
             if f.startswith("validation_") and f.endswith(f"_r{args.refs}_i{args.interior}_n{args.n_samples}.json")}):
-        libs = []
-        for spec in VALIDATION:
-            path = os.path.join(args.cache, f"validation_{spec['seed']}_e{e}_m{m}_r{args.refs}"
-                                            f"_i{args.interior}_n{args.n_samples}.json")
-            if os.path.exists(path):
-                libs.append(json.load(open(path)))
+        paths = [cache_path(args, "validation", spec["seed"], e, m) for spec in VALIDATION]
+        libs = [json.load(open(p)) for p in paths if os.path.exists(p)]
         if len(libs) != len(VALIDATION):
             continue
         kept = [lb for lb in libs if lb["spectrum_fit_val"]["r2_read"] >= flags["spectrum"]]

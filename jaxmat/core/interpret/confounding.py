@@ -102,6 +102,8 @@ def gap_verdict(gap: float, gap_spread: float, scale: float, opposite: bool = Fa
     known confounders."""
     z = GAP_Z if z is None else z
     min_share = GAP_MIN_SHARE if min_share is None else min_share
+    if not (z >= 0 and min_share >= 0):
+        raise ValueError(f"gap thresholds must be >= 0, got z={z}, min_share={min_share}")
     if abs(gap) <= z * gap_spread or abs(gap) <= min_share * scale:
         return ""
     return "sign" if opposite else "size"

@@ -182,6 +182,8 @@ def test_confounding_flag_on_analytic_linear_case():
     assert interpret.gap_verdict(-0.1, 0.02, 1.0, opposite=True, z=4.0, min_share=0.05) == "sign"
     assert interpret.gap_verdict(0.1, 0.03, 1.0, z=4.0, min_share=0.05) == ""
     assert interpret.gap_verdict(0.1, 0.0, 1.0, z=4.0, min_share=0.2) == ""
+    with pytest.raises(ValueError, match="gap thresholds must be >= 0, got z=-1"):
+        interpret.flag_confounding(noisy, paired, ["X"], z=-1.0)
     with pytest.raises(ValueError, match="members, samples"):
         interpret.flag_confounding(np.ones((2, 5)), np.ones((2, 5)), ["X"])
     with pytest.raises(ValueError, match="needs a committee"):

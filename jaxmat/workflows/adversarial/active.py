@@ -4,8 +4,10 @@ Generations:
 
 * 0 — the seed structures are labelled by the oracle (or kept with their own labels).
 * g ≥ 1 — committee ``C_g`` is trained on every label of generations < g; it proposes
-  candidates (``strategy``: ``adversarial`` attacks of :mod:`jaxmat.workflows.adversarial.attack`, ``random``
-  Gaussian displacements, or ``md`` Langevin dynamics driven by the committee); the chosen
+  candidates (``strategy``: ``adversarial`` attacks of :mod:`jaxmat.workflows.adversarial.attack`,
+  ``random`` Gaussian displacements, ``normal_modes`` harmonic thermal samples, or ``md``
+  committee-driven Langevin replicas stopped at the first frame over a σ threshold or an
+  energy cap, on :mod:`jaxmat.md`); the chosen
   ones are written to the store as *pending* in one transaction, then labelled by the
   oracle in ``workers`` local processes (or any ``concurrent.futures.Executor`` given to
   :func:`run`), each label stored by this process as soon as it arrives.
@@ -39,7 +41,8 @@ from jaxmat.core.protocol import Model, Params, resolve_spec
 from jaxmat.workflows.adversarial.active_config import (  # ActiveConfig, STRATEGIES re-exported
     _RESUMABLE_CHANGES, STRATEGIES, ActiveConfig, _seed)
 from jaxmat.workflows.adversarial.attack import Boltzmann, attack
-from jaxmat.workflows.adversarial.md_sampling import _default_md_calculator, langevin
+from jaxmat.workflows.adversarial import normal_modes
+from jaxmat.workflows.adversarial.md_sampling import committee_md, langevin  # noqa: F401
 from jaxmat.workflows.adversarial.oracle import Oracle
 from jaxmat.workflows.adversarial.select import (committee_predict, select, too_close,
                                                  variance_threshold)
@@ -60,11 +63,10 @@ class ActiveResult:
 # --------------------------------------------------------------------------- the loop
 class _Loop:
     def __init__(self, cfg: ActiveConfig, model: Model, oracle: Oracle, seeds: Sequence[Any],
-                 cutoff: float | None, evaluate: Callable | None,
-                 md_calculator: Callable | None, executor: Any = None):
+                 cutoff: float | None, evaluate: Callable | None, executor: Any = None):
         self.cfg, self.model, self.oracle = cfg, model, oracle
         self.executor, self._pool = executor, None
-        self.evaluate, self.md_calculator = evaluate, md_calculator
+        self.evaluate = evaluate
         self.workdir = os.path.abspath(cfg.workdir)
         os.makedirs(self.workdir, exist_ok=True)
         self._check_config()
@@ -202,19 +204,26 @@ class _Loop:
                          objective_gain_median=float(np.median(
                              res.objective / np.maximum(res.objective_start, 1e-30))))
             idx = select(cands, fvar, tr["forces_var_graph"], cfg.select, score, ref)
-        elif cfg.strategy == "random":
-            cands = [train_atoms[k].copy() for k in pick(cfg.n_starts)]  # copies carry no calc
-            for b in cands:
-                b.positions = b.positions + rng.normal(0.0, cfg.random_sigma, b.positions.shape) \
-                    * np.isin(np.arange(3), cfg.attack.axes)
+        elif cfg.strategy in ("random", "normal_modes"):
+            if cfg.strategy == "random":
+                cands = [train_atoms[k].copy() for k in pick(cfg.n_starts)]  # no calc
+                for b in cands:
+                    b.positions = b.positions + rng.normal(
+                        0.0, cfg.random_sigma, b.positions.shape) * np.isin(np.arange(3),
+                                                                            cfg.attack.axes)
+            else:
+                cands = self._normal_mode_samples(params, train_atoms, rng)
             close = too_close(cands, cfg.min_distance)
             idx = [int(k) for k in np.flatnonzero(~close)[:cfg.select.max_per_generation]]
             fvar = score = self._forces_var(params, cands, idx, 0.0)
         else:
-            cands = self._md_frames(params, [train_atoms[k] for k in pick(cfg.md_starts)], rng)
+            cands, why = self._md_frames(params, train_atoms, tr, rng,
+                                         _seed(cfg.seed, generation, 4))
             close = too_close(cands, cfg.min_distance)  # too close: never selected
             fvar = score = self._forces_var(params, cands, np.flatnonzero(~close), np.nan)
             idx = select(cands, fvar, tr["forces_var_graph"], cfg.select, score, ref)
+            stats["md_frames_by_stop"] = {r or "ran to the end": why.count(r)
+                                          for r in sorted(set(why))}
         origin = "attack" if cfg.strategy == "adversarial" else cfg.strategy
         stats.update(n_candidates=len(cands), n_above=int(np.sum(np.asarray(fvar) > thr)),
                      n_too_close=int(close.sum()),
@@ -233,22 +242,39 @@ class _Loop:
                                           self.cutoff)["forces_var_graph"]
         return fvar
 
-    def _md_frames(self, params: Params, starts: list, rng: np.random.Generator) -> list:
+    def _md_frames(self, params: Params, train_atoms: list, train_pred: dict,
+                   rng: np.random.Generator, seed: int) -> tuple[list, list[str]]:
+        """Frames of committee MD from ``starts`` (:func:`committee_md`): each replica stops
+        at its first frame whose largest per-atom force σ exceeds the ``select.percentile``
+        of the training set's, or beyond ``md_energy_margin`` eV/atom outside the range of
+        the committee's energies of the training set. The ``md_starts`` starts are drawn from the training geometries below
+        that σ (all of them if none is)."""
         cfg = self.cfg
-        frames = []
-        calc = self.md_calculator(self.model, params, self.cutoff)  # one compile for all runs
-        for a in starts:
-            atoms = a.copy()
-            atoms.info = {}
-            atoms.calc = calc
-            dyn = langevin(atoms, cfg.md_temperature, cfg.md_timestep, cfg.md_friction, rng)
-            for _ in range(cfg.md_steps // cfg.md_interval):
-                dyn.run(cfg.md_interval)
-                f = atoms.copy()  # without the calculator
-                f.set_constraint()
-                f.set_momenta(None)
-                frames.append(f)
-        return frames
+        sigma_atoms = np.array([np.sqrt(np.max(v)) for v in train_pred["forces_var_atom"]])
+        stop = float(np.percentile(sigma_atoms, cfg.select.percentile)) if cfg.md_sigma_stop \
+            else None
+        calm = np.flatnonzero(sigma_atoms < stop) if stop is not None else np.arange(0)
+        pool = calm if len(calm) else np.arange(len(train_atoms))
+        starts = [train_atoms[k] for k in rng.choice(pool, cfg.md_starts,
+                                                     replace=cfg.md_starts > len(pool))]
+        # the cap is on the committee's own energies: its range over the training set
+        e = np.asarray(train_pred["energy"]) / np.array([len(a) for a in train_atoms])
+        model = dataclasses.replace(self.model, graph=self.spec)  # the loop's cutoff
+        return committee_md(model, params, starts, steps=cfg.md_steps,
+                            temperature_K=cfg.md_temperature, sigma_stop=stop,
+                            energy_range=(float(e.min()), float(e.max())),
+                            energy_margin=cfg.md_energy_margin, timestep_fs=cfg.md_timestep,
+                            friction_per_fs=cfg.md_friction, log_every=cfg.md_interval,
+                            seed=seed)
+
+    def _normal_mode_samples(self, params: Params, train_atoms: list,
+                             rng: np.random.Generator) -> list:
+        """``n_starts`` harmonic thermal samples at ``nm_temperature`` K around the
+        lowest-energy training structure, with the committee's Hessian there."""
+        cfg = self.cfg
+        ref = train_atoms[int(np.argmin([a.get_potential_energy() for a in train_atoms]))]
+        h = normal_modes.hessian(self.model, params, ref)
+        return normal_modes.samples(ref, h, cfg.nm_temperature, cfg.n_starts, rng)
 
     # ------------------------------------------------------------------ driver
     def pool(self) -> Any:
@@ -371,7 +397,6 @@ def _format(r: dict) -> str:
 
 def run(config: ActiveConfig, model: Model, oracle: Oracle, seeds: Sequence[Any],
         cutoff: float | None = None, evaluate: Callable[[int, Params, Store], dict] | None = None,
-        md_calculator: Callable[[Model, Params, float], Any] | None = None,
         executor: Any = None) -> ActiveResult:
     """Run (or resume) an active-learning loop in ``config.workdir``.
 
@@ -381,13 +406,10 @@ def run(config: ActiveConfig, model: Model, oracle: Oracle, seeds: Sequence[Any]
     ``relabel_seeds=False``). Neighbour lists follow ``model.graph``; ``cutoff`` (Å) only
     for a model without a graph cutoff (ValueError if it disagrees). ``evaluate(g, params,
     store) -> dict`` is merged into the report of generation ``g`` (keys starting with
-    ``eval_`` are printed). ``md_calculator(model, params, cutoff)`` makes the ASE calculator
-    used by the ``md`` baseline (default :class:`jaxmat.ase` committee calculator).
+    ``eval_`` are printed).
     ``executor``: any ``concurrent.futures.Executor`` (thread pool, ``dask.distributed``
     client, ...) that labels instead of the ``config.workers`` local processes; it is
     not shut down here. With the default process pool the oracle must pickle and a script
     defining its own oracle classes needs an ``if __name__ == "__main__":`` guard.
     """
-    if md_calculator is None and config.strategy == "md":
-        md_calculator = _default_md_calculator
-    return _Loop(config, model, oracle, seeds, cutoff, evaluate, md_calculator, executor).run()
+    return _Loop(config, model, oracle, seeds, cutoff, evaluate, executor).run()

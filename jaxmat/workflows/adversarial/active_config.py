@@ -15,7 +15,7 @@ from jaxmat.core import config, ensemble
 from jaxmat.workflows.adversarial.attack import AttackConfig
 from jaxmat.workflows.adversarial.select import SelectConfig
 
-STRATEGIES = ("adversarial", "random", "md")
+STRATEGIES = ("adversarial", "random", "normal_modes", "md")
 # settings that may change between a run and its resumption
 _RESUMABLE_CHANGES = {"generations", "progress", "train_final", "fit.progress", "workers"}
 # settings of older versions that no longer exist and never changed results: dropped on reading
@@ -59,9 +59,17 @@ class ActiveConfig:
     ``dedup_against_train``. Candidates with two atoms closer than ``min_distance`` (Å) are
     never labelled; stored labels that close (from older runs) are kept out of training.
     Random baseline: ``n_starts`` training geometries displaced by N(0, ``random_sigma``²)
-    along ``attack.axes``, the first ``select.max_per_generation`` labelled. MD baseline:
-    ``md_starts`` Langevin runs of ``md_steps`` steps at ``md_temperature`` with the
-    committee, a frame every ``md_interval`` steps, then the same selection as the attack.
+    along ``attack.axes``, the first ``select.max_per_generation`` labelled. Normal-mode
+    baseline: ``n_starts`` harmonic Boltzmann samples at ``nm_temperature`` K around the
+    lowest-energy training structure (the committee's Hessian,
+    :mod:`jaxmat.workflows.adversarial.normal_modes`), the first ones labelled. MD baseline:
+    ``md_starts`` committee-driven Langevin replicas (:func:`jaxmat.md.simulate`) of
+    ``md_steps`` steps of ``md_timestep`` fs at ``md_temperature`` K from training
+    geometries, each stopped at the first frame (checked every ``md_interval`` steps) whose
+    largest per-atom force σ exceeds the ``select.percentile`` of the training set's
+    (``md_sigma_stop``), or whose energy leaves the committee's energy range over the
+    training set by more than ``md_energy_margin`` eV/atom (the energy cap), or that breaks; the replicas'
+    last frames then go through the same selection as the attack.
 
     Labelling: ``workers`` local processes (:func:`jaxmat.workflows.adversarial.oracle.local_pool`,
     the oracle's ``threads`` OpenMP threads each, default 1) label the pending structures
@@ -109,9 +117,12 @@ class ActiveConfig:
     md_temperature: float = 1000.0
     md_timestep: float = 0.5
     md_friction: float = 0.01
-    md_steps: int = 200
-    md_interval: int = 10
-    md_starts: int = 4
+    md_steps: int = 1000
+    md_interval: int = 5
+    md_starts: int = 32
+    md_sigma_stop: bool = True
+    md_energy_margin: float = 0.25
+    nm_temperature: float = 1000.0
 
     def __post_init__(self):
         for name, cls in _SECTIONS.items():
@@ -135,6 +146,16 @@ class ActiveConfig:
             raise ValueError(f"min_distance must be >= 0 Å, got {self.min_distance}")
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0 (0: label in this process), got {self.workers}")
+        if not self.nm_temperature > 0 or not self.md_temperature > 0:
+            raise ValueError(f"nm_temperature and md_temperature must be positive (K), got "
+                             f"{self.nm_temperature}, {self.md_temperature}")
+        if not (np.isfinite(self.md_energy_margin) and self.md_energy_margin >= 0):
+            raise ValueError(f"md_energy_margin must be a finite value >= 0 eV/atom, got "
+                             f"{self.md_energy_margin}")
+        if self.md_steps < 1 or self.md_starts < 1 or not 1 <= self.md_interval <= self.md_steps:
+            raise ValueError(f"need md_steps >= 1, md_starts >= 1 and 1 <= md_interval <= "
+                             f"md_steps, got {self.md_steps}, {self.md_starts}, "
+                             f"{self.md_interval}")
         if self.n_starts < 1 or self.select.max_per_generation < 0:
             raise ValueError("need n_starts >= 1 and select.max_per_generation >= 0")
 

@@ -39,15 +39,17 @@ FORCES_TOL = 1.0  # eV/Å
 
 
 def molecule_criteria(min_distance: float = 0.6, bond_break: float = 1.6,
-                      bond_factor: float = 1.2) -> FailureCriteria:
+                      bond_factor: float = 1.2,
+                      topology_time_fs: float | None = None) -> FailureCriteria:
     """Failure criteria for molecules: atoms closer than ``min_distance`` Å, a bond of the
     start (pairs closer than ``bond_factor`` × the sum of covalent radii) longer than
-    ``bond_break`` × that sum, or non-finite values. Geometric only: the detector's energy
-    range, topology and committee σ criteria are off here, so that the success of sampling
-    strategies is not judged by the committees being compared."""
+    ``bond_break`` × that sum, non-finite values, and with ``topology_time_fs`` a covalent
+    graph that differs from the start's for that long (fs). Geometric and topological
+    only: the detector's energy-range and committee-σ criteria are off here, so that the
+    success of sampling strategies is not judged by the committees being compared."""
     return FailureCriteria(min_distance=min_distance, bond_break=bond_break,
                            bond_factor=bond_factor, max_forces_std=None, energy_margin=None,
-                           topology_time_fs=None)
+                           topology_time_fs=topology_time_fs)
 
 
 def _starts(starts: Atoms | Sequence[Atoms], replicas: int) -> list[Atoms]:
@@ -80,8 +82,9 @@ def robustness(model: Model, params: Params, starts: Atoms | Sequence[Atoms], *,
     ``energy_tol`` eV/atom or ``forces_tol`` eV/Å (``None`` switches a tolerance off);
     ``executor`` (any ``concurrent.futures.Executor``) labels them in parallel.
 
-    Returns a dict: ``success_fraction``, ``success_stderr`` (binomial), ``n_replicas``,
-    ``failed`` (K,) bool, ``fail_step`` (−1 if fine), ``fail_time_fs``, ``fail_reason``,
+    Returns a dict: ``success_fraction`` (both criteria), ``success_stderr`` (binomial),
+    ``success_geometric`` (the detector's criteria alone: no unphysical structure),
+    ``failed_geometric`` (K,) bool, ``n_replicas``, ``failed`` (K,) bool, ``fail_step`` (−1 if fine), ``fail_time_fs``, ``fail_reason``,
     ``reasons`` (counts), ``n_oracle_checks``, ``md_seconds``, and ``atoms``: each replica
     at its end, a failed one at its last good step (MD criteria) or at the frame the
     oracle rejected.
@@ -105,6 +108,7 @@ def robustness(model: Model, params: Params, starts: Atoms | Sequence[Atoms], *,
                        trajectory=traj, traj_every=check_every, criteria=criteria,
                        progress=False)
         failed = np.asarray(res.failed, bool).copy()
+        failed_geometric = failed.copy()
         fail_step = np.asarray(res.fail_step).copy()
         reasons = list(res.fail_reason)
         atoms = list(res.atoms)
@@ -122,7 +126,8 @@ def robustness(model: Model, params: Params, starts: Atoms | Sequence[Atoms], *,
     k = len(reps)
     frac = float(1.0 - failed.mean())
     return {"success_fraction": frac, "success_stderr": math.sqrt(frac * (1 - frac) / k),
-            "n_replicas": k, "steps": steps, "timestep_fs": timestep_fs,
+            "success_geometric": float(1.0 - failed_geometric.mean()),
+            "failed_geometric": failed_geometric.tolist(), "n_replicas": k, "steps": steps, "timestep_fs": timestep_fs,
             "temperature_K": temperature_K, "failed": failed.tolist(),
             "fail_step": fail_step.tolist(),
             "fail_time_fs": [float(s * timestep_fs) if s >= 0 else None for s in fail_step],

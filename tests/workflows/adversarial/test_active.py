@@ -329,8 +329,11 @@ def test_kill_minus_nine_then_resume_loses_and_repeats_no_label(tmp_path, worker
 @pytest.mark.parametrize("strategy", ["random", "md"])
 def test_baselines_label_the_same_budget(tmp_path, strategy):
     workdir = tmp_path / strategy
+    # md: 16 replicas start below the median training σ and stop when they rise above it
+    md = {"select": {"fill": True, "percentile": 50.0}, "md_starts": 16, "md_interval": 1}
     res, _ = _finish(_run(tmp_path, workdir, generations=2, strategy=strategy,
-                          select={"fill": True, "percentile": 0.0}))
+                          **(md if strategy == "md" else
+                             {"select": {"fill": True, "percentile": 0.0}})))
     st, rows = _labels(str(workdir))
     for g in (1, 2):
         assert st.count(generation=g, status="done") == 4
@@ -418,13 +421,13 @@ def test_workers_setting_and_executor_choice(tmp_path):
         active.ActiveConfig(workers=-1)
     with pytest.raises(ValueError, match="active.workers must be int"):
         active.ActiveConfig.from_dict({"workers": "two"})
-    loop = active._Loop(cfg, _free_model(), None, [], 1.0, None, None)
+    loop = active._Loop(cfg, _free_model(), None, [], 1.0, None)
     pool = loop.pool()  # started lazily: no process runs before the first label
     assert isinstance(pool, ProcessPoolExecutor) and pool._max_workers == 3
     assert loop.pool() is pool
     pool.shutdown()
     # the worker count may change when a run resumes; an executor replaces the pool
     serial = dataclasses.replace(cfg, workers=0)
-    assert active._Loop(serial, _free_model(), None, [], 1.0, None, None).pool() is None
+    assert active._Loop(serial, _free_model(), None, [], 1.0, None).pool() is None
     with ThreadPoolExecutor(2) as ex:
-        assert active._Loop(serial, _free_model(), None, [], 1.0, None, None, ex).pool() is ex
+        assert active._Loop(serial, _free_model(), None, [], 1.0, None, ex).pool() is ex

@@ -54,8 +54,8 @@ from jaxmat.workflows.adversarial.robustness import molecule_criteria, robustnes
 KCAL_MOL = data.KCAL_MOL
 PROTOCOL = dict(pool_trajectories=8, pool_frames=30, pool_every=20, initial=8,
                 eval_starts=16, generations=6, per_generation=8, members=3, features=16,
-                interactions=2, cutoff=4.0, epochs=100, replicas=64, steps=2000,
-                temperatures=(1000.0, 1500.0), check_every=250, energy_tol=0.1,
+                interactions=2, cutoff=4.0, epochs=100, replicas=32, steps=2000,
+                temperatures=(1000.0, 1500.0), check_every=500, energy_tol=0.1,
                 forces_tol=1.0, topology_fs=5.0)
 GRID = {"adversarial": [10 * KCAL_MOL, 20 * KCAL_MOL, 40 * KCAL_MOL],
         "random": [0.05, 0.1, 0.2], "normal_modes": [750.0, 1500.0, 3000.0],
@@ -105,8 +105,8 @@ def strategy_config(name: str, workdir: str, seed: int, p: dict) -> active.Activ
     return active.ActiveConfig(
         workdir=workdir, strategy=kind, generations=p["generations"], seed=seed,
         n_members=p["members"], fit=dict(epochs=p["epochs"], lr=2e-3, batch_size=16),
-        energy_weight=1.0, forces_weight=10.0, n_starts=64,
-        attack=dict(n_steps=60, lr=0.01, sigma=0.01),
+        energy_weight=1.0, forces_weight=10.0, n_starts=64, attack_batches=8,
+        attack=dict(n_steps=60, lr=0.01, sigma=0.05),
         select=dict(percentile=90.0, rmsd=0.05, permute=True,
                     max_per_generation=p["per_generation"], fill=True),
         md_steps=1000, md_interval=5, md_starts=32, md_energy_margin=0.25,
@@ -138,8 +138,9 @@ def run_one(name: str, seed: int, p: dict, orc, frames: list, workdir: str) -> d
     cfg = strategy_config(name, os.path.join(workdir, f"{name}_seed{seed}"), seed, p)
     t = time.perf_counter()
     res = active.run(cfg, model, orc, initial, evaluate=evaluator(model, starts, orc, seed, p))
+    spent = [row.generation for row in res.store.rows() if row.status != "pending"]
     rounds = [{"generation": r["generation"], "n_train": r["n_train"],
-               "oracle_calls": p["initial"] + p["per_generation"] * (r["generation"] - 1),
+               "oracle_calls": sum(g < r["generation"] for g in spent),  # C_g's labels
                **{f"T{t:g}": r[f"T{t:g}"] for t in p["temperatures"]},
                "n_selected": r.get("n_selected"), "failed_labels": r.get("failed")}
               for r in res.reports]
@@ -223,7 +224,11 @@ def compare(runs: dict, names: list[str], seeds: list[int], p: dict) -> dict:
     0.9/0.95 per seed, and adversarial minus each baseline at matched labels (paired)."""
     calls = np.array([p["initial"] + p["per_generation"] * g for g in range(p["generations"] + 1)])
     adv = next(n for n in names if n.startswith("adversarial"))
-    out: dict = {"oracle_calls": calls.tolist(), "tables": {}}
+    out: dict = {"oracle_calls": calls.tolist(), "tables": {},
+                 "unequal_budget": [f"{n}/seed{s} round {r['generation']}: {r['oracle_calls']}"
+                                    for n in names for s in seeds
+                                    for r in runs[f"{n}/seed{s}"]["rounds"]
+                                    if r["oracle_calls"] != calls[r["generation"] - 1]]}
     for crit in ("physical", "accurate"):
         for temp in [f"T{t:g}" for t in p["temperatures"]]:
             mats = {n: success_matrix(runs, n, seeds, crit, temp) for n in names}
@@ -315,6 +320,9 @@ def write(stage: str, results: dict, p: dict) -> None:
         lines.append("\nChosen: " + ", ".join(chosen(results).values()))
     elif results.get("compare"):
         lines += table(results["compare"], results["names"], results["seeds"])
+        bad = results["compare"]["unequal_budget"]
+        lines.append(f"\nRounds whose committee saw another number of oracle calls than the "
+                     f"schedule: {len(bad)}" + (f" ({'; '.join(bad[:10])})" if bad else ""))
     lines.append(f"\n{len(results['runs'])} runs, {sum(r['seconds'] for r in results['runs'].values()):.0f} s"
                  f" of run time on a shared CPU (load {results['device'].get('loadavg', [0])[0]:.1f}).")
     write_results(out, results, "\n".join(lines))
@@ -391,7 +399,7 @@ def _merge(stage: str, results: dict, p: dict) -> dict:
     """Runs written meanwhile by another process (one per core) are kept."""
     try:
         other = load(stage, p)
-    except SystemExit:
+    except (SystemExit, json.JSONDecodeError):  # another protocol, or a file being written
         return results
     results["runs"] = other["runs"] | results["runs"]
     return results

@@ -12,7 +12,8 @@ ORDER = ["speed", "ab_speed", "fit_speed", "ab_fit_speed", "peers", "peers_singl
          "peers_periodic_single_core", "scale", "md_speed", "attack_speed", "ab_attack_speed", "ab_i23_speed",
          "ab_i23_fit_speed", "ab_i23_attack_speed", "ab_i23_md_speed", "ab_i23_md_speed_core",
          "ab_md_detector_speed", "ab_i24_md_speed",
-         "cli_overhead", "mlearn", "committee", "ammonia_committee", "robustness_nh3",
+         "cli_overhead", "mlearn", "committee", "ammonia_committee",
+         "robustness_protocol_nh3", "robustness_protocol_nh3_validation", "robustness_nh3",
          "robustness_nh3_validation", "robustness_alanine", "oracle_throughput",
          "adversarial_ammonia", "adversarial_data", "adversarial_ammonia_large",
          "adversarial_data_large", "adversarial_data_large_55", "photoanode", "photoanode_directions", "xanes",
@@ -48,7 +49,7 @@ is a shared 2-core VM: its load average is recorded in every JSON file.
 | `attack_speed.py` | attacked geometry-steps/s of an 8-member committee (NH3, periodic Si) |
 | `cli_overhead.py` | `jaxmat train` against the same training through the Python API |
 | `oracle_throughput.py` | GFN2-xTB labels/s through the store: serial, threads, 1 and 2 worker processes |
-| `robustness.py` | success fraction of NN-driven MD vs oracle labels for adversarial, random and committee-MD sampling |
+| `robustness.py` | success of NN-driven MD vs oracle calls: adversarial, random, normal-mode and committee-MD sampling on one protocol (equal labels and training per round, baselines tuned on validation seeds, 10 seeds, two criteria, paired CIs); `robustness_nh3*` are the earlier, unequal-schedule runs |
 | `xanes_levers.py`, `xanes_inverse.py`, `xanes_throughput.py` | XANES model levers on validation (precision and recall), the inverse problem, spectra/s |
 | `import_time.py` | `import jax` vs `import jaxmat` (and with predict / train), fresh interpreters, alternated, pinned; `--base REV` beside an earlier commit |
 | `defaults.py` | `jaxmat train` defaults vs best recipe vs old defaults (GFN2-xTB molecules, ammonia), committee σ calibration on test |

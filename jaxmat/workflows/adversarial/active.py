@@ -192,18 +192,25 @@ class _Loop:
 
         pick = lambda n: rng.choice(len(train_atoms), n, replace=n > len(train_atoms))  # noqa: E731
         if cfg.strategy == "adversarial":
-            starts = [train_atoms[k] for k in pick(cfg.n_starts)]
-            boltz = Boltzmann.from_structures(train_atoms, cfg.kT, cfg.per_atom)
-            res = attack(self.model, params, starts, boltz, cfg.attack_config(generation),
-                         cutoff=self.cutoff)
-            cands, score = res.atoms, res.objective
-            fvar = np.array(res.forces_var_graph, dtype=np.float64)
-            close = too_close(cands, cfg.min_distance)
-            fvar[close] = np.nan  # never selected
-            stats.update(attack_seconds=res.seconds, n_rebuilds=res.n_rebuilds,
-                         objective_gain_median=float(np.median(
-                             res.objective / np.maximum(res.objective_start, 1e-30))))
-            idx = select(cands, fvar, tr["forces_var_graph"], cfg.select, score, ref)
+            cands, score, fvar, secs, rebuilds, gains = [], [], [], 0.0, 0, []
+            for batch in range(cfg.attack_batches):  # until the budget is filled
+                starts = [train_atoms[k] for k in pick(cfg.n_starts)]
+                boltz = Boltzmann.from_structures(train_atoms, cfg.kT, cfg.per_atom)
+                res = attack(self.model, params, starts, boltz,
+                             cfg.attack_config(generation, batch), cutoff=self.cutoff)
+                cands += list(res.atoms)
+                score = np.concatenate([score, res.objective])
+                fv = np.array(res.forces_var_graph, dtype=np.float64)
+                fv[too_close(res.atoms, cfg.min_distance)] = np.nan  # never selected
+                fvar = np.concatenate([fvar, fv])
+                secs, rebuilds = secs + res.seconds, rebuilds + res.n_rebuilds
+                gains.append(res.objective / np.maximum(res.objective_start, 1e-30))
+                idx = select(cands, fvar, tr["forces_var_graph"], cfg.select, score, ref)
+                if len(idx) >= cfg.select.max_per_generation:
+                    break
+            close = ~np.isfinite(fvar)
+            stats.update(attack_seconds=secs, n_rebuilds=rebuilds, attack_batches=batch + 1,
+                         objective_gain_median=float(np.median(np.concatenate(gains))))
         elif cfg.strategy in ("random", "normal_modes"):
             if cfg.strategy == "random":
                 cands = [train_atoms[k].copy() for k in pick(cfg.n_starts)]  # no calc

@@ -53,7 +53,8 @@ class ActiveConfig:
     Adversarial: ``n_starts`` training geometries attacked with ``attack``
     (:class:`jaxmat.workflows.adversarial.attack.AttackConfig`: steps, lr, δ₀ ~ N(0, sigma²), clamp, skin, axes;
     seed derived per generation), Boltzmann factor at ``kT`` (``per_atom`` energies
-    optional). Selection: ``select`` (:class:`jaxmat.workflows.adversarial.select.SelectConfig`: committee force
+    optional); while deduplication leaves fewer than ``select.max_per_generation``, new
+    starts are attacked again (at most ``attack_batches`` batches). Selection: ``select`` (:class:`jaxmat.workflows.adversarial.select.SelectConfig`: committee force
     variance above a ``percentile`` of the training set's, RMSD dedup, at most
     ``max_per_generation``), deduplicated also against the training set with
     ``dedup_against_train``. Candidates with two atoms closer than ``min_distance`` (Å) are
@@ -108,6 +109,7 @@ class ActiveConfig:
     kT: float = 0.5
     per_atom: bool = False
     n_starts: int = 128
+    attack_batches: int = 4
     attack: AttackConfig = dataclasses.field(default_factory=AttackConfig)
     select: SelectConfig = dataclasses.field(default_factory=SelectConfig)
     dedup_against_train: bool = True
@@ -156,12 +158,15 @@ class ActiveConfig:
             raise ValueError(f"need md_steps >= 1, md_starts >= 1 and 1 <= md_interval <= "
                              f"md_steps, got {self.md_steps}, {self.md_starts}, "
                              f"{self.md_interval}")
-        if self.n_starts < 1 or self.select.max_per_generation < 0:
-            raise ValueError("need n_starts >= 1 and select.max_per_generation >= 0")
+        if self.n_starts < 1 or self.select.max_per_generation < 0 or self.attack_batches < 1:
+            raise ValueError("need n_starts >= 1, attack_batches >= 1 and "
+                             "select.max_per_generation >= 0")
 
-    def attack_config(self, generation: int) -> AttackConfig:
-        """``attack`` with the seed of ``generation``."""
-        return dataclasses.replace(self.attack, seed=_seed(self.seed, generation, 1))
+    def attack_config(self, generation: int, batch: int = 0) -> AttackConfig:
+        """``attack`` with the seed of ``generation`` (and of a further ``batch``)."""
+        seed = _seed(self.seed, generation, 1) if batch == 0 else \
+            _seed(self.seed, generation, 1, batch)
+        return dataclasses.replace(self.attack, seed=seed)
 
     # ------------------------------------------------------------------ TOML
     @classmethod

@@ -37,8 +37,8 @@ before any reported run):
   a bond beyond 1.6 × covalent, a covalent graph changed for 5 fs, non-finite values: the
   MD detector's geometric and topological criteria, the paper's criterion); **accurate** —
   physical *and* every GFN2-xTB spot check (every 250 fs) within 0.1 eV/atom and 1 eV/Å.
-* Strategies, each with one knob tuned on validation seeds 100–102 by the mean accurate
-  success over rounds and temperatures (3 values each): adversarial attack (kT of the
+* Strategies, each with one knob tuned on validation seeds 100 and 101 by the mean accurate
+  success over rounds and temperatures (3 values each, 2 seeds): adversarial attack (kT of the
   Boltzmann factor), random Gaussian displacements of training frames (σ), normal-mode
   sampling (harmonic Boltzmann samples at T with the committee's Hessian), committee MD on
   `jaxmat.md` (temperature; each replica stopped at the first frame over the training σ
@@ -57,7 +57,7 @@ with open(os.path.join(RESULTS, "robustness_protocol_nh3_validation.json")) as f
 with open(os.path.join(RESULTS, "robustness_protocol_nh3.json")) as f:
     rep = json.load(f)
 print("protocol:", {k: v for k, v in rep["protocol"].items()})"""),
-    md("## Tuning on validation seeds (100–102)"),
+    md("## Tuning on validation seeds (100, 101)"),
     code("""scores = {}
 for run in val["runs"].values():
     scores.setdefault(run["strategy"], []).append(np.mean(

@@ -193,6 +193,7 @@ class _Loop:
         pick = lambda n: rng.choice(len(train_atoms), n, replace=n > len(train_atoms))  # noqa: E731
         if cfg.strategy == "adversarial":
             cands, score, fvar, secs, rebuilds, gains = [], [], [], 0.0, 0, []
+            no_fill = dataclasses.replace(cfg.select, fill=False)
             for batch in range(cfg.attack_batches):  # until the budget is filled
                 starts = [train_atoms[k] for k in pick(cfg.n_starts)]
                 boltz = Boltzmann.from_structures(train_atoms, cfg.kT, cfg.per_atom)
@@ -205,9 +206,10 @@ class _Loop:
                 fvar = np.concatenate([fvar, fv])
                 secs, rebuilds = secs + res.seconds, rebuilds + res.n_rebuilds
                 gains.append(res.objective / np.maximum(res.objective_start, 1e-30))
-                idx = select(cands, fvar, tr["forces_var_graph"], cfg.select, score, ref)
-                if len(idx) >= cfg.select.max_per_generation:
-                    break
+                strict = select(cands, fvar, tr["forces_var_graph"], no_fill, score, ref)
+                if len(strict) >= cfg.select.max_per_generation:
+                    break  # enough distinct candidates above the threshold
+            idx = select(cands, fvar, tr["forces_var_graph"], cfg.select, score, ref)
             close = ~np.isfinite(fvar)
             stats.update(attack_seconds=secs, n_rebuilds=rebuilds, attack_batches=batch + 1,
                          objective_gain_median=float(np.median(np.concatenate(gains))))

@@ -53,8 +53,9 @@ class ActiveConfig:
     Adversarial: ``n_starts`` training geometries attacked with ``attack``
     (:class:`jaxmat.workflows.adversarial.attack.AttackConfig`: steps, lr, δ₀ ~ N(0, sigma²), clamp, skin, axes;
     seed derived per generation), Boltzmann factor at ``kT`` (``per_atom`` energies
-    optional); while deduplication leaves fewer than ``select.max_per_generation``, new
-    starts are attacked again (at most ``attack_batches`` batches). Selection: ``select`` (:class:`jaxmat.workflows.adversarial.select.SelectConfig`: committee force
+    optional); while fewer than ``select.max_per_generation`` distinct candidates exceed
+    the selection threshold, new starts are attacked (at most ``attack_batches`` batches;
+    then ``select.fill`` tops up). Selection: ``select`` (:class:`jaxmat.workflows.adversarial.select.SelectConfig`: committee force
     variance above a ``percentile`` of the training set's, RMSD dedup, at most
     ``max_per_generation``), deduplicated also against the training set with
     ``dedup_against_train``. Candidates with two atoms closer than ``min_distance`` (Å) are

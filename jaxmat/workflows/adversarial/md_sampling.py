@@ -21,15 +21,14 @@ def committee_md(model: Model, params: Params, starts: Sequence[Atoms], *, steps
     """One replica per start, driven by the committee mean for ``steps`` × ``timestep_fs`` fs
     of Langevin dynamics at ``temperature_K`` K (Maxwell–Boltzmann velocities).
 
-    A replica stops at the first logged step (every ``log_every`` steps) where the largest
-    per-atom committee force σ exceeds ``sigma_stop`` eV/Å (raw σ), where its energy per
-    atom leaves ``energy_range`` (eV/atom, the training labels') by more than
-    ``energy_margin`` eV/atom (the energy cap), or where the geometry breaks (atoms closer
-    than 0.6 Å, a covalent bond beyond 1.6 × the covalent radii, non-finite values); ``None``
-    switches the σ stop or the cap off.
+    A replica stops (the MD failure detector checks every step) where the largest per-atom
+    committee force σ exceeds ``sigma_stop`` eV/Å (raw σ), where its energy per atom
+    leaves ``energy_range`` (eV/atom) by more than ``energy_margin`` eV/atom (the energy
+    cap), or where the geometry breaks (atoms closer than 0.6 Å, a covalent bond beyond
+    1.6 × the covalent radii, non-finite values); ``None`` switches the σ stop or the cap off.
 
-    Returns the frames (every ``log_every`` steps after the start, no calculator, no
-    velocities) of every replica up to where it stopped, the stopping frame last, and for
+    Returns the frames of every replica (every ``log_every`` steps after the start, then
+    its last good step: where it stopped, or the end; no calculator, zero momenta) and for
     each frame why its replica stopped (``""``: it ran to the end).
     """
     from jaxmat.md import simulate

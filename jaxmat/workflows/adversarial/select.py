@@ -265,8 +265,10 @@ class SelectConfig:
     """``percentile`` of the training force variances a candidate must exceed; ``rmsd``
     (Å) dedup threshold; ``permute`` like atoms in the RMSD (``align=False``: raw
     coordinates, for model systems); ``max_per_generation`` cap;
-    ``fill`` tops up to the cap with the best-scored remaining (non-duplicate) candidates
-    when too few exceed the threshold (for equal-budget comparisons)."""
+    ``fill`` tops up to the cap when too few candidates pass: first with the best-scored
+    remaining (non-duplicate) candidates below the threshold, then, while still short,
+    with the best remaining candidates under an RMSD threshold halved up to four times
+    (rmsd/2 … rmsd/16), so equal-budget comparisons label the same number per round."""
 
     percentile: float = 90.0
     rmsd: float = 0.05
@@ -305,8 +307,12 @@ def select(candidates: Sequence[Any], forces_var_graph: Any, train_forces_var_gr
                        cfg.align)
     if cfg.fill and len(kept) < cfg.max_per_generation:
         rest = [int(k) for k in ranked if int(k) not in set(above) and np.isfinite(fv[k])]
-        chosen = [candidates[k] for k in kept]
-        more = deduplicate(candidates, cfg.rmsd, cfg.permute, rest, list(reference) + chosen,
-                           cfg.max_per_generation - len(kept), cfg.align)
-        kept += more
+        for r, order in [(cfg.rmsd, rest)] + [(cfg.rmsd / 2 ** h, None) for h in range(1, 5)]:
+            if len(kept) >= cfg.max_per_generation:
+                break
+            if order is None:  # relaxed dedup over every candidate not chosen yet
+                order = [int(k) for k in ranked if int(k) not in set(kept) and np.isfinite(fv[k])]
+            chosen = [candidates[k] for k in kept]
+            kept += deduplicate(candidates, r, cfg.permute, order, list(reference) + chosen,
+                                cfg.max_per_generation - len(kept), cfg.align)
     return kept

@@ -104,6 +104,14 @@ def test_threshold_and_select():
     # fill tops up below the threshold for an equal budget
     strict = SelectConfig(percentile=100, rmsd=0.05, max_per_generation=3, align=False, fill=True)
     assert select(cands, fvar, [8.5], strict) == [1, 3, 4]
+    # still short: the best remaining near-duplicates as the RMSD threshold halves (x = 0.02
+    # passes at 0.0125 Å, 0.01 at 0.00625 Å; 0.2005 is 0.0005 Å from 0.2: beyond 0.05/16)
+    near = [Atoms("H", [[x, 0, 0]]) for x in (0.0, 0.01, 0.02, 0.2, 0.2005)]
+    short = SelectConfig(percentile=0, rmsd=0.05, max_per_generation=4, align=False, fill=True)
+    assert select(near, np.array([5.0, 4.0, 3.0, 2.0, 1.0]), [0.0], short) == [0, 3, 2, 1]
+    assert select(near, np.array([5.0, 4.0, 3.0, 2.0, 1.0]), [0.0],
+                  SelectConfig(percentile=0, rmsd=0.05, max_per_generation=4, align=False)) \
+        == [0, 3]
     with pytest.raises(ValueError, match="force variances"):
         select(cands, fvar[:3], [1.0], cfg)
 

@@ -27,7 +27,9 @@ Protocol (fixed before any reported run; ``PROTOCOL`` below):
   ``md@T`` (K, committee MD on jaxmat.md stopped at the first frame over the training σ
   percentile or 0.25 eV/atom beyond the committee's training energy range). Each knob is
   tuned on validation seeds (100, 101) by the mean accurate success over rounds and
-  temperatures; ``--stage report`` runs the chosen setting of each on seeds 0-9.
+  temperatures, on the grid ``GRID`` extended (halving or doubling the knob) while a
+  strategy's best setting lies at an edge (``--stage extend`` prints those settings);
+  ``--stage report`` runs the chosen setting of each on seeds 0-9.
 
 Runs live in runs/robustness/<system>/ and resume; per run the labels (with the seed and
 settings they rebuild the committees from) go to benchmarks/results/robustness/.
@@ -210,6 +212,24 @@ def chosen(validation: dict) -> dict[str, str]:
     return {k: v[1] for k, v in best.items()}
 
 
+def extensions(validation: dict) -> list[str]:
+    """Settings still to validate: where a strategy's best setting is the smallest (largest)
+    one tried, the next one below (above) it, half (twice) the value, so that no chosen
+    knob sits at the edge of its grid."""
+    scores = validation_scores(validation)
+    out = []
+    for kind in GRID:
+        tried = sorted(float(n.partition("@")[2]) for n in scores if n.startswith(kind + "@"))
+        if len(tried) < 2:
+            continue
+        best = float(chosen(validation)[kind].partition("@")[2])
+        if best == tried[0]:
+            out.append(f"{kind}@{best / 2:g}")
+        elif best == tried[-1]:
+            out.append(f"{kind}@{best * 2:g}")
+    return out
+
+
 def validation_scores(validation: dict) -> dict[str, float]:
     by: dict[str, list] = {}
     for run in validation["runs"].values():
@@ -346,7 +366,8 @@ def load(stage: str, p: dict) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--stage", choices=["validation", "report", "summary"], required=True)
+    ap.add_argument("--stage", choices=["validation", "extend", "report", "summary"],
+                    required=True)
     ap.add_argument("--system", choices=["nh3"], default="nh3")
     ap.add_argument("--seeds", type=int, nargs="+", default=None)
     ap.add_argument("--configs", nargs="+", default=None)
@@ -357,6 +378,9 @@ def main() -> None:
     if args.quick:
         p.update(quick=True, generations=1, epochs=10, replicas=8, steps=200, check_every=100,
                  pool_trajectories=2, pool_frames=12, per_generation=4)
+    if args.stage == "extend":
+        print(" ".join(extensions(load("validation", p))))
+        return
     stage = "validation" if args.stage == "validation" else "report"
     results = load(stage, p)
     results["device"] = device_info()

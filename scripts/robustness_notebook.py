@@ -38,7 +38,8 @@ before any reported run):
   MD detector's geometric and topological criteria, the paper's criterion); **accurate** —
   physical *and* every GFN2-xTB spot check (every 250 fs) within 0.1 eV/atom and 1 eV/Å.
 * Strategies, each with one knob tuned on validation seeds 100 and 101 by the mean accurate
-  success over rounds and temperatures (3 values each, 2 seeds): adversarial attack (kT of the
+  success over rounds and temperatures (3 values each, 2 seeds; a strategy whose best value
+  lay at an edge of its grid got one more value beyond it): adversarial attack (kT of the
   Boltzmann factor), random Gaussian displacements of training frames (σ), normal-mode
   sampling (harmonic Boltzmann samples at T with the committee's Hessian), committee MD on
   `jaxmat.md` (temperature; each replica stopped at the first frame over the training σ

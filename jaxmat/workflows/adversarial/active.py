@@ -194,9 +194,9 @@ class _Loop:
         if cfg.strategy == "adversarial":
             cands, score, fvar, secs, rebuilds, gains = [], [], [], 0.0, 0, []
             no_fill = dataclasses.replace(cfg.select, fill=False)
+            boltz = Boltzmann.from_structures(train_atoms, cfg.kT, cfg.per_atom)
             for batch in range(cfg.attack_batches):  # until the budget is filled
                 starts = [train_atoms[k] for k in pick(cfg.n_starts)]
-                boltz = Boltzmann.from_structures(train_atoms, cfg.kT, cfg.per_atom)
                 res = attack(self.model, params, starts, boltz,
                              cfg.attack_config(generation, batch), cutoff=self.cutoff)
                 cands += list(res.atoms)
@@ -253,11 +253,11 @@ class _Loop:
 
     def _md_frames(self, params: Params, train_atoms: list, train_pred: dict,
                    rng: np.random.Generator, seed: int) -> tuple[list, list[str]]:
-        """Frames of committee MD from ``starts`` (:func:`committee_md`): each replica stops
-        at its first frame whose largest per-atom force σ exceeds the ``select.percentile``
-        of the training set's, or beyond ``md_energy_margin`` eV/atom outside the range of
-        the committee's energies of the training set. The ``md_starts`` starts are drawn from the training geometries below
-        that σ (all of them if none is)."""
+        """Frames of committee MD (:func:`committee_md`) from ``md_starts`` training
+        geometries whose largest per-atom force σ is below the ``select.percentile`` of the
+        training set's (all if none is); each replica stops where σ exceeds it, or beyond
+        ``md_energy_margin`` eV/atom outside the committee's energy range over the training
+        set."""
         cfg = self.cfg
         sigma_atoms = np.array([np.sqrt(np.max(v)) for v in train_pred["forces_var_atom"]])
         stop = float(np.percentile(sigma_atoms, cfg.select.percentile)) if cfg.md_sigma_stop \

@@ -70,8 +70,8 @@ class ActiveConfig:
     geometries, each stopped at the first frame (checked every ``md_interval`` steps) whose
     largest per-atom force σ exceeds the ``select.percentile`` of the training set's
     (``md_sigma_stop``), or whose energy leaves the committee's energy range over the
-    training set by more than ``md_energy_margin`` eV/atom (the energy cap), or that breaks; the replicas'
-    last frames then go through the same selection as the attack.
+    training set by more than ``md_energy_margin`` eV/atom (the energy cap), or that
+    breaks; the frames up to each stop then go through the same selection as the attack.
 
     Labelling: ``workers`` local processes (:func:`jaxmat.workflows.adversarial.oracle.local_pool`,
     the oracle's ``threads`` OpenMP threads each, default 1) label the pending structures

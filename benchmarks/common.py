@@ -45,8 +45,11 @@ def cpu_model() -> str:
 
 
 def device_info() -> dict:
-    """Accelerator, CPU model, core count, load and library versions."""
+    """Accelerator, CPU model, core count, load, library versions and whether XLA's host
+    buffers are kept between calls (:mod:`jaxmat.core.host_memory`)."""
     import jax
+
+    from jaxmat.core import host_memory
 
     cpu = cpu_model()
     dev = jax.devices()[0]
@@ -54,6 +57,7 @@ def device_info() -> dict:
         "platform": dev.platform, "device_kind": dev.device_kind, "n_devices": jax.device_count(),
         "cpu": cpu, "cores": os.cpu_count(), "loadavg": os.getloadavg(),
         "jax": jax.__version__, "python": platform.python_version(),
+        "host_memory": host_memory.status()["kept"],
     }
 
 

@@ -16,6 +16,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 RUNS = {  # name: script arguments
     "speed": ["speed.py"],
+    "host_memory": ["host_memory.py"],
     "ammonia": ["ammonia.py"],
     "committee": ["committee.py"],
     "ammonia_committee": ["ammonia_committee.py"],

@@ -26,15 +26,20 @@ import importlib.util
 import sys
 from typing import Any
 
+from jaxmat.core import host_memory
 from jaxmat.core.protocol import GraphSpec, Model, from_linen, from_nnx
 from jaxmat.version import __version__
+
+# XLA's large host buffers stay mapped between jitted calls (no page faults per step);
+# JAXMAT_HOST_MEMORY=system keeps glibc's defaults (jaxmat.core.host_memory)
+host_memory.keep()
 
 # short name -> module (imported on first use)
 MODULES = {
     **{m: f"jaxmat.core.{m}" for m in (
         "bundle", "calibrate", "checkpoint", "committee", "crossval", "engine", "ensemble",
-        "graph", "interpret", "neighbors", "parallel", "potential", "predict", "protocol",
-        "spectra", "train")},
+        "graph", "host_memory", "interpret", "neighbors", "parallel", "potential", "predict",
+        "protocol", "spectra", "train")},
     "linegraph": "jaxmat.core.graph.linegraph",
     "md": "jaxmat.md",
     **{m: f"jaxmat.workflows.{m}" for m in ("photoanode", "xanes")},

@@ -3,8 +3,8 @@ defaults: training steps of SchNet, PaiNN and MACE, and a 4-member MACE committe
 
     python benchmarks/host_memory.py [--rounds 3] [--steps 10] [--models ...] [--out host_memory]
 
-Each (model, mode) runs in a fresh process pinned to one core (``JAXMAT_HOST_MEMORY=keep``,
-the default, or ``system``), modes alternated in rounds. Per training step (16 ethanol-sized
+Each (model, mode) runs in a fresh process pinned to one core (``JAXMAT_HOST_MEMORY=keep``
+or ``system``, the default), modes alternated in rounds. Per training step (16 ethanol-sized
 molecules, 5 Å): user and system CPU ms, wall ms, minor page faults, XLA's temporary buffer
 (MB) and the process's peak resident memory (MB). Medians over rounds; results in
 ``results/host_memory.{json,md}``.
@@ -112,8 +112,8 @@ def main() -> None:
     md.append(f"\nBatch of 16 ethanol-sized molecules (5 Å), Adam; medians of {args.rounds} "
               f"rounds × {args.steps} steps, each (model, mode) a fresh process pinned to core "
               f"{args.core}, modes alternated; load average {os.getloadavg()[0]:.1f} at the end. "
-              "`system`: glibc's defaults (`JAXMAT_HOST_MEMORY=system`); `keep`: jaxmat's "
-              "default.")
+              "`system`: glibc's defaults (jaxmat's default); `keep`: "
+              "`JAXMAT_HOST_MEMORY=keep`.")
     write_results(args.out, {"device": device_info(), "median": med, "runs": runs},
                   "\n".join(md))
     print("\n".join(md))

@@ -30,8 +30,8 @@ from jaxmat.core import host_memory
 from jaxmat.core.protocol import GraphSpec, Model, from_linen, from_nnx
 from jaxmat.version import __version__
 
-# XLA's large host buffers stay mapped between jitted calls (no page faults per step);
-# JAXMAT_HOST_MEMORY=system keeps glibc's defaults (jaxmat.core.host_memory)
+# with JAXMAT_HOST_MEMORY=keep, XLA's large host buffers stay mapped between jitted calls
+# (no page faults per step; jaxmat.core.host_memory)
 host_memory.keep()
 
 # short name -> module (imported on first use)

@@ -9,7 +9,8 @@ import os
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ORDER = ["speed", "ab_speed", "fit_speed", "ab_fit_speed", "peers", "peers_single_core",
-         "peers_periodic_single_core", "scale", "host_memory", "host_memory_schnet", "host_memory_committee", "md_speed", "attack_speed", "ab_attack_speed", "ab_i23_speed",
+         "peers_periodic_single_core", "scale", "host_memory", "host_memory_schnet",
+         "host_memory_committee", "md_speed", "attack_speed", "ab_attack_speed", "ab_i23_speed",
          "ab_i23_fit_speed", "ab_i23_attack_speed", "ab_i23_md_speed", "ab_i23_md_speed_core",
          "ab_md_detector_speed", "ab_i24_md_speed",
          "cli_overhead", "mlearn", "committee", "ammonia_committee",

@@ -13,8 +13,8 @@ come from the heap too; this part only acts on threads that have not allocated y
 must run before JAX starts its CPU client), no ``mmap`` for large blocks, no trimming. The
 cost is that the process keeps its peak host memory until it exits, as caching allocators
 do. ``import jaxmat`` calls it once, and it acts when ``JAXMAT_HOST_MEMORY=keep`` is in the
-environment; the default, ``system``, leaves glibc's defaults, because the single arena
-made the SchNet step (whose 7.7 MB buffer glibc already reuses) 0.70x as fast. Other C
+environment; the default, ``system``, leaves glibc's defaults, because with it the SchNet
+step (whose 7.7 MB buffer glibc already reuses) ran 0.70x as fast (cause not found). Other C
 libraries (musl, macOS) are left alone.
 """
 from __future__ import annotations

@@ -60,8 +60,9 @@ class EnergyStats:
 
 
 def atom_ref_table(max_z: int, atom_refs: Sequence[float] | None) -> nnx.Variable:
-    """Reference energies (eV) indexed by Z (0 for padding and elements not given)."""
-    refs = np.zeros(max_z + 1, np.float32)
+    """Reference energies (eV) indexed by Z (0 for padding and elements not given); float64
+    when x64 is enabled (E0s of -1000 eV lose 1e-4 eV in float32)."""
+    refs = np.zeros(max_z + 1, np.float64)
     if atom_refs is not None:
         refs[: len(atom_refs)] = atom_refs
     return nnx.Variable(jnp.asarray(refs))

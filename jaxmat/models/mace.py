@@ -54,7 +54,10 @@ def _cue():
 class MACEConfig(EnergyStats):
     """Hyper-parameters (defaults: 2 layers, 32 channels, spherical harmonics to
     ``l_max`` 2, node features to ``hidden_l`` 1, correlation 3, 8 Bessel functions,
-    5 Å cutoff, radial MLP 64×3, readout MLP 16). ``avg_num_neighbors`` divides the
+    5 Å cutoff, radial MLP 64×3, readout MLP 16). ``first_residual`` adds the per-element
+    skip connection to the first layer too (mace-torch's default
+    ``RealAgnosticResidualInteractionBlock`` there; on the first layer it adds a learned
+    per-element constant to the invariant channels). ``avg_num_neighbors`` divides the
     message sums (set it to the training set's mean number of neighbours within the
     cutoff). ``method``: how cuequivariance runs the polynomials (``"auto"``, ``"naive"``,
     ``"uniform_1d"``). ``atom_refs`` (eV per element, index = Z) and ``scale``/``shift`` (eV per atom)
@@ -72,6 +75,7 @@ class MACEConfig(EnergyStats):
     readout_features: int = 16
     cutoff: float = 5.0
     avg_num_neighbors: float = 8.0
+    first_residual: bool = False
     max_z: int = 118
     method: str = "auto"
     atom_refs: tuple[float, ...] | None = None
@@ -264,8 +268,8 @@ class MACEFeatures(nnx.Module):
             self.interactions.append(Interaction(cfg, in_ls, rngs))
             self.products.append(SymmetricContraction(cfg, out_ls, rngs))
             self.mixes.append(IrrepsLinear({l: C for l in out_ls}, C, out_ls, rngs))
-            # the first layer has no residual (its input is the bare element embedding)
-            self.skips.append(None if t == 0 else
+            # the first layer's residual is optional (its input is the bare element embedding)
+            self.skips.append(None if t == 0 and not cfg.first_residual else
                               IrrepsLinear({l: C for l in in_ls}, C, out_ls, rngs, n_elements=nz))
             in_ls = out_ls
 

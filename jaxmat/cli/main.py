@@ -126,6 +126,19 @@ def parser() -> argparse.ArgumentParser:
                        "of a bundle.")
     i.add_argument("model", help="model bundle directory")
     i.add_argument("--json", action="store_true", help="print JSON")
+
+    im = sub.add_parser("import", formatter_class=fmt,
+                        help="convert a model of another library into a bundle",
+                        description="Convert a MACE model saved by mace-torch (a .model file; "
+                        "needs torch and mace-torch) or its extract (.npz written by "
+                        "--extract, read without torch) into a jaxmat bundle (float32), "
+                        "usable by eval, md, committees and attacks. Only mace-torch's "
+                        "default architecture is read; anything else is refused by name.")
+    im.add_argument("source", help="mace-torch .model file, or an extract .npz")
+    im.add_argument("output", help="bundle directory to write")
+    im.add_argument("--extract", default=None, metavar="NPZ",
+                    help="also write the torch-free extract of a .model file to NPZ")
+    im.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
     return ap
 
 
@@ -204,7 +217,19 @@ def _info(args: argparse.Namespace) -> None:
     print(json.dumps(d, indent=1) if args.json else format_info(d))
 
 
-COMMANDS = {"train": _train, "eval": _eval, "md": _md, "info": _info}
+def _import(args: argparse.Namespace) -> None:
+    from jaxmat.models import mace_torch
+
+    source = args.source
+    if args.extract:
+        if source.endswith(".npz"):
+            raise ValueError("--extract needs a mace-torch .model file, got an extract")
+        source = mace_torch.save_extract(source, args.extract)
+    path = mace_torch.convert(source, args.output, overwrite=args.overwrite)
+    print(f"wrote {path}")
+
+
+COMMANDS = {"train": _train, "eval": _eval, "md": _md, "info": _info, "import": _import}
 
 
 if __name__ == "__main__":

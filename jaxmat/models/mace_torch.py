@@ -287,25 +287,23 @@ def _cue_paths(C: int, in_ls: tuple[int, ...], l_max: int) -> dict[tuple[int, in
     out_starts = np.cumsum([0] + [2 * l + 1 for l, _ in segs])
     rng = np.random.default_rng(1)
     found = {}
-    for s in range(n_w):
-        w = np.zeros(n_w)
-        w[s] = 1.0
-        for i, l1 in enumerate(in_ls):
-            x = np.zeros(sum(x_dims))
-            xs = rng.normal(size=x_dims[i])
-            x[sum(x_dims[:i]):sum(x_dims[:i + 1])] = xs
-            for l2 in range(l_max + 1):
-                sh = np.zeros((l_max + 1) ** 2)
-                ys = rng.normal(size=2 * l2 + 1)
-                sh[l2 ** 2:(l2 + 1) ** 2] = ys
-                [y] = poly(w, x, sh)
+    W = np.eye(n_w)  # every weight segment at once: one batch row each
+    for i, l1 in enumerate(in_ls):
+        xs = rng.normal(size=x_dims[i])
+        x = np.zeros(sum(x_dims))
+        x[sum(x_dims[:i]):sum(x_dims[:i + 1])] = xs
+        for l2 in range(l_max + 1):
+            ys = rng.normal(size=2 * l2 + 1)
+            sh = np.zeros((l_max + 1) ** 2)
+            sh[l2 ** 2:(l2 + 1) ** 2] = ys
+            [Y] = poly(W, np.tile(x, (n_w, 1)), np.tile(sh, (n_w, 1)))
+            for s in range(n_w):
                 for e, (l3, _) in enumerate(segs):
-                    part = y[out_starts[e]:out_starts[e + 1]]
+                    part = Y[s, out_starts[e]:out_starts[e + 1]]
                     if np.abs(part).max() < 1e-12:
                         continue
-                    p3 = (-1) ** l3
                     cg = cue.O3.clebsch_gordan(cue.O3(l1, (-1) ** l1), cue.O3(l2, (-1) ** l2),
-                                               cue.O3(l3, p3))[0]
+                                               cue.O3(l3, (-1) ** l3))[0]
                     ref = np.einsum("ijk,i,j->k", cg, xs, ys)
                     found[(l1, l2, l3)] = (s, e, float(part @ ref / (ref @ ref)))
     return found
@@ -391,8 +389,8 @@ def build(ex: dict, max_z: int | None = None) -> tuple[Model, Params]:
         first_residual=True, max_z=max_z, atom_refs=tuple(float(r) for r in refs),
         scale=c["scale"], shift=c["shift"])
     model = mace(cfg)
-    params = jax.tree_util.tree_map(np.asarray, model.init(jax.random.key(0), None))
-    params = jax.tree_util.tree_map(lambda a: np.zeros(a.shape, np.float64), params)
+    shapes = jax.eval_shape(model.init, jax.random.key(0), None)
+    params = jax.tree_util.tree_map(lambda a: np.zeros(a.shape, np.float64), shapes)
     F = params["features"]
     n_elem = len(zs)
     F["embedding"]["embedding"][zs] = A["embedding"]

@@ -1,0 +1,111 @@
+"""Import of mace-torch models: the fixtures in ``fixtures/mace_torch`` were made once with
+mace-torch 0.3.16 (``benchmarks/peers/mace_torch_fixture.py``): two ScaleShiftMACE models,
+their extracts and mace-torch's own energies, forces and stresses. The default suite
+checks the conversion against them without torch; the extract step itself runs where
+torch and mace-torch are installed (the optional peer environment)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import jax
+import numpy as np
+import pytest
+from ase import Atoms
+
+pytest.importorskip("cuequivariance_jax")
+
+from jaxmat import bundle, graph, potential  # noqa: E402
+from jaxmat.models import mace_torch  # noqa: E402
+
+HERE = os.path.join(os.path.dirname(__file__), "fixtures", "mace_torch")
+NAMES = ("small", "lmax3")
+
+
+def structures(name):
+    with open(os.path.join(HERE, f"{name}.json")) as f:
+        ref = json.load(f)
+    for s in ref["structures"]:
+        yield Atoms(numbers=s["numbers"], positions=s["positions"], cell=s["cell"],
+                    pbc=s["pbc"]), s
+
+
+def predict(model, params, atoms, dtype):
+    pot = potential.potential(model)
+    rec = graph.atoms_to_record(atoms, model.graph.cutoff)
+    b = graph.to_device(graph.batch([rec], graph.Budget(32, 1024, 2), dtype=dtype))
+    out = jax.jit(pot.apply)(params, b)
+    return {k: np.asarray(v) for k, v in out.items()}
+
+
+def voigt_to_matrix(v):
+    return np.array([[v[0], v[5], v[4]], [v[5], v[1], v[3]], [v[4], v[3], v[2]]])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_build_equals_mace_torch_in_float64(x64, name):
+    model, params = mace_torch.build(mace_torch.load_extract(os.path.join(HERE, f"{name}.npz")))
+    for atoms, ref in structures(name):
+        out = predict(model, params, atoms, np.float64)
+        n = len(atoms)
+        assert abs(out["energy"][0] - ref["energy"]) < 1e-6  # eV, of ~ -4000 eV
+        np.testing.assert_allclose(out["forces"][:n], ref["forces"], atol=1e-6)
+        assert np.abs(ref["forces"]).max() > 0.3  # the comparison is not of zeros
+        if "stress_voigt" in ref:
+            np.testing.assert_allclose(out["stress"][0], voigt_to_matrix(ref["stress_voigt"]),
+                                       atol=1e-8)
+
+
+def test_converted_bundle_in_float32(tmp_path):
+    """convert() from the extract writes a float32 bundle; energies agree within float32
+    noise of ~ -4000 eV totals and forces within 1e-4 eV/Å."""
+    path = mace_torch.convert(os.path.join(HERE, "small.npz"), tmp_path / "imported")
+    b = bundle.load(path)
+    assert b.metadata["imported_from"].startswith("ScaleShiftMACE")
+    assert b.model.graph.cutoff == 4.0
+    for atoms, ref in structures("small"):
+        rec = graph.atoms_to_record(atoms, b.model.graph.cutoff)
+        batch = graph.to_device(graph.batch([rec], graph.Budget(32, 1024, 2)))
+        out = {k: np.asarray(v) for k, v in jax.jit(b.model.apply)(b.params, batch).items()}
+        n = len(atoms)
+        assert abs(out["energy"][0] - ref["energy"]) < 2e-3
+        np.testing.assert_allclose(out["forces"][:n], ref["forces"], atol=1e-4)
+
+
+def test_unsupported_extracts_are_refused(tmp_path):
+    ex = mace_torch.load_extract(os.path.join(HERE, "lmax3.npz"))
+    ex["config"]["layers"][1]["correlation"] = 3
+    with pytest.raises(ValueError, match="one correlation order"):
+        mace_torch.build(ex)
+    ex = mace_torch.load_extract(os.path.join(HERE, "small.npz"))
+    ex["config"]["hidden_irreps"] = "8x0e+8x1e"
+    with pytest.raises(ValueError, match="natural parity.*8x1e"):
+        mace_torch.build(ex)
+    with pytest.raises(ValueError, match="max_z=5 is below.*8"):
+        mace_torch.build(mace_torch.load_extract(os.path.join(HERE, "small.npz")), max_z=5)
+    other = tmp_path / "other.npz"
+    np.savez(other, a=np.zeros(3))
+    with pytest.raises(ValueError, match="not a mace-torch extract.*__config__"):
+        mace_torch.load_extract(other)
+
+
+def test_reading_a_model_file_without_torch_names_the_packages(monkeypatch, tmp_path):
+    import sys
+    monkeypatch.setitem(sys.modules, "torch", None)
+    with pytest.raises(ImportError, match="torch and mace-torch"):
+        mace_torch.extract(os.path.join(HERE, "small.model"))
+
+
+def test_extract_of_the_model_file_equals_the_fixture():
+    """Where torch and mace-torch are installed: extracting the saved model again gives the
+    committed extract (the part of the import that needs torch)."""
+    pytest.importorskip("torch")
+    pytest.importorskip("mace")
+    os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    for name in NAMES:
+        new = mace_torch.extract(os.path.join(HERE, f"{name}.model"))
+        old = mace_torch.load_extract(os.path.join(HERE, f"{name}.npz"))
+        assert new["config"]["layers"] == old["config"]["layers"]
+        for k, v in old["arrays"].items():
+            np.testing.assert_allclose(new["arrays"][k], v, atol=1e-12, err_msg=k)

@@ -57,7 +57,10 @@ class MACEConfig(EnergyStats):
     5 Å cutoff, radial MLP 64×3, readout MLP 16). ``first_residual`` adds the per-element
     skip connection to the first layer too (mace-torch's default
     ``RealAgnosticResidualInteractionBlock`` there; on the first layer it adds a learned
-    per-element constant to the invariant channels). ``avg_num_neighbors`` divides the
+    per-element constant to the invariant channels). ``first_message_by_element`` makes the
+    first layer's message mixing depend on the receiving atom's element (mace-torch's
+    ``RealAgnosticInteractionBlock``, mlip's first layer without residual).
+    ``avg_num_neighbors`` divides the
     message sums (set it to the training set's mean number of neighbours within the
     cutoff). ``method``: how cuequivariance runs the polynomials (``"auto"``, ``"naive"``,
     ``"uniform_1d"``). ``atom_refs`` (eV per element, index = Z) and ``scale``/``shift`` (eV per atom)
@@ -76,6 +79,7 @@ class MACEConfig(EnergyStats):
     cutoff: float = 5.0
     avg_num_neighbors: float = 8.0
     first_residual: bool = False
+    first_message_by_element: bool = False
     max_z: int = 118
     method: str = "auto"
     atom_refs: tuple[float, ...] | None = None
@@ -209,25 +213,27 @@ class RadialMLP(nnx.Module):
 
 
 class Interaction(nnx.Module):
-    """Messages → atomic basis ``A = {l: (N, C, 2l+1)}``, l = 0..l_max."""
+    """Messages → atomic basis ``A = {l: (N, C, 2l+1)}``, l = 0..l_max. With ``n_elements``
+    the output mixing depends on the receiver's element."""
 
-    def __init__(self, cfg: MACEConfig, in_ls: tuple[int, ...], rngs: nnx.Rngs):
+    def __init__(self, cfg: MACEConfig, in_ls: tuple[int, ...], rngs: nnx.Rngs,
+                 n_elements: int | None = None):
         C = cfg.n_channels
         self.cfg, self.in_ls = cfg, in_ls
         _, segs, n_w = _message_poly(C, in_ls, cfg.l_max)
         self.up = IrrepsLinear({l: C for l in in_ls}, C, in_ls, rngs)
         self.radial = RadialMLP(cfg.n_rbf, cfg.radial_features, cfg.radial_layers, n_w, rngs)
         n_in = {l: sum(m for k, m in segs if k == l) for l in range(cfg.l_max + 1)}
-        self.out = IrrepsLinear(n_in, C, tuple(range(cfg.l_max + 1)), rngs)
+        self.out = IrrepsLinear(n_in, C, tuple(range(cfg.l_max + 1)), rngs, n_elements=n_elements)
 
-    def __call__(self, h, sh, radial, senders, receivers):
+    def __call__(self, h, sh, radial, senders, receivers, z):
         cfg = self.cfg
         poly, segs, _ = _message_poly(cfg.n_channels, self.in_ls, cfg.l_max)
         x = _to_flat(self.up(h), self.in_ls)
         n = x.shape[0]
         y = _run(poly, [self.radial(radial), x, sh], n, poly.outputs[0].size, cfg.method,
                  indices=[None, senders, None, receivers])
-        return self.out(_from_flat(y / cfg.avg_num_neighbors, segs))
+        return self.out(_from_flat(y / cfg.avg_num_neighbors, segs), z)
 
 
 class SymmetricContraction(nnx.Module):
@@ -265,7 +271,8 @@ class MACEFeatures(nnx.Module):
         in_ls = (0,)
         for t in range(cfg.n_interactions):
             out_ls = (0,) if t == cfg.n_interactions - 1 else hidden
-            self.interactions.append(Interaction(cfg, in_ls, rngs))
+            by_element = t == 0 and cfg.first_message_by_element
+            self.interactions.append(Interaction(cfg, in_ls, rngs, nz if by_element else None))
             self.products.append(SymmetricContraction(cfg, out_ls, rngs))
             self.mixes.append(IrrepsLinear({l: C for l in out_ls}, C, out_ls, rngs))
             # the first layer's residual is optional (its input is the bare element embedding)
@@ -285,7 +292,7 @@ class MACEFeatures(nnx.Module):
         h = {0: self.embedding(z)[:, :, None]}
         layers = []
         for inter, prod, mix, skip in zip(self.interactions, self.products, self.mixes, self.skips):
-            a = inter(h, sh, radial, batch.senders, batch.receivers)
+            a = inter(h, sh, radial, batch.senders, batch.receivers, z)
             new = mix(prod(a, z))
             if skip is not None:
                 sc = skip(h, z)

@@ -3,7 +3,7 @@
     bash benchmarks/peers/setup_mace.sh
     .venv-mace/bin/python benchmarks/peers/mace_torch_fixture.py
 
-Builds two small ScaleShiftMACE models with mace-torch (float64, random weights, the
+Builds two small ScaleShiftMACE models (residual first block, and the plain one) with mace-torch (float64, random weights, the
 symmetric-contraction weights scaled up so that the many-body terms matter), saves each
 model (``NAME.model``, torch pickle), its extract (``NAME.npz``, read without torch by
 :func:`jaxmat.models.mace_torch.load_extract`) and mace-torch's own energies, forces and
@@ -31,14 +31,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, ROOT)
 from jaxmat.models import mace_torch  # noqa: E402
 
+RESIDUAL = "RealAgnosticResidualInteractionBlock"
 OUT = os.path.join(ROOT, "tests", "models", "fixtures", "mace_torch")
 MODELS = {
     # 2 layers, l_max 2, hidden 0e+1o, correlation 3 (mace-torch's default shape, small)
     "small": dict(r_max=4.0, num_bessel=6, max_ell=2, num_interactions=2,
                   hidden_irreps="8x0e+8x1o", MLP_irreps="8x0e", correlation=3,
                   radial_MLP=[16, 16], avg_num_neighbors=5.3, scale=0.7, shift=0.1),
-    # 3 layers, l_max 3, hidden 0e+1o+2e, correlation 2
-    "lmax3": dict(r_max=3.5, num_bessel=5, max_ell=3, num_interactions=3,
+    # 3 layers, l_max 3, hidden 0e+1o+2e, correlation 2, the plain (non-residual) first block
+    "lmax3": dict(first="RealAgnosticInteractionBlock", r_max=3.5, num_bessel=5, max_ell=3, num_interactions=3,
                   hidden_irreps="4x0e+4x1o+4x2e", MLP_irreps="6x0e", correlation=2,
                   radial_MLP=[8, 8, 8], avg_num_neighbors=4.1, scale=1.3, shift=-0.2),
 }
@@ -47,10 +48,11 @@ MODELS = {
 def build(spec: dict, seed: int) -> torch.nn.Module:
     torch.manual_seed(seed)
     torch.set_default_dtype(torch.float64)  # e3nn builds its constants in the default dtype
-    residual = modules.interaction_classes["RealAgnosticResidualInteractionBlock"]
+    residual = modules.interaction_classes[RESIDUAL]
     model = modules.ScaleShiftMACE(
         r_max=spec["r_max"], num_bessel=spec["num_bessel"], num_polynomial_cutoff=5,
-        max_ell=spec["max_ell"], interaction_cls=residual, interaction_cls_first=residual,
+        max_ell=spec["max_ell"], interaction_cls=residual,
+        interaction_cls_first=modules.interaction_classes[spec.get("first", RESIDUAL)],
         num_interactions=spec["num_interactions"], num_elements=3,
         hidden_irreps=o3.Irreps(spec["hidden_irreps"]), MLP_irreps=o3.Irreps(spec["MLP_irreps"]),
         atomic_energies=np.array([-13.6, -1029.8, -2041.9]),

@@ -17,7 +17,7 @@ from ase import Atoms
 pytest.importorskip("cuequivariance_jax")
 
 from jaxmat import bundle, graph, potential  # noqa: E402
-from jaxmat.models import mace_torch  # noqa: E402
+from jaxmat.models import mace_import, mace_torch  # noqa: E402
 
 HERE = os.path.join(os.path.dirname(__file__), "fixtures", "mace_torch")
 NAMES = ("small", "lmax3")
@@ -45,7 +45,7 @@ def voigt_to_matrix(v):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_build_equals_mace_torch_in_float64(x64, name):
-    model, params = mace_torch.build(mace_torch.load_extract(os.path.join(HERE, f"{name}.npz")))
+    model, params = mace_import.build(mace_import.load_extract(os.path.join(HERE, f"{name}.npz")))
     for atoms, ref in structures(name):
         out = predict(model, params, atoms, np.float64)
         n = len(atoms)
@@ -60,9 +60,9 @@ def test_build_equals_mace_torch_in_float64(x64, name):
 def test_converted_bundle_in_float32(tmp_path):
     """convert() from the extract writes a float32 bundle; energies agree within float32
     noise of ~ -4000 eV totals and forces within 1e-4 eV/Å."""
-    path = mace_torch.convert(os.path.join(HERE, "small.npz"), tmp_path / "imported")
+    path = mace_import.convert(os.path.join(HERE, "small.npz"), tmp_path / "imported")
     b = bundle.load(path)
-    assert b.metadata["imported_from"].startswith("ScaleShiftMACE")
+    assert b.metadata["imported_from"] == "mace-torch 0.3.16 ScaleShiftMACE"
     assert b.model.graph.cutoff == 4.0
     for atoms, ref in structures("small"):
         rec = graph.atoms_to_record(atoms, b.model.graph.cutoff)
@@ -74,20 +74,20 @@ def test_converted_bundle_in_float32(tmp_path):
 
 
 def test_unsupported_extracts_are_refused(tmp_path):
-    ex = mace_torch.load_extract(os.path.join(HERE, "lmax3.npz"))
+    ex = mace_import.load_extract(os.path.join(HERE, "lmax3.npz"))
     ex["config"]["layers"][1]["correlation"] = 3
     with pytest.raises(ValueError, match="one correlation order"):
-        mace_torch.build(ex)
-    ex = mace_torch.load_extract(os.path.join(HERE, "small.npz"))
+        mace_import.build(ex)
+    ex = mace_import.load_extract(os.path.join(HERE, "small.npz"))
     ex["config"]["hidden_irreps"] = "8x0e+8x1e"
     with pytest.raises(ValueError, match="natural parity.*8x1e"):
-        mace_torch.build(ex)
+        mace_import.build(ex)
     with pytest.raises(ValueError, match="max_z=5 is below.*8"):
-        mace_torch.build(mace_torch.load_extract(os.path.join(HERE, "small.npz")), max_z=5)
+        mace_import.build(mace_import.load_extract(os.path.join(HERE, "small.npz")), max_z=5)
     other = tmp_path / "other.npz"
     np.savez(other, a=np.zeros(3))
-    with pytest.raises(ValueError, match="not a mace-torch extract.*__config__"):
-        mace_torch.load_extract(other)
+    with pytest.raises(ValueError, match="not a MACE extract.*__config__"):
+        mace_import.load_extract(other)
 
 
 def test_reading_a_model_file_without_torch_names_the_packages(monkeypatch, tmp_path):
@@ -105,7 +105,7 @@ def test_extract_of_the_model_file_equals_the_fixture():
     os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
     for name in NAMES:
         new = mace_torch.extract(os.path.join(HERE, f"{name}.model"))
-        old = mace_torch.load_extract(os.path.join(HERE, f"{name}.npz"))
+        old = mace_import.load_extract(os.path.join(HERE, f"{name}.npz"))
         assert new["config"]["layers"] == old["config"]["layers"]
         for k, v in old["arrays"].items():
             np.testing.assert_allclose(new["arrays"][k], v, atol=1e-12, err_msg=k)

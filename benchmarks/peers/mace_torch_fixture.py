@@ -21,15 +21,15 @@ os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # e3nn 0.4.4 loa
 
 import numpy as np
 import torch
-from ase import Atoms
-from ase.build import molecule
 from e3nn import o3
 from mace import modules
 from mace.calculators import MACECalculator
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from jaxmat.models import mace_torch  # noqa: E402
+from import_structures import structures  # noqa: E402
 
 RESIDUAL = "RealAgnosticResidualInteractionBlock"
 OUT = os.path.join(ROOT, "tests", "models", "fixtures", "mace_torch")
@@ -65,23 +65,6 @@ def build(spec: dict, seed: int) -> torch.nn.Module:
             if "symmetric_contractions" in name:
                 p.mul_(4.0)
     return model.double().eval()
-
-
-def structures() -> list[Atoms]:
-    rng = np.random.default_rng(0)
-    eth = molecule("CH3CH2OH")
-    eth.positions += rng.normal(scale=0.05, size=eth.positions.shape)
-    form = molecule("H2CO")
-    form.positions += rng.normal(scale=0.05, size=form.positions.shape)
-    # a periodic cell: 8 atoms in a 4.2 Å box, no pair closer than 1.0 Å
-    L, pos = 4.2, []
-    while len(pos) < 8:
-        p = rng.uniform(0, L, 3)
-        d = [np.linalg.norm((p - q) - L * np.round((p - q) / L)) for q in pos]
-        if all(x > 1.0 for x in d):
-            pos.append(p)
-    cell = Atoms("C2O2H4", positions=pos, cell=[[L, 0, 0], [0.3, L, 0], [0, -0.2, L]], pbc=True)
-    return [eth, form, cell]
 
 
 def main() -> None:

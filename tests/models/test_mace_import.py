@@ -1,8 +1,9 @@
-"""Import of mace-torch models: the fixtures in ``fixtures/mace_torch`` were made once with
-mace-torch 0.3.16 (``benchmarks/peers/mace_torch_fixture.py``): two ScaleShiftMACE models,
-their extracts and mace-torch's own energies, forces and stresses. The default suite
-checks the conversion against them without torch; the extract step itself runs where
-torch and mace-torch are installed (the optional peer environment)."""
+"""Import of MACE models from mace-torch and mlip. The fixtures were made once in the
+optional peer environments (``benchmarks/peers/mace_torch_fixture.py``, mace-torch 0.3.16;
+``benchmarks/peers/mace_mlip_fixture.py``, mlip 0.2.5): two models of each library, their
+extracts and the library's own energies and forces (and stresses: mace-torch). The default
+suite checks the conversion against them without torch or mlip; the extract step itself
+runs where those are installed."""
 from __future__ import annotations
 
 import json
@@ -19,12 +20,15 @@ pytest.importorskip("cuequivariance_jax")
 from jaxmat import bundle, graph, potential  # noqa: E402
 from jaxmat.models import mace_import, mace_torch  # noqa: E402
 
-HERE = os.path.join(os.path.dirname(__file__), "fixtures", "mace_torch")
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
+HERE = os.path.join(FIXTURES, "mace_torch")
 NAMES = ("small", "lmax3")
+CASES = [("mace_torch", "small"), ("mace_torch", "lmax3"), ("mace_mlip", "default"),
+         ("mace_mlip", "residual")]
 
 
-def structures(name):
-    with open(os.path.join(HERE, f"{name}.json")) as f:
+def structures(name, where=HERE):
+    with open(os.path.join(where, f"{name}.json")) as f:
         ref = json.load(f)
     for s in ref["structures"]:
         yield Atoms(numbers=s["numbers"], positions=s["positions"], cell=s["cell"],
@@ -43,15 +47,19 @@ def voigt_to_matrix(v):
     return np.array([[v[0], v[5], v[4]], [v[5], v[1], v[3]], [v[4], v[3], v[2]]])
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_build_equals_mace_torch_in_float64(x64, name):
-    model, params = mace_import.build(mace_import.load_extract(os.path.join(HERE, f"{name}.npz")))
-    for atoms, ref in structures(name):
+@pytest.mark.parametrize("source,name", CASES)
+def test_build_equals_the_source_library_in_float64(x64, source, name):
+    """Energies within 2e-8 relative (float32 weights of the mlip fixtures: 1e-8 relative
+    noise there), forces within 1e-6 eV/Å + 3e-7 of the largest force."""
+    where = os.path.join(FIXTURES, source)
+    model, params = mace_import.build(mace_import.load_extract(os.path.join(where, f"{name}.npz")))
+    for atoms, ref in structures(name, where):
         out = predict(model, params, atoms, np.float64)
         n = len(atoms)
-        assert abs(out["energy"][0] - ref["energy"]) < 1e-6  # eV, of ~ -4000 eV
-        np.testing.assert_allclose(out["forces"][:n], ref["forces"], atol=1e-6)
-        assert np.abs(ref["forces"]).max() > 0.3  # the comparison is not of zeros
+        fmax = np.abs(ref["forces"]).max()
+        assert abs(out["energy"][0] - ref["energy"]) < 2e-8 * abs(ref["energy"])
+        np.testing.assert_allclose(out["forces"][:n], ref["forces"], atol=1e-6 + 3e-7 * fmax)
+        assert fmax > 0.3  # the comparison is not of zeros
         if "stress_voigt" in ref:
             np.testing.assert_allclose(out["stress"][0], voigt_to_matrix(ref["stress_voigt"]),
                                        atol=1e-8)
@@ -95,6 +103,26 @@ def test_reading_a_model_file_without_torch_names_the_packages(monkeypatch, tmp_
     monkeypatch.setitem(sys.modules, "torch", None)
     with pytest.raises(ImportError, match="torch and mace-torch"):
         mace_torch.extract(os.path.join(HERE, "small.model"))
+
+
+def test_reading_an_mlip_zip_without_mlip_names_the_package(monkeypatch):
+    import sys
+    monkeypatch.setitem(sys.modules, "mlip", None)
+    with pytest.raises(ImportError, match="needs mlip"):
+        mace_import.extract(os.path.join(FIXTURES, "mace_mlip", "default.zip"))
+
+
+def test_mlip_extract_of_the_zip_equals_the_fixture():
+    """Where mlip is installed: extracting the saved zip again gives the committed extract."""
+    pytest.importorskip("mlip")
+    from jaxmat.models import mace_mlip
+    where = os.path.join(FIXTURES, "mace_mlip")
+    for name in ("default", "residual"):
+        new = mace_mlip.extract(os.path.join(where, f"{name}.zip"))
+        old = mace_import.load_extract(os.path.join(where, f"{name}.npz"))
+        assert new["config"]["layers"] == old["config"]["layers"]
+        for k, v in old["arrays"].items():
+            np.testing.assert_allclose(new["arrays"][k], v, atol=1e-12, err_msg=k)
 
 
 def test_extract_of_the_model_file_equals_the_fixture():

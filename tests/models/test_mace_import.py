@@ -17,7 +17,7 @@ from ase import Atoms
 
 pytest.importorskip("cuequivariance_jax")
 
-from jaxmat import bundle, graph, potential  # noqa: E402
+from jaxmat import bundle, committee, ensemble, graph, potential  # noqa: E402
 from jaxmat.models import mace_import, mace_torch  # noqa: E402
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
@@ -79,6 +79,12 @@ def test_converted_bundle_in_float32(tmp_path):
         n = len(atoms)
         assert abs(out["energy"][0] - ref["energy"]) < 2e-3
         np.testing.assert_allclose(out["forces"][:n], ref["forces"], atol=1e-4)
+    # imported models of one architecture stack into a committee (σ, attacks, detector)
+    other = jax.tree_util.tree_map(lambda a: a * 1.01, b.params)
+    com = committee.stack([b.params, other])
+    both = jax.jit(lambda p, x: ensemble.apply(b.model, p, x))(com, batch)
+    np.testing.assert_allclose(both["energy"][0], out["energy"], rtol=1e-6)
+    assert abs(both["energy"][1, 0] - out["energy"][0]) > 1e-4
 
 
 def test_unsupported_extracts_are_refused(tmp_path):

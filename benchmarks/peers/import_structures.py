@@ -1,6 +1,9 @@
 """The structures of the MACE import fixtures (mace-torch and mlip): a distorted ethanol, a
-distorted formaldehyde and a periodic 8-atom C2O2H4 cell (ASE and numpy only)."""
+distorted formaldehyde and a periodic 8-atom C2O2H4 cell (ASE and numpy only), and the
+reference file a source library's ASE calculator writes on them."""
 from __future__ import annotations
+
+import json
 
 import numpy as np
 from ase import Atoms
@@ -22,3 +25,22 @@ def structures() -> list[Atoms]:
             pos.append(p)
     cell = Atoms("C2O2H4", positions=pos, cell=[[L, 0, 0], [0.3, L, 0], [0, -0.2, L]], pbc=True)
     return [eth, form, cell]
+
+
+def write_references(path: str, calc_of, spec: dict, stress: bool) -> None:
+    """Energies (eV), forces (eV/Å) and, with ``stress``, stresses (eV/Å³, ASE's sign and
+    Voigt order) of ``calc_of(atoms)`` (an ASE calculator) on :func:`structures`, as JSON."""
+    ref = {"spec": spec, "structures": []}
+    for atoms in structures():
+        atoms = atoms.copy()
+        atoms.calc = calc_of(atoms)
+        row = {"numbers": atoms.numbers.tolist(), "positions": atoms.positions.tolist(),
+               "cell": np.asarray(atoms.cell).tolist(), "pbc": atoms.pbc.tolist(),
+               "energy": float(atoms.get_potential_energy()),
+               "forces": atoms.get_forces().tolist()}
+        if stress and atoms.pbc.all():
+            row["stress_voigt"] = atoms.get_stress().tolist()
+        ref["structures"].append(row)
+    with open(path, "w") as f:
+        json.dump(ref, f, indent=1)
+    print(path, [round(r["energy"], 6) for r in ref["structures"]])

@@ -12,7 +12,6 @@ mace-torch fixtures (``NAME.json``) into ``tests/models/fixtures/mace_mlip/``.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import sys
 import warnings
@@ -63,7 +62,7 @@ def build(spec: dict, seed: int):
 
 
 def main() -> None:
-    from import_structures import structures
+    from import_structures import write_references
     from mlip.models.model_io import save_model_to_zip
     from mlip.simulation.ase.mlip_ase_calculator import MLIPForceFieldASECalculator
 
@@ -74,20 +73,11 @@ def main() -> None:
         path = os.path.join(OUT, f"{name}.zip")
         save_model_to_zip(path, ff)
         mace_mlip.save_extract(path, os.path.join(OUT, f"{name}.npz"))
-        ref = {"spec": spec, "structures": []}
-        for atoms in structures():
-            atoms = atoms.copy()
-            atoms.calc = MLIPForceFieldASECalculator(atoms, 2.0, ff)
-            row = {"numbers": atoms.numbers.tolist(), "positions": atoms.positions.tolist(),
-                   "cell": np.asarray(atoms.cell).tolist(), "pbc": atoms.pbc.tolist(),
-                   "energy": float(atoms.get_potential_energy()),
-                   "forces": atoms.get_forces().tolist()}
-            # mlip's ASE calculator gives no stress; jaxmat's stress of imported models is
-            # checked against mace-torch's
-            ref["structures"].append(row)
-        with open(os.path.join(OUT, f"{name}.json"), "w") as f:
-            json.dump(ref, f, indent=1)
-        print(name, [round(s["energy"], 6) for s in ref["structures"]])
+        # mlip's ASE calculator gives no stress; jaxmat's stress of imported models is
+        # checked against mace-torch's
+        write_references(os.path.join(OUT, f"{name}.json"),
+                         lambda atoms: MLIPForceFieldASECalculator(atoms, 2.0, ff), spec,
+                         stress=False)
 
 
 if __name__ == "__main__":

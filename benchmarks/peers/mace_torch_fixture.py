@@ -13,7 +13,6 @@ conversion against them.
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -29,7 +28,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from jaxmat.models import mace_torch  # noqa: E402
-from import_structures import structures  # noqa: E402
+from import_structures import write_references  # noqa: E402
 
 RESIDUAL = "RealAgnosticResidualInteractionBlock"
 OUT = os.path.join(ROOT, "tests", "models", "fixtures", "mace_torch")
@@ -75,20 +74,7 @@ def main() -> None:
         torch.save(model, path)
         mace_torch.save_extract(path, os.path.join(OUT, f"{name}.npz"))
         calc = MACECalculator(model_paths=path, device="cpu", default_dtype="float64")
-        ref = {"spec": spec, "structures": []}
-        for atoms in structures():
-            atoms = atoms.copy()
-            atoms.calc = calc
-            row = {"numbers": atoms.numbers.tolist(), "positions": atoms.positions.tolist(),
-                   "cell": np.asarray(atoms.cell).tolist(), "pbc": atoms.pbc.tolist(),
-                   "energy": float(atoms.get_potential_energy()),
-                   "forces": atoms.get_forces().tolist()}
-            if atoms.pbc.all():
-                row["stress_voigt"] = atoms.get_stress().tolist()  # eV/Å³, ASE's sign
-            ref["structures"].append(row)
-        with open(os.path.join(OUT, f"{name}.json"), "w") as f:
-            json.dump(ref, f, indent=1)
-        print(name, [round(s["energy"], 6) for s in ref["structures"]])
+        write_references(os.path.join(OUT, f"{name}.json"), lambda atoms: calc, spec, stress=True)
 
 
 if __name__ == "__main__":

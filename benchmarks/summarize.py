@@ -9,7 +9,7 @@ import os
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ORDER = ["speed", "ab_speed", "fit_speed", "ab_fit_speed", "peers", "peers_single_core",
-         "peers_periodic_single_core", "scale", "host_memory", "host_memory_schnet",
+         "peers_periodic_single_core", "peers_mace_mlip", "peers_mace_mlip_keep", "scale", "host_memory", "host_memory_schnet",
          "host_memory_committee", "md_speed", "attack_speed", "ab_attack_speed", "ab_i23_speed",
          "ab_i23_fit_speed", "ab_i23_attack_speed", "ab_i23_md_speed", "ab_i23_md_speed_core",
          "ab_md_detector_speed", "ab_i24_md_speed",
@@ -37,6 +37,7 @@ is a shared 2-core VM: its load average is recorded in every JSON file.
 | `fit_speed.py` | epoch time of the training loops users call (`train.fit`, `ensemble.fit`) |
 | `ab.py` | any of these side by side against an earlier commit, alternated rounds (`results/ab_*.md`) |
 | `peers/schnet_peers.py` | jaxmat vs SchNetPack vs PyG SchNet, alternated A/B (separate torch env: `peers/setup.sh`) |
+| `peers/mace_mlip_speed.py` | one mlip MACE and its jaxmat import (the same weights): agreement and inference throughput, alternated, one core (separate env: `peers/setup_mlip.sh`) |
 | `mlearn.py` | SchNet test MAE on the six mlearn elements beside published figures |
 | `committee.py`, `ammonia_committee.py` | vmapped committees: cost vs size, accuracy and calibration |
 | `adversarial_ammonia.py` | adversarial active learning on NH3 with GFN2-xTB |

@@ -81,9 +81,10 @@ def _radial_prefactor(rad: Any, r_max: float, n_rbf: int) -> tuple[float, int]:
     got = np.asarray(getattr(got, "array", got))
     base = np.asarray(bessel_rbf(d, n_rbf, r_max)) * np.sqrt(2.0 / r_max)
     for p in range(2, 13):
-        ratio = got / (base * np.asarray(polynomial_envelope(d, r_max, p))[:, None])
-        if np.ptp(ratio) <= PATH_TOL * abs(ratio.mean()):
-            return float(ratio.mean()), p
+        ref = base * np.asarray(polynomial_envelope(d, r_max, p))[:, None]
+        ratio = float((got * ref).sum() / (ref * ref).sum())  # not got / ref: sin has zeros
+        if np.abs(got - ratio * ref).max() <= PATH_TOL * np.abs(got).max():
+            return ratio, p
     _refuse("Bessel functions times a polynomial envelope", "another radial basis")
 
 

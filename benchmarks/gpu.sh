@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU benchmarks in one short script (<= 8 minutes in all on one GPU): speed, committee,
-# attack, MD, scale and XANES throughput. Every step has its own time limit, so one slow
+# attack, MD, scale, MACE (cuequivariance's CUDA kernels: method "auto" picks uniform_1d on a
+# GPU; inference, training step, 4-member committee) and XANES throughput. Every step has its own time limit, so one slow
 # step cannot eat the others' time; a failed step is reported and the next one runs.
 # Results (JSON + markdown, with the device name) go to benchmarks/results/gpu/, plus
 # device.txt (nvidia-smi) and log.txt. Run from anywhere:  bash benchmarks/gpu.sh
@@ -34,10 +35,11 @@ else
   step 60 attack    "$PY" benchmarks/adversarial_ammonia.py --throughput-only --members 8 \
                       --out adversarial_throughput
 fi
-step 150 md         "$PY" benchmarks/md_speed.py --epochs 100 --replicas 1024 --steps 1000 \
+step 120 md         "$PY" benchmarks/md_speed.py --epochs 100 --replicas 1024 --steps 1000 \
                       --ase-steps 100 --si-rep 16 --si-steps 200 --si-ase-steps 5 --out md_speed
 step 90  scale      "$PY" benchmarks/scale.py --reps 4 8 16 20 --repeats 3 --out scale
+step 45  mace       "$PY" benchmarks/mace.py speed --models mace --rounds 2 --repeats 3
 if [ -f benchmarks/gpu_xanes.sh ]; then
-  step 60 xanes     bash benchmarks/gpu_xanes.sh
+  step 45 xanes     bash benchmarks/gpu_xanes.sh
 fi
 echo "total $SECONDS s" | tee -a "$LOG"

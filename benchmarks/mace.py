@@ -141,7 +141,7 @@ def speed(args) -> None:
     loss = train.energy_force_loss(energy=1.0, forces=10.0)
     opt = optax.adam(1e-3)
     fns = {}
-    for name in ("mace", "schnet"):
+    for name in args.models:
         model = build(name, recs)
         p = model.init(jax.random.key(0), None)
         infer = jax.jit(model.apply)
@@ -200,6 +200,7 @@ def main() -> None:
     s = sub.add_parser("speed")
     s.add_argument("--rounds", type=int, default=3)
     s.add_argument("--repeats", type=int, default=5)
+    s.add_argument("--models", nargs="+", default=["mace", "schnet"], choices=["mace", "schnet"])
     args = ap.parse_args()
     (accuracy if args.cmd == "accuracy" else speed)(args)
 

@@ -297,6 +297,8 @@ def extract(source: Any) -> dict:
     ``.npz``."""
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"no MACE model file at {path!r}")
         if path.endswith(".npz"):
             return load_extract(path)
         if path.endswith(".zip"):

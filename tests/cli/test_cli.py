@@ -231,3 +231,20 @@ def test_committee_eval_calibration_and_md_sigma(run, tmp_path):
            "--log", str(tmp_path / "c.csv"), cwd=d)
     log = list(csv.DictReader(open(tmp_path / "c.csv")))
     assert len(log) == 3 and all(float(r["forces_std_max_eV_per_A"]) > 0 for r in log)
+
+
+def test_import_a_mace_extract_and_refusals(tmp_path):
+    """`jaxmat import` turns a committed mace-torch extract into a bundle that `jaxmat info`
+    reads; a missing file and an existing output are refused in one line."""
+    pytest.importorskip("cuequivariance_jax")
+    src = os.path.join(os.path.dirname(__file__), "..", "models", "fixtures", "mace_torch",
+                       "small.npz")
+    p = jaxmat("import", src, "imported", cwd=tmp_path)
+    assert "wrote" in p.stdout and os.path.isfile(tmp_path / "imported" / "bundle.json")
+    info = jaxmat("info", "imported", cwd=tmp_path).stdout
+    assert "MACE" in info and "first_residual=True" in info and "imported_from" in info
+    again = jaxmat("import", src, "imported", cwd=tmp_path, check=False)
+    assert again.returncode == 1 and "imported" in again.stderr
+    missing = jaxmat("import", "nothing.model", "other", cwd=tmp_path, check=False)
+    assert missing.returncode == 1 and "nothing.model" in missing.stderr
+    assert len(missing.stderr.strip().splitlines()) == 1

@@ -336,7 +336,8 @@ def mean_neighbors(records: Sequence[Any]) -> float:
 def mace(cfg: MACEConfig | None = None, **kwargs) -> Model:
     """MACE energy model through the protocol (``apply`` gives energies; wrap it with
     :func:`jaxmat.core.potential.potential` for forces and stress). Needs the ``mace``
-    extra (e3nn-jax); the sparse batch layout only."""
+    extra (cuequivariance-jax); the sparse batch layout only. Models trained with mace-torch
+    or mlip: :mod:`jaxmat.models.mace_import`."""
     cfg = cfg or MACEConfig(**kwargs)
     _cue()
     return from_nnx(lambda rngs: MACE(cfg, rngs), name="MACE", config=cfg,

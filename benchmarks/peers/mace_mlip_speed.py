@@ -42,17 +42,6 @@ def structures(n: int, seed: int = 0):
     return out
 
 
-def timed(fn, repeats: int) -> tuple[float, float]:
-    """Median wall and CPU seconds of ``repeats`` calls of ``fn``."""
-    wall, cpu = [], []
-    for _ in range(repeats):
-        w, c = time.perf_counter(), time.process_time()
-        fn()
-        wall.append(time.perf_counter() - w)
-        cpu.append(time.process_time() - c)
-    return float(np.median(wall)), float(np.median(cpu))
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=5)
@@ -68,6 +57,7 @@ def main() -> None:
     from mlip.models.mace.config import MaceConfig
 
     from common import device_info, write_results
+    from mace_libs import timed  # one warm-up call, then medians of wall and CPU s
     from jaxmat import graph, potential, predict
     from jaxmat.models import mace_import, mace_mlip
     from jaxmat.models.mace import mean_neighbors
@@ -114,8 +104,7 @@ def main() -> None:
     times = {k: [] for k in fns}
     for r in range(args.rounds):
         order = list(fns) if r % 2 == 0 else list(fns)[::-1]
-        for k in order:
-            fns[k]()  # warm: a call of the other side may have evicted caches
+        for k in order:  # timed() warms first: the other side may have evicted caches
             times[k].append(timed(fns[k], args.repeats))
     med = {k: float(np.median([c for _, c in v])) for k, v in times.items()}
     rows = {k: {"cpu_s_per_call": m, "structures_per_cpu_s": 32 / m} for k, m in med.items()}

@@ -96,7 +96,7 @@ def load_extract(path: str | os.PathLike) -> dict:
 
 
 # --------------------------------------------------------------------------- 2. build (numpy)
-def _cue_paths(C: int, in_ls: tuple[int, ...], l_max: int) -> dict[tuple[int, int, int], tuple]:
+def _cue_paths(in_ls: tuple[int, ...], l_max: int) -> dict[tuple[int, int, int], tuple]:
     """jaxmat's message paths: (l_in, l_sh, l_out) -> (weight segment, output entry,
     coefficient λ against CG_cue), measured on the one-channel polynomial."""
     cue = _cue()[0]
@@ -234,7 +234,7 @@ def build(ex: dict, max_z: int | None = None) -> tuple[Model, Params]:
             if k < len(hs) - 2:
                 rad[k]["kernel"][...] = w
         last = rad[len(hs) - 2]["kernel"]
-        cue_paths = _cue_paths(C, in_ls, cfg.l_max)
+        cue_paths = _cue_paths(in_ls, cfg.l_max)
         if len(cue_paths) != len(L["paths"]):
             raise ValueError(f"layer {t}: the source has {len(L['paths'])} message paths, jaxmat "
                              f"{len(cue_paths)}")

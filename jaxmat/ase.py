@@ -27,6 +27,7 @@ from ase.calculators.calculator import Calculator, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
 from jaxmat.core import calibrate, committee, graph
+from jaxmat.core.bundle.files import check_elements
 from jaxmat.core.protocol import Model, Params, resolve_spec
 
 STD_KEYS = ("energy_std", "forces_std", "forces_std_atom", "energy_members")
@@ -44,6 +45,8 @@ class JaxmatCalculator(Calculator):
     (:func:`jaxmat.core.calibrate.sigma_map`; ``forces_std_atom`` maps its per-component RMS).
     ``margin`` is the relative head-room on edges (and ``multiple`` the rounding) when the
     padding budget is (re)allocated; ``dtype`` is the float type of positions fed to the model.
+    ``elements`` (atomic numbers; a bundle's ``metadata["elements"]`` of an imported model)
+    makes structures with other elements fail with an error instead of a meaningless result.
     """
 
     implemented_properties = ["energy", "free_energy", "forces", "stress", "energies",
@@ -52,8 +55,9 @@ class JaxmatCalculator(Calculator):
     def __init__(self, model: Model, params: Params, cutoff: float | None = None,
                  committee: bool | None = None, sigma_scale: float | dict[str, Any] = 1.0,
                  margin: float = 1.25, multiple: int = 16, dtype: Any = np.float32,
-                 **kwargs: Any):
+                 elements: Any = None, **kwargs: Any):
         super().__init__(**kwargs)
+        self.elements = None if elements is None else [int(z) for z in elements]
         if margin < 1.0:
             raise ValueError(f"margin must be >= 1, got {margin}")
         spec = model.graph
@@ -88,6 +92,7 @@ class JaxmatCalculator(Calculator):
         b = bundles.load(bundle) if isinstance(bundle, (str, os.PathLike)) else bundle
         if calibrated and b.calibration and "sigma_scale" not in kwargs:
             kwargs["sigma_scale"] = b.calibration
+        kwargs.setdefault("elements", b.metadata.get("elements"))
         return cls(b.model, b.params, **kwargs)
 
     # ------------------------------------------------------------------ device side
@@ -125,6 +130,7 @@ class JaxmatCalculator(Calculator):
                   system_changes: Any = all_changes) -> None:
         super().calculate(atoms, properties, system_changes)
         atoms = self.atoms
+        check_elements(self.elements, atoms.numbers, atoms.get_chemical_formula())
         (rec,), _, budget, _ = self.batcher.prepare([atoms])
         batch = graph.batch([rec], budget, dtype=self.dtype)
         if self.committee is None:

@@ -192,6 +192,7 @@ def _eval(args: argparse.Namespace) -> None:
     b = bundle.load(args.model)
     atoms = data.read_structures(args.data, args.index, args.energy_key, args.forces_key,
                                  args.stress_key)
+    b.check_elements([z for a in atoms for z in a.numbers], args.data)
     records = graph.records(atoms, b.model)
     metrics, arrays = errors(b.model, b.params, records, args.batch_size, b.calibration)
     metrics = {"model": b.path, "data": args.data, **metrics}

@@ -153,6 +153,7 @@ def main(args: Any) -> None:
     criteria = criteria_from_args(args)
     b = bundle.load(args.model)
     atoms = read(args.structure, index=args.index)
+    b.check_elements(atoms.numbers, args.structure)
     if args.ensemble == "npt" and not _has_stress(b):
         raise ValueError(f"npt needs a model that predicts stress; {args.model} was trained "
                          "without (model.stress = true in the train config)")

@@ -235,7 +235,8 @@ def test_committee_eval_calibration_and_md_sigma(run, tmp_path):
 
 def test_import_a_mace_extract_and_refusals(tmp_path):
     """`jaxmat import` turns a committed mace-torch extract into a bundle that `jaxmat info`
-    reads; a missing file and an existing output are refused in one line."""
+    reads; `jaxmat md` refuses an element the model was not made for; a missing file and
+    an existing output are refused in one line."""
     pytest.importorskip("cuequivariance_jax")
     src = os.path.join(os.path.dirname(__file__), "..", "models", "fixtures", "mace_torch",
                        "small.npz")
@@ -245,6 +246,11 @@ def test_import_a_mace_extract_and_refusals(tmp_path):
     assert "MACE" in info and "first_residual=True" in info and "imported_from" in info
     again = jaxmat("import", src, "imported", cwd=tmp_path, check=False)
     assert again.returncode == 1 and "imported" in again.stderr
+    from ase.build import molecule
+    from ase.io import write
+    write(tmp_path / "nh3.xyz", molecule("NH3"))
+    md = jaxmat("md", "imported", "nh3.xyz", "--steps", "2", cwd=tmp_path, check=False)
+    assert md.returncode == 1 and "nh3.xyz has N, which" in md.stderr and "knows H, C, O" in md.stderr
     missing = jaxmat("import", "nothing.model", "other", cwd=tmp_path, check=False)
     assert missing.returncode == 1 and "nothing.model" in missing.stderr
     assert len(missing.stderr.strip().splitlines()) == 1

@@ -79,6 +79,13 @@ def test_converted_bundle_in_float32(tmp_path):
         n = len(atoms)
         assert abs(out["energy"][0] - ref["energy"]) < 2e-3
         np.testing.assert_allclose(out["forces"][:n], ref["forces"], atol=1e-4)
+    # an element the source model was not made for is refused, not predicted
+    from ase.build import molecule
+    from jaxmat.ase import JaxmatCalculator
+    nh3 = molecule("NH3")
+    nh3.calc = JaxmatCalculator.from_bundle(path)
+    with pytest.raises(ValueError, match="H3N has N, which .* not made for .*knows H, C, O"):
+        nh3.get_potential_energy()
     # imported models of one architecture stack into a committee (σ, attacks, detector)
     other = jax.tree_util.tree_map(lambda a: a * 1.01, b.params)
     com = committee.stack([b.params, other])

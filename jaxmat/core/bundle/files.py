@@ -192,6 +192,24 @@ class Bundle:
         """Config of the innermost built model (e.g. ``SchNetConfig`` inside a potential)."""
         return innermost_config(self.model)
 
+    def check_elements(self, numbers: Any, what: str) -> None:
+        """Refuse atomic numbers outside ``metadata["elements"]`` (the elements an imported
+        model was made for; bundles without that list accept any)."""
+        check_elements(self.metadata.get("elements"), numbers, what, self.path)
+
+
+def check_elements(elements: Any, numbers: Any, what: str, model: str = "the model") -> None:
+    """ValueError naming the atomic numbers of ``numbers`` not in ``elements`` (None: any)."""
+    if elements is None:
+        return
+    unknown = sorted(set(int(z) for z in np.ravel(numbers)) - set(int(z) for z in elements))
+    if unknown:
+        from ase.data import chemical_symbols
+        name = lambda zs: ", ".join(chemical_symbols[z] for z in zs)  # noqa: E731
+        raise ValueError(f"{what} has {name(unknown)}, which {model} was not made for (it "
+                         f"knows {name(sorted(elements))}); its predictions there would be "
+                         "meaningless")
+
 
 def load(path: str | os.PathLike) -> Bundle:
     """Read the bundle directory at ``path`` (see the module docstring); executes no code."""

@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from jaxmat.models import mace_mlip  # noqa: E402
+import mace_mlip_extract as mace_mlip  # noqa: E402
 
 OUT = os.path.join(ROOT, "tests", "models", "fixtures", "mace_mlip")
 MODELS = {

@@ -6,7 +6,7 @@
 An mlip MACE with the configuration of the issue's peer run (2 layers, 32 channels, l_max 2,
 correlation 3, readout 16x0e, 8 Bessel functions, radial MLP 64×3, 5 Å; mlip's defaults
 otherwise: node features to l_max, no residual in the first layer) is initialised and
-imported into jaxmat (:mod:`jaxmat.models.mace_mlip`), so both libraries evaluate *the same
+imported into jaxmat (``mace_mlip_extract.py`` beside this script), so both libraries evaluate *the same
 weights*. On 32 distorted ethanol molecules (9 atoms) it reports the largest energy and
 force differences (float32 on both sides) and the end-to-end inference throughput of each
 library's batched API (mlip ``run_batched_inference``, jaxmat ``predict``; host graph
@@ -28,6 +28,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
 sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, HERE)
 
 
 def structures(n: int, seed: int = 0):
@@ -59,7 +60,8 @@ def main() -> None:
     from common import device_info, write_results
     from mace_libs import timed  # one warm-up call, then medians of wall and CPU s
     from jaxmat import graph, potential, predict
-    from jaxmat.models import mace_import, mace_mlip
+    import mace_mlip_extract as mace_mlip
+    from jaxmat.models import mace_import
     from jaxmat.models.mace import mean_neighbors
 
     mols = structures(32)

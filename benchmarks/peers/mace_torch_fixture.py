@@ -6,7 +6,7 @@
 Builds two small ScaleShiftMACE models (residual first block, and the plain one) with mace-torch (float64, random weights, the
 symmetric-contraction weights scaled up so that the many-body terms matter), saves each
 model (``NAME.model``, torch pickle), its extract (``NAME.npz``, read without torch by
-:func:`jaxmat.models.mace_torch.load_extract`) and mace-torch's own energies, forces and
+:func:`jaxmat.models.mace_import.load_extract`) and mace-torch's own energies, forces and
 stresses (its ASE calculator) on three structures (``NAME.json``) into
 ``tests/models/fixtures/mace_torch/``. ``tests/models/test_mace_torch.py`` checks the
 conversion against them.
@@ -27,7 +27,7 @@ from mace.calculators import MACECalculator
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from jaxmat.models import mace_torch  # noqa: E402
+import mace_torch_extract as mace_torch  # noqa: E402
 from import_structures import write_references  # noqa: E402
 
 RESIDUAL = "RealAgnosticResidualInteractionBlock"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Optional MACE peer environment: mace-torch (for the import fixtures and the extract step
-# of jaxmat.models.mace_torch) beside jaxmat. Never a dependency of jaxmat.
+# of the MACE import: mace_torch_extract.py) beside jaxmat. Never a dependency of jaxmat.
 #   bash benchmarks/peers/setup_mace.sh       -> ./.venv-mace (repo root)
 # e3nn 0.4.4 (mace-torch's pin) reads its constants with torch.load: run its scripts with
 # TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 (the fixture script and the test set it).

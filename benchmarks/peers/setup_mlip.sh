@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Optional mlip peer environment: InstaDeep's mlip (MACE in JAX) beside jaxmat, for the
-# mlip import fixtures and the extract step of jaxmat.models.mace_mlip. Never a
+# mlip import fixtures and the extract step of the MACE import (mace_mlip_extract.py). Never a
 # dependency of jaxmat.
 #   bash benchmarks/peers/setup_mlip.sh       -> ./.venv-mlip (repo root)
 set -euo pipefail

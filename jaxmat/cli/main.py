@@ -129,16 +129,14 @@ def parser() -> argparse.ArgumentParser:
 
     im = sub.add_parser("import", formatter_class=fmt,
                         help="convert a model of another library into a bundle",
-                        description="Convert a MACE model saved by mace-torch (a .model file; "
-                        "needs torch and mace-torch) or by mlip (a .zip; needs mlip), or "
-                        "its extract (.npz written by --extract, read without either), into "
-                        "a jaxmat bundle (float32), usable by eval, md, committees and "
-                        "attacks. MACE's standard architecture is read; anything else is "
-                        "refused by name.")
-    im.add_argument("source", help="mace-torch .model file, mlip .zip, or an extract .npz")
+                        description="Convert the extract (.npz) of a MACE model of mace-torch "
+                        "or mlip into a jaxmat bundle (float32), usable by eval, md, committees "
+                        "and attacks. Extracts are made in the optional peer environments by "
+                        "benchmarks/peers/mace_torch_extract.py (.model) and "
+                        "benchmarks/peers/mace_mlip_extract.py (.zip). MACE's standard "
+                        "architecture is read; anything else is refused by name.")
+    im.add_argument("source", help="extract .npz of a mace-torch or mlip MACE")
     im.add_argument("output", help="bundle directory to write")
-    im.add_argument("--extract", default=None, metavar="NPZ",
-                    help="also write the extract (readable without torch or mlip) to NPZ")
     im.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
     return ap
 
@@ -222,12 +220,7 @@ def _info(args: argparse.Namespace) -> None:
 def _import(args: argparse.Namespace) -> None:
     from jaxmat.models import mace_import
 
-    source = args.source
-    if args.extract:
-        if source.endswith(".npz"):
-            raise ValueError("--extract needs a mace-torch or mlip model, got an extract")
-        source = mace_import.write_extract(mace_import.extract(source), args.extract)
-    path = mace_import.convert(source, args.output, overwrite=args.overwrite)
+    path = mace_import.convert(args.source, args.output, overwrite=args.overwrite)
     print(f"wrote {path}")
 
 

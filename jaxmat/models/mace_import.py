@@ -1,7 +1,8 @@
 """Imported MACE models: one extract format, one builder.
 
-An *extract* is what an importer measured on a MACE model of another library (mace-torch:
-:mod:`jaxmat.models.mace_torch`; mlip: :mod:`jaxmat.models.mace_mlip`), as plain numpy
+An *extract* is what a reader measured on a MACE model of another library, run in that
+library's optional peer environment (mace-torch: ``benchmarks/peers/mace_torch_extract.py``;
+mlip: ``benchmarks/peers/mace_mlip_extract.py``; jaxmat never imports either), as plain numpy
 arrays and a JSON-able config: the dense matrix of every linear map (the module run on the
 identity, so each library's normalisation is included), per-element matrices of skip
 connections (and of the first layer's message mixing where the source has one), the
@@ -17,8 +18,7 @@ coefficients and the edge direction (jaxmat's edge vectors point from receiver t
 mace-torch's and mlip's the other way: a sign (-1)^l per spherical-harmonic degree) are
 folded into the last radial layer, and the symmetric contraction is fitted in
 cuequivariance's basis by least squares on random inputs (the residual is checked).
-:func:`convert` reads a source (mace-torch ``.model``, mlip ``.zip`` or an extract) and
-writes a bundle: committees, σ, attacks, MD and the CLI then work on the imported model.
+:func:`convert` writes an extract as a bundle: committees, σ, attacks, MD and the CLI then work on the imported model.
 """
 from __future__ import annotations
 
@@ -173,7 +173,7 @@ def _sc_weights(arrays: dict, t: int, l_max: int, out_ls: tuple[int, ...], nu: i
 
 def build(ex: dict, max_z: int | None = None) -> tuple[Model, Params]:
     """``(model, params)``: a jaxmat MACE (:func:`jaxmat.models.mace.mace`) with the weights
-    of an extract (an importer's ``extract`` or :func:`load_extract`). ``max_z``: largest atomic number
+    of an extract (a reader's, or :func:`load_extract`). ``max_z``: largest atomic number
     of the embedding table (default: the model's largest element)."""
     import jax
 
@@ -291,36 +291,32 @@ def build(ex: dict, max_z: int | None = None) -> tuple[Model, Params]:
     return model, params
 
 
-def extract(source: Any) -> dict:
-    """The extract of ``source``: a mace-torch model (``.model`` file or module; needs torch
-    and mace-torch), an mlip MACE (``.zip`` or ``ForceField``; needs mlip) or an extract
-    ``.npz``."""
-    if isinstance(source, (str, os.PathLike)):
-        path = os.fspath(source)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"no MACE model file at {path!r}")
-        if path.endswith(".npz"):
-            return load_extract(path)
-        if path.endswith(".zip"):
-            from jaxmat.models import mace_mlip
-            return mace_mlip.extract(path)
-        from jaxmat.models import mace_torch
-        return mace_torch.extract(path)
-    if type(source).__name__ == "ForceField":
-        from jaxmat.models import mace_mlip
-        return mace_mlip.extract(source)
-    from jaxmat.models import mace_torch
-    return mace_torch.extract(source)
+READERS = ("make one in the optional peer environments: a mace-torch .model with "
+           "benchmarks/peers/mace_torch_extract.py, an mlip .zip with "
+           "benchmarks/peers/mace_mlip_extract.py (jaxmat itself never imports torch or mlip)")
+
+
+def read_source(source: Any) -> dict:
+    """An extract (a dict from a reader, or the path of its ``.npz``); a model file of the
+    source library is refused with the reader to run."""
+    if isinstance(source, dict):
+        return source
+    path = os.fspath(source)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no MACE extract at {path!r}")
+    if not path.endswith(".npz"):
+        raise ValueError(f"{path!r} is not a MACE extract (.npz); {READERS}")
+    return load_extract(path)
 
 
 def convert(source: Any, out: str | os.PathLike, *, overwrite: bool = False) -> str:
-    """Read a MACE model (see :func:`extract`) and save it as a jaxmat bundle (float32
-    params); returns the bundle path."""
+    """Save an extract (dict or ``.npz`` path, :func:`read_source`) as a jaxmat bundle
+    (float32 params); returns the bundle path."""
     import jax
 
     from jaxmat.core import bundle, potential
 
-    ex = extract(source)
+    ex = read_source(source)
     model, params = build(ex)
     params32 = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32), params)
     c = ex["config"]

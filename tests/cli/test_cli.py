@@ -251,6 +251,6 @@ def test_import_a_mace_extract_and_refusals(tmp_path):
     write(tmp_path / "nh3.xyz", molecule("NH3"))
     md = jaxmat("md", "imported", "nh3.xyz", "--steps", "2", cwd=tmp_path, check=False)
     assert md.returncode == 1 and "nh3.xyz has N, which" in md.stderr and "knows H, C, O" in md.stderr
-    missing = jaxmat("import", "nothing.model", "other", cwd=tmp_path, check=False)
-    assert missing.returncode == 1 and "nothing.model" in missing.stderr
+    missing = jaxmat("import", "nothing.npz", "other", cwd=tmp_path, check=False)
+    assert missing.returncode == 1 and "nothing.npz" in missing.stderr
     assert len(missing.stderr.strip().splitlines()) == 1

@@ -2,13 +2,12 @@
 optional peer environments (``benchmarks/peers/mace_torch_fixture.py``, mace-torch 0.3.16;
 ``benchmarks/peers/mace_mlip_fixture.py``, mlip 0.2.5): two models of each library, their
 extracts and the library's own energies and forces (and stresses: mace-torch). The default
-suite checks the conversion against them without torch or mlip; the extract step itself
-runs where those are installed."""
+suite checks the conversion against them without torch or mlip; the readers
+(``benchmarks/peers/mace_*_extract.py``) run where those are installed."""
 from __future__ import annotations
 
 import json
 import os
-import shutil
 
 import jax
 import numpy as np
@@ -18,9 +17,18 @@ from ase import Atoms
 pytest.importorskip("cuequivariance_jax")
 
 from jaxmat import bundle, committee, ensemble, graph, potential  # noqa: E402
-from jaxmat.models import mace_import, mace_torch  # noqa: E402
+from jaxmat.models import mace_import  # noqa: E402
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
+PEERS = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks", "peers")
+
+
+def reader(name):
+    """A reader module of benchmarks/peers (imported only where its library is installed)."""
+    import importlib
+    import sys
+    sys.path.insert(0, os.path.abspath(PEERS))
+    return importlib.import_module(name)
 HERE = os.path.join(FIXTURES, "mace_torch")
 NAMES = ("small", "lmax3")
 CASES = [("mace_torch", "small"), ("mace_torch", "lmax3"), ("mace_mlip", "default"),
@@ -111,24 +119,22 @@ def test_unsupported_extracts_are_refused(tmp_path):
         mace_import.load_extract(other)
 
 
-def test_reading_a_model_file_without_torch_names_the_packages(monkeypatch, tmp_path):
-    import sys
-    monkeypatch.setitem(sys.modules, "torch", None)
-    with pytest.raises(ImportError, match="torch and mace-torch"):
-        mace_torch.extract(os.path.join(HERE, "small.model"))
-
-
-def test_reading_an_mlip_zip_without_mlip_names_the_package(monkeypatch):
-    import sys
-    monkeypatch.setitem(sys.modules, "mlip", None)
-    with pytest.raises(ImportError, match="needs mlip"):
-        mace_import.extract(os.path.join(FIXTURES, "mace_mlip", "default.zip"))
+def test_a_model_file_is_refused_with_the_reader_to_run(tmp_path):
+    """jaxmat never imports torch or mlip: a .model or .zip names the peer script to run."""
+    for name in (os.path.join(HERE, "small.model"),
+                 os.path.join(FIXTURES, "mace_mlip", "default.zip")):
+        with pytest.raises(ValueError, match="not a MACE extract.*mace_torch_extract.py.*"
+                                             "mace_mlip_extract.py"):
+            mace_import.convert(name, tmp_path / "x")
+    with pytest.raises(FileNotFoundError, match="no MACE extract at 'nothing.npz'"):
+        mace_import.convert("nothing.npz", tmp_path / "y")
+    assert not os.path.exists(tmp_path / "x")
 
 
 def test_mlip_extract_of_the_zip_equals_the_fixture():
     """Where mlip is installed: extracting the saved zip again gives the committed extract."""
     pytest.importorskip("mlip")
-    from jaxmat.models import mace_mlip
+    mace_mlip = reader("mace_mlip_extract")
     where = os.path.join(FIXTURES, "mace_mlip")
     for name in ("default", "residual"):
         new = mace_mlip.extract(os.path.join(where, f"{name}.zip"))
@@ -144,6 +150,7 @@ def test_extract_of_the_model_file_equals_the_fixture():
     pytest.importorskip("torch")
     pytest.importorskip("mace")
     os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    mace_torch = reader("mace_torch_extract")
     for name in NAMES:
         new = mace_torch.extract(os.path.join(HERE, f"{name}.model"))
         old = mace_import.load_extract(os.path.join(HERE, f"{name}.npz"))

@@ -1,4 +1,11 @@
-"""Import a MACE model saved by mace-torch (``ScaleShiftMACE`` or ``MACE``).
+"""Extract a MACE model saved by mace-torch (``ScaleShiftMACE`` or ``MACE``) for jaxmat.
+
+Runs in the optional peer environment (``bash benchmarks/peers/setup_mace.sh``; jaxmat
+itself never imports torch):
+
+    TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 .venv-mace/bin/python \
+        benchmarks/peers/mace_torch_extract.py model.model model.npz
+    jaxmat import model.npz imported/
 
 :func:`extract` reads the torch module (a ``.model`` file written by ``mace_run_train`` or
 ``torch.save``, or the module itself; needs ``torch`` and ``mace-torch``) and measures it
@@ -19,8 +26,13 @@ from typing import Any
 
 import numpy as np
 
-from jaxmat.models.mace import _cue
-from jaxmat.models.mace_import import (FORMAT, PATH_TOL, _irreps, _offsets, _refuse,
+import os as _os
+import sys as _sys
+
+_sys.path.insert(0, _os.path.dirname(_os.path.dirname(_os.path.dirname(
+    _os.path.abspath(__file__)))))
+from jaxmat.models.mace import _cue  # noqa: E402
+from jaxmat.models.mace_import import (FORMAT, PATH_TOL, _irreps, _offsets, _refuse,  # noqa: E402
                                        write_extract)
 
 RESIDUAL = "RealAgnosticResidualInteractionBlock"
@@ -33,8 +45,7 @@ def _torch():
         import mace  # noqa: F401
     except ImportError as e:
         raise ImportError("reading a mace-torch model needs torch and mace-torch, which are not "
-                          "installed (pip install torch mace-torch); an extract written by "
-                          "jaxmat.models.mace_torch.save_extract needs neither") from e
+                          "installed (bash benchmarks/peers/setup_mace.sh)") from e
     return torch
 
 
@@ -209,3 +220,17 @@ def extract(source: Any) -> dict:
 def save_extract(source: Any, path: str | os.PathLike) -> str:
     """:func:`extract` of a model (file or module) written to one ``.npz``; returns its path."""
     return write_extract(extract(source), path)
+
+
+def main() -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("source", help="the model file")
+    ap.add_argument("extract", help="the .npz to write (then: jaxmat import EXTRACT BUNDLE)")
+    args = ap.parse_args()
+    print("wrote", save_extract(args.source, args.extract))
+
+
+if __name__ == "__main__":
+    main()

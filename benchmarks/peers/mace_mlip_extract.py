@@ -1,4 +1,10 @@
-"""Import a MACE model saved by InstaDeep's mlip (``save_model_to_zip``: hyperparams + params).
+"""Extract a MACE model saved by InstaDeep's mlip (``save_model_to_zip``) for jaxmat.
+
+Runs in the optional peer environment (``bash benchmarks/peers/setup_mlip.sh``; jaxmat
+itself never imports mlip):
+
+    .venv-mlip/bin/python benchmarks/peers/mace_mlip_extract.py model.zip model.npz
+    jaxmat import model.npz imported/
 
 :func:`extract` loads the model with mlip (needs ``mlip``), binds its flax modules to the
 saved parameters and measures them in float64 into the extract format of
@@ -20,8 +26,11 @@ from typing import Any
 
 import numpy as np
 
-from jaxmat.models.mace import _contraction_poly, _cue, polynomial_envelope
-from jaxmat.models.mace_import import (FORMAT, PATH_TOL, _irreps, _offsets, _refuse,
+import sys as _sys
+
+_sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from jaxmat.models.mace import _contraction_poly, _cue, polynomial_envelope  # noqa: E402
+from jaxmat.models.mace_import import (FORMAT, PATH_TOL, _irreps, _offsets, _refuse,  # noqa: E402
                                        write_extract)
 
 
@@ -31,9 +40,8 @@ def _mlip():
         import e3nn_jax  # noqa: F401
         import mlip  # noqa: F401
     except ImportError as e:
-        raise ImportError("reading an mlip model needs mlip, which is not installed (pip install "
-                          "mlip); an extract written by jaxmat.models.mace_mlip.save_extract "
-                          "needs neither") from e
+        raise ImportError("reading an mlip model needs mlip, which is not installed "
+                          "(bash benchmarks/peers/setup_mlip.sh)") from e
 
 
 def _check_supported(cfg: Any, ds: Any) -> None:
@@ -321,3 +329,17 @@ def _extract(source: Any) -> dict:
 def save_extract(source: Any, path: str | os.PathLike) -> str:
     """:func:`extract` of a model (``.zip`` or ``ForceField``) written to one ``.npz``."""
     return write_extract(extract(source), path)
+
+
+def main() -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("source", help="the model file")
+    ap.add_argument("extract", help="the .npz to write (then: jaxmat import EXTRACT BUNDLE)")
+    args = ap.parse_args()
+    print("wrote", save_extract(args.source, args.extract))
+
+
+if __name__ == "__main__":
+    main()
